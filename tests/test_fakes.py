@@ -16,21 +16,36 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 try:  # tests/ is not a package: pytest puts tests/ itself on sys.path
     from fakes import (
+        AnonymousDenyingS3Proxy,
         FakeAnacondaAPI,
         FakeAnacondaChannel,
+        FakeAzureFeed,
+        FakeBlobHost,
+        FakeCdnHost,
         FakeObjectStore,
         FakeSimpleIndex,
+        FakeStaticTree,
+        MotoS3,
+        shorten_version,
     )
     from wheels import build_sdist, build_wheel, sha256_file, wheel_metadata
 except ModuleNotFoundError:  # pragma: no cover - if tests/ becomes a package
     from tests.fakes import (
+        AnonymousDenyingS3Proxy,
         FakeAnacondaAPI,
         FakeAnacondaChannel,
+        FakeAzureFeed,
+        FakeBlobHost,
+        FakeCdnHost,
         FakeObjectStore,
         FakeSimpleIndex,
+        FakeStaticTree,
+        MotoS3,
+        shorten_version,
     )
     from tests.wheels import build_sdist, build_wheel, sha256_file, wheel_metadata
 
@@ -280,3 +295,195 @@ async def test_anaconda_redirect_chain(
     api.fail = True
     async with session.get(api.url("/package/scientific-nightly/numpy")) as r:
         assert r.status == 500
+
+
+# -- azure --------------------------------------------------------------------
+
+
+def test_shorten_version() -> None:
+    assert shorten_version("2.31.0") == "2.31"
+    assert shorten_version("4.0.0") == "4"
+    assert shorten_version("1.20.0.dev20240928001") == "1.20.dev20240928001"
+    assert shorten_version("1.0.0rc1+local") == "1rc1+local"
+
+
+async def test_azure_feed(
+    aiohttp_server: Any, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    blobs = FakeBlobHost()
+    blobs.bind(await aiohttp_server(blobs.make_app()))
+    feed = FakeAzureFeed("ignored", "s3cret-pat", blobs)
+    feed.bind(await aiohttp_server(feed.make_app()))
+    whl = build_wheel(tmp_path, "requests", "2.31.0", payload_size=5000)
+    feed.add_file("requests", whl, requires_python=">=3.7")
+    auth = {"Authorization": aiohttp.encode_basic_auth("VssSessionToken", "s3cret-pat")}
+
+    async with session.get(feed.index_url + "requests/") as r:
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"].startswith("Basic realm=")
+    async with session.get(feed.index_url, headers=auth) as r:
+        assert r.status == 200
+        assert "<a " not in await r.text()
+    async with session.get(
+        feed.index_url + "requests/", headers={**auth, "Accept": UV_ACCEPT}
+    ) as r:
+        assert r.content_type == "text/html"
+        page = await r.text()
+    guid_path = f"/_packaging/{feed.feed_guid}/pypi/download/requests/2.31/{whl.name}"
+    assert f'href="{feed.origin}/my-organization{guid_path}#sha256={sha256_file(whl)}"' in page
+    assert 'data-requires-python="&gt;=3.7"' in page
+
+    dl = feed.download_url("requests", whl.name)
+    async with session.head(dl, headers=auth) as r:
+        assert r.status == 405
+    async with session.get(dl, headers=auth, allow_redirects=False) as r:
+        assert r.status == 303
+        sas = r.headers["Location"]
+    assert sas.startswith(blobs.base_url)
+    assert "sr=b" in sas
+    assert "sp=r" in sas
+    async with session.get(sas, headers=auth) as r:
+        assert r.status == 401
+    async with session.get(sas) as r:
+        assert r.status == 200
+        assert r.headers["Accept-Ranges"] == "bytes"
+        assert r.content_type == "application/octet-stream"
+        assert r.headers["ETag"].startswith('"0x')
+        assert await r.read() == whl.read_bytes()
+    async with session.get(sas, headers={"Range": "bytes=-22"}) as r:
+        assert r.status == 206
+        assert await r.read() == whl.read_bytes()[-22:]
+    blobs.truncate_body = True
+    async with session.get(sas) as r:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+
+    feed.rate_limit_next(2, retry_after=3)
+    for _ in range(2):
+        async with session.get(feed.index_url, headers=auth) as r:
+            assert r.status == 429
+            assert r.headers["Retry-After"] == "3"
+            assert r.headers["X-RateLimit-Remaining"] == "0"
+    async with session.get(feed.index_url, headers=auth) as r:
+        assert r.status == 200
+    with pytest.raises(ValueError, match="409"):
+        feed.add_file("requests", whl)
+
+
+# -- static tree --------------------------------------------------------------
+
+
+async def test_static_tree(
+    aiohttp_server: Any, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    cdn = FakeCdnHost()
+    cdn.bind(await aiohttp_server(cdn.make_app()))
+    tree = FakeStaticTree(cdn, timestamp=1735900000)
+    tree.bind(await aiohttp_server(tree.make_app()))
+    torch = build_wheel(
+        tmp_path, "torch", "2.6.0.dev20250103+cu126", tag="cp310-cp310-linux_x86_64"
+    )
+    triton = build_wheel(tmp_path, "pytorch_triton", "3.1.0+cf34004b8a")
+    other = build_wheel(tmp_path, "filelock", "3.16.1")
+    tree.add_file("torch", torch, link="absolute", with_metadata=True)
+    tree.add_file("pytorch_triton", triton, link="root")
+    tree.add_file("filelock", other, link="relative")
+
+    async with session.get(tree.url("/whl/nightly/")) as r:
+        root = await r.text()
+    assert 'href="pytorch-triton/"' in root
+    async with session.get(tree.url("/whl/nightly/torch/")) as r:
+        assert r.content_type == "text/html"
+        assert r.headers["Cache-Control"] == "no-cache,no-store,must-revalidate"
+        page = await r.text()
+    assert page.rstrip().endswith("</html>\n<!--TIMESTAMP 1735900000-->")
+    assert "#sha256" not in page
+    quoted = torch.name.replace("+", "%2B")
+    assert f'href="{cdn.origin}/whl/nightly/{quoted}"' in page
+    assert 'data-core-metadata="sha256=' in page
+    assert 'data-upload-time="' in page
+    assert "https://example.invalid/docs/" in page
+    async with session.get(tree.url("/whl/nightly/pytorch-triton/index.html")) as r:
+        page = await r.text()
+    assert "data-core-metadata" not in page
+    assert f'href="/whl/nightly/{triton.name.replace("+", "%2B")}"' in page
+    async with session.get(tree.url("/whl/nightly/filelock/")) as r:
+        assert f'href="../{other.name}"' in await r.text()
+
+    async with session.get(f"{cdn.origin}/whl/nightly/{quoted}") as r:
+        assert r.status == 200
+        assert r.headers["Cache-Control"] == "no-store"
+        assert await r.read() == torch.read_bytes()
+    async with session.get(f"{cdn.origin}/whl/nightly/{quoted}.metadata") as r:
+        assert b"Name: torch" in await r.read()
+    raw_plus = URL(f"{tree.origin}/whl/nightly/{torch.name}", encoded=True)
+    async with session.get(raw_plus) as r:
+        assert r.status == 403  # '+' decoded as a space: no such key
+    tree.xml_root = True
+    async with session.get(tree.url("/whl/nightly/")) as r:
+        assert r.content_type == "application/xml"
+        assert "<ListBucketResult" in await r.text()
+
+
+# -- s3 -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto() -> Any:
+    server = MotoS3().start()
+    yield server
+    server.stop()
+
+
+def test_moto_pagination(moto: MotoS3) -> None:
+    moto.create_bucket("many", public_read=True)
+    moto.put_many("many", {f"nightly/pkg-{i:04d}.whl": b"x" for i in range(1105)})
+    pages = list(
+        moto.client.get_paginator("list_objects_v2").paginate(Bucket="many", Prefix="nightly/")
+    )
+    assert len(pages) == 2
+    assert pages[0]["IsTruncated"] is True
+    assert pages[0]["KeyCount"] == 1000
+    assert sum(p["KeyCount"] for p in pages) == 1105
+    etag = moto.put_multipart("many", "big.whl", b"y" * 100)
+    assert etag.startswith('"')
+    assert etag.endswith('-1"')
+
+
+async def test_s3_proxy_anonymous_and_plus(
+    moto: MotoS3, aiohttp_server: Any, session: aiohttp.ClientSession
+) -> None:
+    moto.create_bucket("private", public_read=False)
+    moto.create_bucket("public", public_read=True)
+    moto.put("public", "nightly/torch-2.6.0.dev20250102+cu126-py3-none-any.whl", b"plus")
+    moto.put("private", "k.whl", b"secret")
+    proxy = AnonymousDenyingS3Proxy(moto)
+    proxy.bind(await aiohttp_server(proxy.make_app()))
+
+    async with session.get(proxy.url("/private?list-type=2")) as r:
+        assert r.status == 403
+        assert "<Code>AccessDenied</Code>" in await r.text()
+    async with session.get(proxy.url("/public?list-type=2&prefix=nightly/&max-keys=1")) as r:
+        assert r.status == 200
+        body = await r.text()
+    assert "<IsTruncated>false</IsTruncated>" in body
+    assert "torch-2.6.0.dev20250102+cu126" in body
+    base = proxy.url("/public/nightly/torch-2.6.0.dev20250102")
+    encoded = URL(base + "%2Bcu126-py3-none-any.whl", encoded=True)
+    async with session.get(URL(base + "%2Bcu126-py3-none-any.whl", encoded=True)) as r:
+        assert r.status == 200
+        assert await r.read() == b"plus"
+    async with session.get(URL(base + "+cu126-py3-none-any.whl", encoded=True)) as r:
+        assert r.status == 404
+        assert "NoSuchKey" in await r.text()
+    async with session.get(
+        proxy.url("/?list-type=2"), headers={"Host": "public.s3.fake.invalid"}
+    ) as r:
+        assert r.status == 200
+        assert "torch-2.6.0" in await r.text()
+    async with session.get(
+        encoded,
+        headers={"Range": "bytes=0-1"},
+    ) as r:
+        assert r.status == 206
+        assert await r.read() == b"pl"
