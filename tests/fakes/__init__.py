@@ -6,12 +6,28 @@ Usage with pytest-aiohttp::
     fake.bind(await aiohttp_server(fake.make_app()))
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._base import FakeServer, RequestRecord, SlowControl
 from .anaconda import AnacondaFile, FakeAnacondaAPI, FakeAnacondaChannel, FakeObjectStore
 from .azure import AzureFile, FakeAzureFeed, FakeBlobHost, shorten_version
-from .s3 import AnonymousDenyingS3Proxy, MotoS3, moto_s3
 from .simple import FakeSimpleIndex, SimpleFile, negotiate
 from .static_tree import FakeCdnHost, FakeStaticTree, StaticFile, tree_project_name
+
+if TYPE_CHECKING:
+    from .s3 import AnonymousDenyingS3Proxy, MotoS3, moto_s3
+
+_LAZY_S3 = {"AnonymousDenyingS3Proxy", "MotoS3", "moto_s3"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the moto/boto3-backed helpers only when asked for (they are slow to import)."""
+    if name in _LAZY_S3:
+        from . import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnacondaFile",

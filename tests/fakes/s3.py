@@ -36,9 +36,9 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-import boto3
+import boto3  # type: ignore[import-untyped]
 from aiohttp import web
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 from moto.server import ThreadedMotoServer
 from yarl import URL
