@@ -1,0 +1,194 @@
+"""Command line: ``nightproxy serve | check | cache stats | cache prune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from nightproxy import __version__
+from nightproxy.config import (
+    Config,
+    ConfigError,
+    find_config_path,
+    load_config,
+    masked,
+    parse_duration,
+    parse_size,
+)
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nightproxy",
+        description="One simple index over many nightly wheel feeds, with a pull-through cache.",
+    )
+    parser.add_argument("--version", action="version", version=f"nightproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument(
+        "--config", help="config file (default: $NIGHTPROXY_CONFIG or ./nightproxy.yaml)"
+    )
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format")
+
+    check = commands.add_parser("check", help="validate the config and print it, secrets masked")
+    check.add_argument("--config")
+
+    cache = commands.add_parser("cache", help="inspect or prune the file cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("stats", "show what the cache holds"), ("prune", "evict files now")):
+        sub = cache_commands.add_parser(name, help=text)
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--config")
+        where.add_argument("--cache-dir", help="work on this cache directory directly")
+        if name == "stats":
+            sub.add_argument("--json", action="store_true", help="print JSON")
+        else:
+            sub.add_argument("--max-size", help="evict least recently used files beyond this size")
+            sub.add_argument("--max-age", help="evict files unused for longer than this")
+            sub.add_argument("--dry-run", action="store_true", help="only say what would go")
+    return parser
+
+
+def _load(config_arg: str | None) -> Config:
+    return load_config(find_config_path(config_arg, os.environ))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check":
+            return _check(args)
+        return _cache(args)
+    except ConfigError as exc:
+        print(f"nightproxy: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(yaml.safe_dump(masked(config), sort_keys=False), end="")
+    print(f"# {config.source}: OK", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from nightproxy.logs import setup_logging
+    from nightproxy.server.app import create_app
+
+    config = _load(args.config)
+    setup_logging(args.log_format or config.logging.format, config.logging.level)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    logging.getLogger("nightproxy").info(
+        "nightproxy %s serving %d upstreams on http://%s:%d/simple/ (config %s)",
+        __version__,
+        len(config.upstreams),
+        host,
+        port,
+        config.source,
+    )
+    # run_app installs SIGINT/SIGTERM handlers: stop accepting, drain, run cleanup contexts.
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=30.0,
+        handle_signals=True,
+    )
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from nightproxy.cache.store import CacheStore
+
+    source = Path("(command line)")
+    if args.cache_dir:
+        root = Path(args.cache_dir).expanduser().resolve()
+        budget, max_age = 0, 0.0
+        if not (root / "state.sqlite").exists():
+            raise ConfigError(source, "--cache-dir", f"{root} is not a nightproxy cache directory")
+    else:
+        config = _load(args.config)
+        root, budget, max_age = config.cache.dir, config.cache.max_size, config.cache.max_age
+    if args.cache_command == "prune":
+        if args.max_size is not None:
+            budget = parse_size(args.max_size, "--max-size", source)
+        if args.max_age is not None:
+            max_age = parse_duration(args.max_age, "--max-age", source)
+        if not budget and not max_age:
+            raise ConfigError(source, "--max-size", "give --max-size or --max-age (or --config)")
+    store = CacheStore(root, budget or 2**63, max_age or float("inf"))
+    store.open()
+    try:
+        if args.cache_command == "stats":
+            return _stats(store, as_json=args.json)
+        return _prune(store, dry_run=args.dry_run)
+    finally:
+        store.close()
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+
+
+def _stats(store: object, *, as_json: bool) -> int:
+    from nightproxy.cache.store import CacheStore
+
+    assert isinstance(store, CacheStore)
+    stats = store.stats()
+    data = {
+        "dir": str(store.root),
+        "files": stats.files,
+        "bytes": stats.bytes,
+        "budget": stats.budget if stats.budget < 2**63 else None,
+        "oldest_use": _iso(stats.oldest_use),
+        "newest_use": _iso(stats.newest_use),
+    }
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            print(f"{key:>11}: {value if value is not None else '-'}")
+    return 0
+
+
+def _prune(store: object, *, dry_run: bool) -> int:
+    from nightproxy.cache.store import CacheStore
+
+    assert isinstance(store, CacheStore)
+    before = store.stats()
+    victims = store.expired(time.time())
+    over = store.reserve(0)
+    victims += over or []
+    freed = before.bytes - store.used_bytes
+    verb = "would evict" if dry_run else "evicted"
+    if not dry_run:
+        store.delete_blobs(victims)
+    print(f"{verb} {len(victims)} files, {freed} bytes; {store.file_count} files remain")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Pure (de)serialisation of upstream pages, for persisting last good pages across restarts."""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+from typing import Any
+
+from packaging.utils import canonicalize_name
+
+from nightproxy.index.parse import parse_upload_time
+from nightproxy.index.render import format_upload_time
+from nightproxy.model import DistFile, ProjectPage
+
+
+def _file_to_dict(f: DistFile) -> dict[str, Any]:
+    return {
+        "filename": f.filename,
+        "url": f.url,
+        "upstream": f.upstream,
+        "hashes": dict(f.hashes),
+        "requires_python": f.requires_python,
+        "yanked": f.yanked,
+        "size": f.size,
+        "upload_time": format_upload_time(f.upload_time) if f.upload_time else None,
+        "core_metadata": (
+            dict(f.core_metadata) if not isinstance(f.core_metadata, bool) else f.core_metadata
+        ),
+        "change_marker": f.change_marker,
+    }
+
+
+def _file_from_dict(d: dict[str, Any]) -> DistFile:
+    meta = d.get("core_metadata", False)
+    return DistFile(
+        filename=str(d["filename"]),
+        url=str(d["url"]),
+        upstream=str(d["upstream"]),
+        hashes=MappingProxyType(dict(d.get("hashes") or {})),
+        requires_python=d.get("requires_python"),
+        yanked=d.get("yanked", False),
+        size=d.get("size"),
+        upload_time=parse_upload_time(d.get("upload_time")),
+        core_metadata=MappingProxyType(dict(meta)) if isinstance(meta, dict) else bool(meta),
+        change_marker=d.get("change_marker"),
+    )
+
+
+def page_to_json(page: ProjectPage) -> str:
+    return json.dumps(
+        {
+            "name": page.name,
+            "etag": page.etag,
+            "last_modified": page.last_modified,
+            "files": [_file_to_dict(f) for f in page.files],
+        },
+        separators=(",", ":"),
+    )
+
+
+def page_from_json(text: str) -> ProjectPage:
+    data = json.loads(text)
+    return ProjectPage(
+        name=canonicalize_name(data["name"]),
+        files=tuple(_file_from_dict(f) for f in data["files"]),
+        etag=data.get("etag"),
+        last_modified=data.get("last_modified"),
+    )

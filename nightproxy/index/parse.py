@@ -1,0 +1,280 @@
+"""Pure parsers: upstream page bytes -> ``ProjectPage`` / project names.
+
+Upstream pages are untrusted and come in many dialects (PEP 503 HTML, PEP 691 JSON, static
+bucket trees, anaconda's root-relative links, Azure's GUID paths). The parsers keep what is a
+distribution file, skip everything else with no exception, and raise ``PageParseError`` only
+when the document as a whole is not an index page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import string
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+
+from packaging.utils import NormalizedName, canonicalize_name
+
+from nightproxy.index.filenames import parse_dist_filename
+from nightproxy.model import DistFile, ProjectPage
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_TYPE = "application/vnd.pypi.simple.v1+html"
+
+_HEX = frozenset(string.hexdigits.lower())
+_KNOWN_HASHES = frozenset({"sha256", "sha384", "sha512", "sha224", "sha1", "md5", "blake2b"})
+
+
+class PageParseError(ValueError):
+    """The upstream answered with something that is not a simple-index page."""
+
+
+def parse_upload_time(value: object) -> datetime | None:
+    """An ISO 8601 timestamp as an aware UTC datetime, or None if it does not parse."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _clean_hashes(items: Iterable[tuple[object, object]]) -> Mapping[str, str]:
+    """Only well-formed hex digests of hash names we know: a digest is a promise we verify."""
+    out: dict[str, str] = {}
+    for name, digest in items:
+        if not isinstance(name, str) or not isinstance(digest, str):
+            continue
+        key = name.lower()
+        value = digest.lower()
+        if key in _KNOWN_HASHES and value and set(value) <= _HEX:
+            out[key] = value
+    return MappingProxyType(out)
+
+
+def _hash_from_fragment(fragment: str) -> Mapping[str, str]:
+    name, sep, digest = fragment.partition("=")
+    return _clean_hashes([(name, digest)]) if sep else MappingProxyType({})
+
+
+def _metadata_attr(value: object) -> bool | Mapping[str, str]:
+    """PEP 658/714 availability: ``true``, ``"sha256=..."`` or a JSON mapping of hashes."""
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, Mapping):
+        hashes = _clean_hashes(value.items())
+        return hashes or True
+    if isinstance(value, str):
+        if value.lower() == "true":
+            return True
+        hashes = _hash_from_fragment(value)
+        return hashes or True
+    return False
+
+
+def _filename_from_url(url: str) -> str:
+    path = urlsplit(url).path
+    return unquote(path.rsplit("/", 1)[-1])
+
+
+def _make_file(
+    *,
+    url: str,
+    base_url: str,
+    upstream: str,
+    project: NormalizedName,
+    filename_hint: str | None,
+    hashes: Mapping[str, str],
+    requires_python: object,
+    yanked: bool | str,
+    size: object,
+    upload_time: object,
+    core_metadata: bool | Mapping[str, str],
+) -> DistFile | None:
+    absolute = urljoin(base_url, url)
+    if urlsplit(absolute).scheme not in {"http", "https"}:
+        return None
+    absolute, _frag = urldefrag(absolute)
+    filename = _filename_from_url(absolute)
+    if filename_hint and filename_hint != filename and parse_dist_filename(filename_hint):
+        # JSON pages name the file explicitly; prefer that over the URL's last segment.
+        filename = filename_hint
+    dist = parse_dist_filename(filename)
+    if dist is None:
+        return None
+    if dist.project != project:
+        log.debug("%s: skipping %s, not a file of %s", upstream, filename, project)
+        return None
+    rp = requires_python if isinstance(requires_python, str) and requires_python else None
+    return DistFile(
+        filename=filename,
+        url=absolute,
+        upstream=upstream,
+        hashes=hashes,
+        requires_python=rp,
+        yanked=yanked,
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        upload_time=parse_upload_time(upload_time),
+        core_metadata=core_metadata,
+    )
+
+
+class _AnchorCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.anchors: list[dict[str, str | None]] = []
+        self.base_href: str | None = None
+        self.saw_html = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.anchors.append(dict(attrs))
+        elif tag == "base" and self.base_href is None:
+            self.base_href = dict(attrs).get("href")
+        if tag in {"html", "body", "a", "head", "title", "h1"}:
+            self.saw_html = True
+
+
+def _collect(body: bytes) -> _AnchorCollector:
+    collector = _AnchorCollector()
+    try:
+        collector.feed(body.decode("utf-8", errors="replace"))
+        collector.close()
+    except Exception as exc:  # HTMLParser can raise on pathological input
+        raise PageParseError(f"unparsable HTML: {type(exc).__name__}") from exc
+    if not collector.saw_html:
+        raise PageParseError("response is not an HTML index page")
+    return collector
+
+
+def parse_project_html(
+    body: bytes, base_url: str, upstream: str, project: NormalizedName
+) -> ProjectPage:
+    """Parse a PEP 503 project page (any of the dialects static trees and channels produce)."""
+    collector = _collect(body)
+    base = urljoin(base_url, collector.base_href) if collector.base_href else base_url
+    files: dict[str, DistFile] = {}
+    for attrs in collector.anchors:
+        href = attrs.get("href")
+        if not href:
+            continue
+        _url, fragment = urldefrag(href)
+        yanked_attr = attrs.get("data-yanked", False) if "data-yanked" in attrs else False
+        yanked: bool | str = (yanked_attr or True) if yanked_attr is not False else False
+        metadata = _metadata_attr(
+            attrs.get("data-core-metadata") or attrs.get("data-dist-info-metadata")
+        )
+        dist = _make_file(
+            url=href,
+            base_url=base,
+            upstream=upstream,
+            project=project,
+            filename_hint=None,
+            hashes=_hash_from_fragment(fragment),
+            requires_python=attrs.get("data-requires-python"),
+            yanked=yanked,
+            size=None,
+            upload_time=attrs.get("data-upload-time"),
+            core_metadata=metadata,
+        )
+        if dist is not None:
+            files.setdefault(dist.filename, dist)
+    return ProjectPage(name=project, files=tuple(files.values()))
+
+
+def _yanked_json(value: object) -> bool | str:
+    if isinstance(value, str):
+        return value or True
+    return bool(value) if isinstance(value, bool) else False
+
+
+def parse_project_json(
+    body: bytes, base_url: str, upstream: str, project: NormalizedName
+) -> ProjectPage:
+    """Parse a PEP 691 JSON project page."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PageParseError("invalid JSON") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise PageParseError("JSON page has no 'files' list")
+    files: dict[str, DistFile] = {}
+    for entry in data["files"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            continue
+        raw_hashes = entry.get("hashes")
+        hashes = _clean_hashes(raw_hashes.items()) if isinstance(raw_hashes, dict) else None
+        metadata = _metadata_attr(entry.get("core-metadata", entry.get("dist-info-metadata")))
+        hint = entry.get("filename")
+        dist = _make_file(
+            url=entry["url"],
+            base_url=base_url,
+            upstream=upstream,
+            project=project,
+            filename_hint=hint if isinstance(hint, str) else None,
+            hashes=hashes or _hash_from_fragment(urldefrag(entry["url"])[1]),
+            requires_python=entry.get("requires-python"),
+            yanked=_yanked_json(entry.get("yanked")),
+            size=entry.get("size"),
+            upload_time=entry.get("upload-time"),
+            core_metadata=metadata,
+        )
+        if dist is not None:
+            files.setdefault(dist.filename, dist)
+    return ProjectPage(name=project, files=tuple(files.values()))
+
+
+def parse_project_page(
+    body: bytes, content_type: str, base_url: str, upstream: str, project: NormalizedName
+) -> ProjectPage:
+    """Dispatch on the response's media type; unknown types are sniffed, not trusted."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in (JSON_TYPE, "application/json"):
+        return parse_project_json(body, base_url, upstream, project)
+    if media in {HTML_TYPE, "text/html", "application/xhtml+xml"}:
+        return parse_project_html(body, base_url, upstream, project)
+    if body.lstrip()[:1] == b"{":
+        return parse_project_json(body, base_url, upstream, project)
+    return parse_project_html(body, base_url, upstream, project)
+
+
+def parse_project_list(body: bytes, content_type: str) -> frozenset[NormalizedName]:
+    """The project names of a ``/simple/`` page, canonicalized."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    names: set[NormalizedName] = set()
+    if media in {JSON_TYPE, "application/json"} or body.lstrip()[:1] == b"{":
+        try:
+            data: Any = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PageParseError("invalid JSON") from exc
+        projects = data.get("projects") if isinstance(data, dict) else None
+        if not isinstance(projects, list):
+            raise PageParseError("JSON project list has no 'projects' list")
+        for entry in projects:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                names.add(canonicalize_name(entry["name"]))
+        return frozenset(names)
+    collector = _collect(body)
+    for attrs in collector.anchors:
+        href = attrs.get("href")
+        if not href:
+            continue
+        segment = unquote(urlsplit(href).path.rstrip("/").rsplit("/", 1)[-1])
+        if segment and segment not in {".", ".."}:
+            names.add(canonicalize_name(segment))
+    return frozenset(names)

@@ -1,0 +1,90 @@
+"""The nightly view: pure retention rules over published files.
+
+- Releases are never hidden by age.
+- Dev releases built longer ago than ``dev_max_age`` are hidden, except the ``keep_latest``
+  newest dev versions of the project, which are always shown so that a project that stopped
+  building nightly never disappears.
+- ``dev_only`` upstreams contribute dev and pre-releases only.
+- An ``as_of`` view hides every file built after that instant.
+
+Settings are resolved per file's upstream (project, then upstream, then global).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from packaging.utils import NormalizedName
+from packaging.version import Version
+
+from nightproxy.config import Config, RetentionConfig, effective_retention
+from nightproxy.index.filenames import parse_dist_filename
+from nightproxy.model import PublishedFile
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Retention settings of one project, per upstream."""
+
+    resolve: Callable[[str], RetentionConfig]
+
+    @classmethod
+    def for_project(cls, config: Config, project: NormalizedName) -> Policy:
+        cache: dict[str, RetentionConfig] = {}
+
+        def resolve(upstream: str) -> RetentionConfig:
+            if upstream not in cache:
+                cache[upstream] = effective_retention(config, upstream, project)
+            return cache[upstream]
+
+        return cls(resolve)
+
+    @classmethod
+    def uniform(cls, settings: RetentionConfig) -> Policy:
+        return cls(lambda _upstream: settings)
+
+
+def _version(pub: PublishedFile) -> Version | None:
+    dist = parse_dist_filename(pub.source.filename)
+    return dist.version if dist else None
+
+
+def apply_retention(
+    files: Iterable[PublishedFile],
+    policy: Policy,
+    *,
+    now: datetime,
+    as_of: datetime | None = None,
+    dev_only: Collection[str] = (),
+) -> tuple[PublishedFile, ...]:
+    """The files a page shows, in their given order."""
+    candidates: list[tuple[PublishedFile, Version]] = []
+    for pub in files:
+        version = _version(pub)
+        if version is None:
+            continue
+        if pub.source.upstream in dev_only and not version.is_prerelease:
+            continue
+        if as_of is not None and pub.build_time is not None and pub.build_time > as_of:
+            continue
+        candidates.append((pub, version))
+    reference = as_of or now
+    # The newest dev versions per upstream policy's keep_latest, over the whole project.
+    dev_versions = sorted({v for _p, v in candidates if v.is_devrelease}, reverse=True)
+    shown = []
+    for pub, version in candidates:
+        if not version.is_devrelease:
+            shown.append(pub)
+            continue
+        settings = policy.resolve(pub.source.upstream)
+        if version in dev_versions[: settings.keep_latest]:
+            shown.append(pub)
+            continue
+        if settings.dev_max_age is None or pub.build_time is None:
+            shown.append(pub)
+            continue
+        if reference - pub.build_time <= timedelta(seconds=settings.dev_max_age):
+            shown.append(pub)
+    return tuple(shown)

@@ -1,0 +1,511 @@
+"""The index service: upstream page cache, merging, and rendered-page cache.
+
+This is the I/O edge around the pure parse/merge/render functions. Per upstream and project it
+keeps the last page it fetched: fresh for the upstream's ttl, then revalidated with the
+upstream's validators, and stood in for its last good copy when the upstream fails (for up to
+``index.stale_if_error``, also across restarts). Merged pages are rendered once per change of
+their inputs, per format and encoding, and served as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from packaging.utils import NormalizedName
+
+from nightproxy.cache.keys import file_key, file_path
+from nightproxy.cache.store import CacheStore
+from nightproxy.config import Config
+from nightproxy.index.builddate import build_time
+from nightproxy.index.codec import page_from_json, page_to_json
+from nightproxy.index.merge import merge_files
+from nightproxy.index.render import (
+    Format,
+    render_index_html,
+    render_index_json,
+    render_project_html,
+    render_project_json,
+)
+from nightproxy.index.retention import Policy, apply_retention
+from nightproxy.model import DistFile, ProjectPage, PublishedFile
+from nightproxy.upstreams.base import NotFound, NotModified, Upstream
+from nightproxy.upstreams.http import UpstreamError
+
+log = logging.getLogger(__name__)
+
+#: Circuit breaker: after this many consecutive failures an upstream is skipped for a while.
+BREAKER_THRESHOLD = 3
+BREAKER_BASE_DELAY = 5.0
+BREAKER_MAX_DELAY = 300.0
+
+
+class AllUpstreamsFailedError(Exception):
+    """No upstream of a project could answer, and none had a usable stale page."""
+
+    def __init__(self, project: str, reasons: Mapping[str, str]) -> None:
+        detail = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+        super().__init__(f"no upstream could serve {project}: {detail}")
+        self.reasons = dict(reasons)
+
+
+class CircuitOpenError(UpstreamError):
+    pass
+
+
+@dataclass(slots=True)
+class UpstreamHealth:
+    """What readiness and the status page report per upstream."""
+
+    failures: int = 0
+    open_until: float = 0.0
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    served_stale: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.failures == 0:
+            return "ok"
+        return "stale" if self.served_stale else "down"
+
+
+@dataclass(slots=True)
+class PageEntry:
+    """An upstream's page of one project as we last saw it; ``page`` None means 'not there'."""
+
+    page: ProjectPage | None
+    fetched_at: float
+    generation: int
+
+
+@dataclass(slots=True)
+class Rendered:
+    body: bytes
+    etag: str
+
+
+@dataclass(slots=True)
+class ProjectView:
+    """A merged, retention-filtered project page, rendered lazily once per representation."""
+
+    name: NormalizedName
+    files: tuple[PublishedFile, ...]
+    missing: tuple[str, ...]
+    stale: tuple[str, ...]
+    retained: int
+    built_at: float
+    fresh_until: float
+    inputs: tuple[int, ...]
+    by_key: dict[str, PublishedFile] = field(default_factory=dict)
+    _rendered: dict[tuple[Format, bool], Rendered] = field(default_factory=dict)
+
+    def rendered(self, fmt: Format, gzipped: bool) -> Rendered | None:
+        return self._rendered.get((fmt, gzipped))
+
+    def render(self, fmt: Format, gzipped: bool) -> Rendered:
+        """CPU work: call from a thread. Idempotent, so a race only renders twice."""
+        plain = self._rendered.get((fmt, False))
+        if plain is None:
+            body = (
+                render_project_json(self.name, self.files)
+                if fmt == "json"
+                else render_project_html(self.name, self.files)
+            )
+            plain = Rendered(body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+            self._rendered[(fmt, False)] = plain
+        if not gzipped:
+            return plain
+        # A representation's strong ETag must differ per content-coding.
+        packed = Rendered(
+            gzip.compress(plain.body, compresslevel=6, mtime=0), plain.etag[:-1] + '-gz"'
+        )
+        self._rendered[(fmt, True)] = packed
+        return packed
+
+
+@dataclass(slots=True)
+class IndexView:
+    names: tuple[NormalizedName, ...]
+    fresh_until: float
+    missing: tuple[str, ...]
+    _rendered: dict[tuple[Format, bool], Rendered] = field(default_factory=dict)
+
+    def render(self, fmt: Format, gzipped: bool) -> Rendered:
+        got = self._rendered.get((fmt, gzipped))
+        if got is not None:
+            return got
+        body = render_index_json(self.names) if fmt == "json" else render_index_html(self.names)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + ('-gz"' if gzipped else '"')
+        if gzipped:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+        got = Rendered(body, etag)
+        self._rendered[(fmt, gzipped)] = got
+        return got
+
+
+class IndexService:
+    def __init__(
+        self,
+        config: Config,
+        upstreams: Mapping[str, Upstream],
+        store: CacheStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.upstreams = dict(upstreams)
+        self.store = store
+        self.clock = clock
+        self.health: dict[str, UpstreamHealth] = {name: UpstreamHealth() for name in upstreams}
+        self._pages: dict[tuple[str, NormalizedName], PageEntry] = {}
+        self._inflight: dict[tuple[str, NormalizedName], asyncio.Future[PageEntry]] = {}
+        self._views: dict[tuple[NormalizedName, float | None], ProjectView] = {}
+        self._view_inflight: dict[
+            tuple[NormalizedName, float | None], asyncio.Future[ProjectView]
+        ] = {}
+        self._index: IndexView | None = None
+        self._generation = 0
+        self._background: set[asyncio.Task[object]] = set()
+        self.stale_pages_served = 0
+        #: Called with every view built, so the file layer can find a file by its key.
+        self.on_view: Callable[[ProjectView], None] | None = None
+
+    # -- per-upstream pages -----------------------------------------------------------------
+
+    def _ttl(self, upstream: str) -> float:
+        ttl = self.upstreams[upstream].config.ttl
+        return self.config.index.ttl if ttl is None else ttl
+
+    def _breaker_open(self, upstream: str) -> bool:
+        return self.health[upstream].open_until > self.clock()
+
+    def _record_success(self, upstream: str) -> None:
+        health = self.health[upstream]
+        health.failures = 0
+        health.open_until = 0.0
+        health.served_stale = False
+        health.last_success = self.clock()
+
+    def _record_failure(self, upstream: str, reason: str) -> None:
+        health = self.health[upstream]
+        health.failures += 1
+        health.last_error = reason
+        health.last_error_at = self.clock()
+        if health.failures >= BREAKER_THRESHOLD:
+            delay = min(
+                BREAKER_BASE_DELAY * 2 ** (health.failures - BREAKER_THRESHOLD), BREAKER_MAX_DELAY
+            )
+            health.open_until = self.clock() + delay
+            log.warning(
+                "upstream %r failed %d times: skipping it for %.0fs",
+                upstream,
+                health.failures,
+                delay,
+            )
+
+    async def _fetch(self, upstream: str, project: NormalizedName) -> PageEntry:
+        """Fetch (or revalidate) one upstream's page; raises UpstreamError on failure."""
+        if self._breaker_open(upstream):
+            raise CircuitOpenError(upstream, "skipped: failing repeatedly (circuit open)")
+        previous = self._pages.get((upstream, project))
+        etag = last_modified = None
+        if previous is not None and previous.page is not None:
+            etag, last_modified = previous.page.etag, previous.page.last_modified
+        try:
+            result = await self.upstreams[upstream].fetch_project(
+                project, etag=etag, last_modified=last_modified
+            )
+        except UpstreamError as exc:
+            self._record_failure(upstream, exc.reason)
+            raise
+        self._record_success(upstream)
+        now = self.clock()
+        if isinstance(result, NotModified) and previous is not None:
+            entry = PageEntry(previous.page, now, previous.generation)
+        elif isinstance(result, NotFound | NotModified):
+            self._generation += 1
+            entry = PageEntry(None, now, self._generation)
+        else:
+            self._generation += 1
+            entry = PageEntry(result, now, self._generation)
+            await asyncio.to_thread(
+                self.store.save_page, upstream, project, now, page_to_json(result)
+            )
+        self._pages[(upstream, project)] = entry
+        return entry
+
+    async def _fetch_once(self, upstream: str, project: NormalizedName) -> PageEntry:
+        """Single-flight around ``_fetch``: concurrent callers share one upstream request."""
+        key = (upstream, project)
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._fetch(upstream, project))
+            self._inflight[key] = future
+            future.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        return await asyncio.shield(future)
+
+    async def _stale_entry(self, upstream: str, project: NormalizedName) -> PageEntry | None:
+        """The last good page within stale_if_error, from memory or from disk."""
+        horizon = self.clock() - self.config.index.stale_if_error
+        entry = self._pages.get((upstream, project))
+        if entry is not None:
+            return entry if entry.fetched_at >= horizon else None
+        saved = await asyncio.to_thread(self.store.load_page, upstream, project)
+        if saved is None or saved[0] < horizon:
+            return None
+        try:
+            page = page_from_json(saved[1])
+        except (ValueError, KeyError, TypeError):
+            return None
+        self._generation += 1
+        entry = PageEntry(page, saved[0], self._generation)
+        self._pages[(upstream, project)] = entry
+        return entry
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_task_error)
+
+    async def _page(
+        self, upstream: str, project: NormalizedName
+    ) -> tuple[PageEntry | None, str | None, bool]:
+        """(entry, failure reason, stale?) for one upstream's page of a project."""
+        entry = self._pages.get((upstream, project))
+        now = self.clock()
+        if entry is not None and now - entry.fetched_at < self._ttl(upstream):
+            return entry, None, False
+        if (
+            entry is not None
+            and self.config.index.stale_while_revalidate
+            and now - entry.fetched_at < self.config.index.stale_if_error
+        ):
+            self._spawn(self._fetch_once(upstream, project))
+            return entry, None, False
+        try:
+            return await self._fetch_once(upstream, project), None, False
+        except UpstreamError as exc:
+            stale = await self._stale_entry(upstream, project)
+            if stale is not None and stale.page is not None:
+                log.warning(
+                    "upstream %r failed for %s (%s): serving its last good page",
+                    upstream,
+                    project,
+                    exc.reason,
+                )
+                self.health[upstream].served_stale = True
+                self.stale_pages_served += 1
+                return stale, exc.reason, True
+            log.warning("upstream %r left out of %s: %s", upstream, project, exc.reason)
+            return None, exc.reason, False
+
+    # -- merged project views -----------------------------------------------------------------
+
+    def upstreams_for(self, project: NormalizedName) -> tuple[str, ...]:
+        return self.config.upstream_names_for(project)
+
+    async def view(
+        self, project: NormalizedName, as_of: datetime | None = None
+    ) -> ProjectView | None:
+        """The merged page of a project; None when no upstream has it.
+
+        Raises AllUpstreamsFailedError when every upstream failed without a stale stand-in.
+        """
+        key = (project, as_of.timestamp() if as_of else None)
+        view = self._views.get(key)
+        if view is not None and self.clock() < view.fresh_until:
+            return view
+        future = self._view_inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._build_view(project, as_of, view))
+            self._view_inflight[key] = future
+            future.add_done_callback(lambda _f: self._view_inflight.pop(key, None))
+        built = await asyncio.shield(future)
+        return built if built.files or built.inputs else None
+
+    async def _build_view(
+        self, project: NormalizedName, as_of: datetime | None, previous: ProjectView | None
+    ) -> ProjectView:
+        names = self.upstreams_for(project)
+        results = await asyncio.gather(*(self._page(name, project) for name in names))
+        missing: list[str] = []
+        stale: list[str] = []
+        reasons: dict[str, str] = {}
+        pages: list[tuple[str, ProjectPage]] = []
+        inputs: list[int] = []
+        for name, (entry, reason, was_stale) in zip(names, results, strict=True):
+            if entry is None:
+                missing.append(name)
+                reasons[name] = reason or "failed"
+                continue
+            if was_stale:
+                stale.append(name)
+            if entry.page is not None:
+                pages.append((name, entry.page))
+                inputs.append(entry.generation)
+        if not pages and missing:
+            raise AllUpstreamsFailedError(project, reasons)
+        now = self.clock()
+        fresh_for = min((self._ttl(n) for n in names), default=self.config.index.ttl)
+        if stale or missing:
+            # A degraded page is retried soon rather than pinned for a whole ttl.
+            fresh_for = min(fresh_for, 5.0)
+        key_inputs = tuple(inputs)
+        if (
+            previous is not None
+            and previous.inputs == key_inputs
+            and tuple(missing) == previous.missing
+            and tuple(stale) == previous.stale
+            and now - previous.built_at < self.config.index.ttl
+        ):
+            previous.fresh_until = now + fresh_for
+            return previous
+        files = await self._publish(project, pages, as_of, now)
+        view = ProjectView(
+            name=project,
+            files=files,
+            missing=tuple(missing),
+            stale=tuple(stale),
+            retained=sum(1 for f in files if f.source.retained),
+            built_at=now,
+            fresh_until=now + fresh_for,
+            inputs=key_inputs,
+        )
+        view.by_key = {_key_of(pub): pub for pub in files}
+        self._views[(project, as_of.timestamp() if as_of else None)] = view
+        if self.on_view is not None:
+            self.on_view(view)
+        return view
+
+    async def _publish(
+        self,
+        project: NormalizedName,
+        pages: list[tuple[str, ProjectPage]],
+        as_of: datetime | None,
+        now: float,
+    ) -> tuple[PublishedFile, ...]:
+        merged = merge_files(page.files for _name, page in pages)
+        keys = [file_key(f) for f in merged]
+        first_seen = await asyncio.to_thread(self.store.first_seen, keys, now)
+        policy = Policy.for_project(self.config, project)
+        published = []
+        for file, key in zip(merged, keys, strict=True):
+            published.append(self._published(project, file, key, first_seen.get(key, now)))
+        return apply_retention(
+            published,
+            policy,
+            now=datetime.fromtimestamp(now, UTC),
+            as_of=as_of,
+            dev_only={n for n, up in self.upstreams.items() if up.config.dev_only},
+        )
+
+    def _published(
+        self, project: NormalizedName, file: DistFile, key: str, first_seen: float
+    ) -> PublishedFile:
+        hashes = file.hashes
+        if "sha256" not in hashes:
+            verified = self.store.alias(key)
+            if verified is not None:
+                # Publish only what we hashed ourselves from the bytes we hold.
+                hashes = {**hashes, "sha256": verified}
+        meta: bool | Mapping[str, str] = file.core_metadata
+        if file.filename.endswith(".whl"):
+            known = self.store.alias(f"m:{key}")
+            meta = {"sha256": known} if known else (meta or True)
+        when, source = build_time(file, datetime.fromtimestamp(first_seen, UTC))
+        return PublishedFile(
+            source=file,
+            url=file_path(project, key, file.filename),
+            hashes=hashes,
+            core_metadata=meta,
+            build_time=when,
+            build_time_source=source,
+        )
+
+    async def find_file(self, project: NormalizedName, key: str) -> PublishedFile | None:
+        """The published file behind a key: from a built view, else from a fresh one."""
+        for (name, _as_of), built in list(self._views.items()):
+            if name == project and key in built.by_key:
+                return built.by_key[key]
+        view = await self.view(project)
+        if view is not None and key in view.by_key:
+            return view.by_key[key]
+        # An older page may link a file that retention now hides: it still names real bytes.
+        for (_upstream, name), entry in list(self._pages.items()):
+            if name != project or entry.page is None:
+                continue
+            for file in entry.page.files:
+                if file_key(file) == key:
+                    return self._published(project, file, key, self.clock())
+        return None
+
+    def invalidate(self, project: NormalizedName) -> None:
+        """Forget rendered views of a project (its published hashes changed)."""
+        for key in [k for k in self._views if k[0] == project]:
+            view = self._views[key]
+            view.fresh_until = 0.0
+            view.inputs = ()
+
+    # -- the project list ---------------------------------------------------------------------
+
+    async def project_list(self) -> IndexView:
+        index = self._index
+        now = self.clock()
+        if index is not None and now < index.fresh_until:
+            return index
+        results = await asyncio.gather(
+            *(self._list_one(name) for name in self.upstreams), return_exceptions=False
+        )
+        names: set[NormalizedName] = set()
+        missing = []
+        for name, result in zip(self.upstreams, results, strict=True):
+            if isinstance(result, str):
+                missing.append(name)
+            elif result is not None:
+                names |= result
+        names |= set(self.config.projects)
+        index = IndexView(tuple(sorted(names)), now + self.config.index.ttl, tuple(missing))
+        self._index = index
+        return index
+
+    async def _list_one(self, name: str) -> frozenset[NormalizedName] | str | None:
+        if self._breaker_open(name):
+            return "circuit open"
+        try:
+            result = await self.upstreams[name].fetch_project_list()
+        except UpstreamError as exc:
+            log.warning("upstream %r left out of the project list: %s", name, exc.reason)
+            return exc.reason
+        if result is None:
+            return None
+        # Pinned projects are listed only from their own upstreams.
+        return frozenset(
+            p for p in result if p not in self.config.projects or name in self.upstreams_for(p)
+        )
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _key_of(pub: PublishedFile) -> str:
+    return pub.url.split("/")[-2]
+
+
+def _log_task_error(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.warning("background refresh failed: %s", exc)

@@ -1,0 +1,108 @@
+"""The application factory: wiring only, no state at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from nightproxy import __version__
+from nightproxy.cache.fill import FillManager
+from nightproxy.cache.store import CacheStore
+from nightproxy.config import Config
+from nightproxy.index.service import IndexService
+from nightproxy.server import handlers, keys
+from nightproxy.server.middlewares import error_middleware
+from nightproxy.upstreams import make_upstream
+
+log = logging.getLogger(__name__)
+
+#: How often recency is flushed to disk and the age sweep runs.
+MAINTENANCE_INTERVAL = 30.0
+#: On shutdown, how long running downloads may take to finish for their clients.
+DRAIN_TIMEOUT = 25.0
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app[keys.CONFIG] = config
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_services_ctx)
+    app.cleanup_ctx.append(_maintenance_ctx)
+    handlers.setup_routes(app)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    store = CacheStore(config.cache.dir, config.cache.max_size, config.cache.max_age)
+    await asyncio.to_thread(store.open)
+    expired = store.expired()
+    if expired:
+        await asyncio.to_thread(store.delete_blobs, expired)
+    log.info(
+        "cache %s: %d files, %d bytes of %d",
+        config.cache.dir,
+        store.file_count,
+        store.used_bytes,
+        store.max_size,
+    )
+    app[keys.STORE] = store
+    yield
+    await asyncio.to_thread(store.close)
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=100, limit_per_host=32, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": f"nightproxy/{__version__}"},
+        auto_decompress=True,
+        trust_env=False,
+    )
+    app[keys.SESSION] = session
+    yield
+    await session.close()
+    # Let SSL transports finish closing before the loop goes away (aiohttp's advice).
+    await asyncio.sleep(0.1)
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    session = app[keys.SESSION]
+    upstreams = {u.name: make_upstream(u, session) for u in config.upstreams}
+    app[keys.UPSTREAMS] = upstreams
+    app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE])
+    app[keys.FILLS] = FillManager(app[keys.STORE])
+    yield
+    await app[keys.FILLS].drain(timeout=DRAIN_TIMEOUT)
+    await app[keys.INDEX].close()
+    for upstream in upstreams.values():
+        await upstream.close()
+
+
+async def _maintenance(app: web.Application) -> None:
+    store = app[keys.STORE]
+    while True:
+        await asyncio.sleep(MAINTENANCE_INTERVAL)
+        try:
+            victims = store.expired()
+            if victims:
+                log.info("age sweep evicted %d files", len(victims))
+                await asyncio.to_thread(store.delete_blobs, victims)
+            await asyncio.to_thread(store.flush)
+        except Exception:
+            log.exception("cache maintenance failed")
+
+
+async def _maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_maintenance(app), name="cache maintenance")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,371 @@
+"""HTTP handlers: thin adapters from requests to the index service and the file cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from packaging.utils import NormalizedName, canonicalize_name
+
+from nightproxy.cache.fill import Fill, FillError
+from nightproxy.cache.keys import is_file_key, metadata_key
+from nightproxy.cache.metadata import MetadataError, extract_metadata
+from nightproxy.cache.store import CacheStore
+from nightproxy.index.filenames import METADATA_SUFFIX, is_safe_filename, parse_dist_filename
+from nightproxy.index.parse import parse_upload_time
+from nightproxy.index.render import CONTENT_TYPES, Format, negotiate
+from nightproxy.index.service import IndexService, ProjectView, Rendered
+from nightproxy.model import PublishedFile
+from nightproxy.server import keys
+from nightproxy.upstreams.base import Download
+
+log = logging.getLogger(__name__)
+
+FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+OCTET = "application/octet-stream"
+METADATA_TYPE = "text/plain; charset=utf-8"
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/simple", _add_slash)
+    r.add_get("/simple/", index_page)
+    r.add_get("/simple/{project}", _add_slash)
+    r.add_get("/simple/{project}/", project_page)
+    r.add_get("/as-of/{as_of}/simple/", index_page)
+    r.add_get("/as-of/{as_of}/simple/{project}", _add_slash)
+    r.add_get("/as-of/{as_of}/simple/{project}/", project_page)
+    r.add_get("/files/{project}/{key}/{filename}", file_handler)
+    r.add_get("/as-of/{as_of}/files/{project}/{key}/{filename}", file_handler)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _add_slash(request: web.Request) -> web.Response:
+    location = request.path + "/"
+    if request.query_string:
+        location += "?" + request.query_string
+    raise web.HTTPMovedPermanently(location)
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def _wants_gzip(request: web.Request) -> bool:
+    for part in request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in {"gzip", "x-gzip"}:
+            return "q=0" not in params.replace(" ", "") or "q=0." in params.replace(" ", "")
+    return False
+
+
+def _as_of(request: web.Request) -> datetime | None:
+    raw = request.match_info.get("as_of") or request.query.get("as_of")
+    if raw is None:
+        return None
+    when = parse_upload_time(raw)
+    if when is None:
+        try:
+            when = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text=f"as_of: {raw!r} is not an ISO 8601 time such as 2026-11-20T00:00:00Z\n"
+            ) from None
+    return when
+
+
+def _format(request: web.Request) -> Format:
+    fmt = negotiate(request.headers.get("Accept"), request.query.get("format"))
+    if fmt is None:
+        raise web.HTTPNotAcceptable(
+            text="this index serves application/vnd.pypi.simple.v1+json, "
+            "application/vnd.pypi.simple.v1+html and text/html\n"
+        )
+    return fmt
+
+
+def _page_response(
+    request: web.Request, rendered: Rendered, fmt: Format, gzipped: bool, max_age: int
+) -> web.Response:
+    headers = {
+        "Content-Type": CONTENT_TYPES[fmt],
+        "Vary": "Accept, Accept-Encoding",
+        "ETag": rendered.etag,
+        "Cache-Control": f"max-age={max_age}",
+    }
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    if rendered.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=rendered.body, headers=headers)
+
+
+async def _rendered(view: ProjectView, fmt: Format, gzipped: bool) -> Rendered:
+    got = view.rendered(fmt, gzipped)
+    if got is None:
+        got = await asyncio.to_thread(view.render, fmt, gzipped)
+    return got
+
+
+async def index_page(request: web.Request) -> web.Response:
+    fmt = _format(request)
+    gzipped = _wants_gzip(request)
+    index = request.app[keys.INDEX]
+    listing = await index.project_list()
+    rendered = await asyncio.to_thread(listing.render, fmt, gzipped)
+    response = _page_response(
+        request, rendered, fmt, gzipped, _remaining(index, listing.fresh_until)
+    )
+    if listing.missing:
+        response.headers["X-Nightproxy-Missing"] = ", ".join(listing.missing)
+    return response
+
+
+def _remaining(index: IndexService, fresh_until: float) -> int:
+    return max(0, int(fresh_until - index.clock()))
+
+
+async def project_page(request: web.Request) -> web.Response:
+    raw = request.match_info["project"]
+    project = canonicalize_name(raw)
+    if project != raw:
+        location = request.path[: -len(raw) - 1] + project + "/"
+        if request.query_string:
+            location += "?" + request.query_string
+        raise web.HTTPMovedPermanently(location)
+    fmt = _format(request)
+    as_of = _as_of(request)
+    gzipped = _wants_gzip(request)
+    index = request.app[keys.INDEX]
+    view = await index.view(project, as_of)
+    if view is None:
+        raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
+    rendered = await _rendered(view, fmt, gzipped)
+    response = _page_response(request, rendered, fmt, gzipped, _remaining(index, view.fresh_until))
+    if view.missing:
+        response.headers["X-Nightproxy-Missing"] = ", ".join(view.missing)
+    if view.stale:
+        response.headers["X-Nightproxy-Stale"] = ", ".join(view.stale)
+    if view.retained:
+        response.headers["X-Nightproxy-Retained"] = str(view.retained)
+    return response
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+class _BlobResponse(web.FileResponse):
+    """sendfile of a cached blob, pinned against eviction for as long as it is being sent."""
+
+    def __init__(self, store: CacheStore, sha: str, content_type: str) -> None:
+        super().__init__(
+            store.path_for(sha),
+            chunk_size=256 * 1024,
+            headers={
+                "Content-Type": content_type,
+                "Cache-Control": FILE_CACHE_CONTROL,
+                "X-Nightproxy-Cache": "hit",
+            },
+        )
+        self._store = store
+        self._sha = sha
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        with self._store.pinned(self._sha):
+            writer = await super().prepare(request)
+        if self.status == 404:
+            # Pruned by another process: forget it so the next request fetches it again.
+            self._store.vanished(self._sha)
+        return writer
+
+
+def _serve_cached(
+    request: web.Request, sha: str, *, content_type: str = OCTET
+) -> web.StreamResponse:
+    store = request.app[keys.STORE]
+    store.touch(sha)
+    return _BlobResponse(store, sha, content_type)
+
+
+async def _stream_fill(request: web.Request, fill: Fill) -> web.StreamResponse:
+    """Tee a running fill to this client as the bytes arrive."""
+    try:
+        await fill.wait_started()
+    except FillError as exc:
+        raise web.HTTPBadGateway(text=f"upstream download failed: {exc}\n") from None
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": OCTET,
+            "Cache-Control": FILE_CACHE_CONTROL,
+            "X-Nightproxy-Cache": "miss",
+        }
+    )
+    if fill.size is not None:
+        response.content_length = fill.size
+    await response.prepare(request)
+    try:
+        async for chunk in fill.read():
+            await response.write(chunk)
+    except FillError:
+        # Headers are gone: the only honest signal left is to cut the connection, so the
+        # client sees a short read rather than a complete-looking, unverified body.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def file_handler(request: web.Request) -> web.StreamResponse:
+    project = canonicalize_name(request.match_info["project"])
+    key = request.match_info["key"]
+    filename = request.match_info["filename"]
+    if not is_file_key(key) or not is_safe_filename(filename):
+        raise web.HTTPNotFound(text="no such file\n")
+    if filename.endswith(METADATA_SUFFIX):
+        return await _metadata_handler(request, project, key, filename[: -len(METADATA_SUFFIX)])
+    dist = parse_dist_filename(filename)
+    if dist is None or dist.project != project:
+        raise web.HTTPNotFound(text="no such file\n")
+    store = request.app[keys.STORE]
+    sha = store.resolve(key)
+    if sha is not None:
+        return _serve_cached(request, sha)
+    index = request.app[keys.INDEX]
+    pub = await index.find_file(project, key)
+    if pub is None or pub.filename != filename:
+        raise web.HTTPNotFound(text=f"{filename} is not listed by any upstream of {project}\n")
+    if request.method == "HEAD":
+        # Never download for a HEAD: answer from what the index knows.
+        headers = {"Content-Type": OCTET, "X-Nightproxy-Cache": "miss"}
+        if pub.source.size is not None:
+            headers["Content-Length"] = str(pub.source.size)
+        return web.Response(headers=headers)
+    fill = _start_fill(request.app, project, key, pub)
+    if request.headers.get("Range"):
+        # Ranges are answered from the verified copy, so they can never have a wrong length.
+        await fill.finished.wait()
+        sha = store.resolve(key)
+        if sha is not None:
+            return _serve_cached(request, sha)
+    return await _stream_fill(request, fill)
+
+
+def _start_fill(
+    app: web.Application, project: NormalizedName, key: str, pub: PublishedFile
+) -> Fill:
+    upstream = app[keys.UPSTREAMS][pub.source.upstream]
+    source = pub.source
+    index = app[keys.INDEX]
+
+    def done(fill: Fill) -> None:
+        if fill.cached and source.sha256 is None:
+            # The page can now publish the hash we verified ourselves.
+            index.invalidate(project)
+
+    return app[keys.FILLS].start(
+        key,
+        lambda: upstream.open_file(source),
+        expected_sha256=source.sha256,
+        filename=source.filename,
+        upstream=source.upstream,
+        on_done=done,
+    )
+
+
+async def _metadata_handler(
+    request: web.Request, project: NormalizedName, key: str, wheel: str
+) -> web.StreamResponse:
+    dist = parse_dist_filename(wheel)
+    if dist is None or dist.project != project or not wheel.endswith(".whl"):
+        raise web.HTTPNotFound(text="no such metadata\n")
+    store = request.app[keys.STORE]
+    mkey = metadata_key(key)
+    sha = store.resolve(mkey)
+    if sha is not None:
+        return _serve_cached(request, sha, content_type=METADATA_TYPE)
+    index = request.app[keys.INDEX]
+    pub = await index.find_file(project, key)
+    if pub is None or pub.filename != wheel:
+        raise web.HTTPNotFound(text=f"{wheel} is not listed by any upstream of {project}\n")
+    sha = await _fill_metadata(request.app, project, key, pub)
+    return _serve_cached(request, sha, content_type=METADATA_TYPE)
+
+
+async def _fill_metadata(
+    app: web.Application, project: NormalizedName, key: str, pub: PublishedFile
+) -> str:
+    """Fetch (verified) or extract a wheel's METADATA into the store; return its digest."""
+    store = app[keys.STORE]
+    fills = app[keys.FILLS]
+    mkey = metadata_key(key)
+    source = pub.source
+    upstream = app[keys.UPSTREAMS][source.upstream]
+    if source.core_metadata is not False:
+        expected = (
+            source.core_metadata.get("sha256")
+            if not isinstance(source.core_metadata, bool)
+            else None
+        )
+
+        def opener() -> AbstractAsyncContextManager[Download]:
+            opened = upstream.open_metadata(source)
+            assert opened is not None
+            return opened
+
+        fill = fills.start(
+            mkey,
+            opener,
+            expected_sha256=expected,
+            filename=source.filename + METADATA_SUFFIX,
+            upstream=source.upstream,
+        )
+        await fill.finished.wait()
+        sha = store.resolve(mkey)
+        if sha is not None:
+            app[keys.INDEX].invalidate(project)
+            return sha
+        log.info("metadata of %s not available upstream; extracting it", source.filename)
+    wheel_sha = store.resolve(key)
+    if wheel_sha is None:
+        fill = _start_fill(app, project, key, pub)
+        await fill.finished.wait()
+        wheel_sha = store.resolve(key)
+        if wheel_sha is None:
+            raise web.HTTPBadGateway(
+                text=f"could not fetch {source.filename} to read its metadata\n"
+            )
+    try:
+        with store.pinned(wheel_sha):
+            data = await asyncio.to_thread(
+                extract_metadata, store.path_for(wheel_sha), source.filename
+            )
+    except MetadataError as exc:
+        raise web.HTTPBadGateway(text=f"{exc}\n") from None
+    victims = store.reserve(len(data))
+    if victims is None:
+        raise web.HTTPInsufficientStorage(text="no room in the cache for metadata\n")
+    await asyncio.to_thread(store.delete_blobs, victims)
+    sha = await asyncio.to_thread(
+        store.write_blob,
+        data,
+        key=mkey,
+        filename=source.filename + METADATA_SUFFIX,
+        upstream=source.upstream,
+    )
+    store.admitted(sha, len(data), len(data))
+    await asyncio.to_thread(store.record_alias, mkey, sha)
+    app[keys.INDEX].invalidate(project)
+    return sha
+
+
+def quote_filename(filename: str) -> str:
+    return quote(filename, safe="")

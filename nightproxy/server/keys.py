@@ -1,0 +1,19 @@
+"""Every piece of application state, behind typed keys, in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from nightproxy.cache.fill import FillManager
+from nightproxy.cache.store import CacheStore
+from nightproxy.config import Config
+from nightproxy.index.service import IndexService
+from nightproxy.upstreams.base import Upstream
+
+CONFIG = web.AppKey("config", Config)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
+STORE = web.AppKey("store", CacheStore)
+FILLS = web.AppKey("fills", FillManager)
+INDEX = web.AppKey("index", IndexService)

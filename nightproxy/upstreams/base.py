@@ -1,0 +1,97 @@
+"""The one small interface every upstream kind implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+import aiohttp
+from packaging.utils import NormalizedName
+
+from nightproxy.config import UpstreamConfig
+from nightproxy.model import DistFile, ProjectPage
+
+#: Large reads keep the number of event-loop wake-ups and thread hops per file low.
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """The upstream confirmed that the page we hold is still current (304)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """The upstream does not have this project."""
+
+
+FetchResult = ProjectPage | NotModified | NotFound
+
+
+class Download(abc.ABC):
+    """An open upstream file body."""
+
+    size: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @abc.abstractmethod
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, in chunks as they arrive. Ends early only by raising."""
+
+
+class HttpDownload(Download):
+    def __init__(self, response: aiohttp.ClientResponse, upstream: str) -> None:
+        self._response = response
+        self._upstream = upstream
+        self.size = response.content_length
+        self.etag = response.headers.get("ETag")
+        self.last_modified = response.headers.get("Last-Modified")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        from nightproxy.upstreams.http import UpstreamError
+
+        received = 0
+        try:
+            async for chunk in self._response.content.iter_chunked(CHUNK_SIZE):
+                received += len(chunk)
+                yield chunk
+        except TimeoutError as exc:
+            raise UpstreamError(self._upstream, "timed out while streaming a file") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                self._upstream, f"{type(exc).__name__} while streaming a file"
+            ) from exc
+        if self.size is not None and received != self.size:
+            raise UpstreamError(self._upstream, f"body ended after {received} of {self.size} bytes")
+
+
+class Upstream(abc.ABC):
+    """A feed of distribution files."""
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    @abc.abstractmethod
+    async def fetch_project(
+        self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        """The project's files; ``NotModified`` when the validators still match."""
+
+    @abc.abstractmethod
+    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+        """Every project the feed has, or None when the feed cannot list its projects."""
+
+    @abc.abstractmethod
+    def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
+        """Open a file of this feed for streaming."""
+
+    def open_metadata(self, file: DistFile) -> AbstractAsyncContextManager[Download] | None:
+        """Open the file's PEP 658 metadata where the feed publishes it, else None."""
+        return None
+
+    async def close(self) -> None:
+        """Release what the upstream holds beyond the shared session."""

@@ -1,0 +1,165 @@
+"""HTTP plumbing shared by every upstream kind.
+
+Redirects are followed by hand so that credentials and extra headers go only to the origin
+(scheme, host, port) they were configured for: a presigned object-store or blob URL must never
+see the feed's ``Authorization`` header. 429 answers are retried a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 10
+MAX_RATE_LIMIT_RETRIES = 3
+MAX_RETRY_AFTER = 30.0
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+Origin = tuple[str, str, int]
+
+
+class UpstreamError(Exception):
+    """An upstream could not answer. The message never carries credentials or signed URLs."""
+
+    def __init__(self, upstream: str, reason: str, *, status: int | None = None) -> None:
+        super().__init__(f"upstream {upstream!r}: {reason}")
+        self.upstream = upstream
+        self.reason = reason
+        self.status = status
+
+
+def origin_of(url: str) -> Origin:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return (scheme, (parts.hostname or "").lower(), port)
+
+
+def split_userinfo(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
+    """Move ``user:password@`` out of a URL into a BasicAuth scoped by the caller."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    from urllib.parse import unquote
+
+    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    return clean, auth
+
+
+def describe_url(url: str) -> str:
+    """What may appear in logs and errors: scheme, host and path, never a query or user-info."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What one upstream may send, and to which origin only."""
+
+    origins: frozenset[Origin]
+    auth: aiohttp.BasicAuth | None
+    headers: Mapping[str, str]
+
+    def for_url(self, url: str) -> tuple[aiohttp.BasicAuth | None, Mapping[str, str]]:
+        if origin_of(url) in self.origins:
+            return self.auth, self.headers
+        return None, {}
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float:
+    value = response.headers.get("Retry-After", "1")
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        return 1.0
+
+
+@asynccontextmanager
+async def request(
+    session: aiohttp.ClientSession,
+    upstream: str,
+    method: str,
+    url: str,
+    *,
+    credentials: Credentials,
+    timeout: aiohttp.ClientTimeout,
+    headers: Mapping[str, str] | None = None,
+    follow_redirects: bool = True,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """Yield the final response of ``url`` after redirects and bounded 429 retries.
+
+    Transport failures and timeouts become ``UpstreamError``. Non-2xx final statuses are
+    yielded as they are: the caller decides what a 404 or 304 means.
+    """
+    current = url
+    hops = 0
+    rate_limited = 0
+    while True:
+        auth, extra = credentials.for_url(current)
+        merged: CIMultiDict[str] = CIMultiDict(extra)
+        if headers:
+            merged.update(headers)
+        try:
+            response = await session.request(
+                method,
+                current,
+                headers=merged,
+                auth=auth,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except TimeoutError as exc:
+            raise UpstreamError(upstream, f"timed out on {describe_url(current)}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                upstream, f"{type(exc).__name__} on {describe_url(current)}"
+            ) from exc
+        try:
+            if (
+                response.status in _REDIRECTS
+                and follow_redirects
+                and "Location" in response.headers
+            ):
+                hops += 1
+                if hops > MAX_REDIRECTS:
+                    raise UpstreamError(upstream, "too many redirects", status=response.status)
+                target = urljoin(current, response.headers["Location"])
+                if urlsplit(target).scheme not in {"http", "https"}:
+                    raise UpstreamError(upstream, "redirect to a non-HTTP URL")
+                if response.status == 303 and method not in {"GET", "HEAD"}:
+                    method = "GET"
+                current = target
+                response.release()
+                continue
+            if response.status == 429 and rate_limited < MAX_RATE_LIMIT_RETRIES:
+                rate_limited += 1
+                delay = _retry_after(response)
+                log.warning(
+                    "upstream %r rate-limited us on %s; retrying in %.1fs",
+                    upstream,
+                    describe_url(current),
+                    delay,
+                )
+                response.release()
+                await asyncio.sleep(delay)
+                continue
+            yield response
+            return
+        finally:
+            response.release()

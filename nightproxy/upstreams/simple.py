@@ -1,0 +1,170 @@
+"""``kind: simple``: any PEP 503 HTML / PEP 691 JSON index, including static bucket trees."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import aiohttp
+from packaging.utils import NormalizedName
+
+from nightproxy.config import UpstreamConfig
+from nightproxy.index.parse import PageParseError, parse_project_list, parse_project_page
+from nightproxy.model import DistFile, ProjectPage
+from nightproxy.upstreams.base import (
+    Download,
+    FetchResult,
+    HttpDownload,
+    NotFound,
+    NotModified,
+    Upstream,
+)
+from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request, split_userinfo
+
+PAGE_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
+    "text/html;q=0.01"
+)
+#: Pages are read whole, so a hostile upstream must not make us buffer gigabytes.
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+
+
+class HttpIndexUpstream(Upstream):
+    """Shared behaviour of the kinds that speak the simple API over HTTP."""
+
+    #: Ask for JSON where the feed may have it; feeds that only speak HTML override this.
+    page_accept = PAGE_ACCEPT
+
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, url: str) -> None:
+        super().__init__(config)
+        self.session = session
+        clean, auth = split_userinfo(url)
+        self.base_url = clean if clean.endswith("/") else clean + "/"
+        if auth is None and config.username is not None:
+            auth = aiohttp.BasicAuth(config.username, config.password or "")
+        self.credentials = Credentials(
+            origins=frozenset({origin_of(self.base_url)}),
+            auth=auth,
+            headers=dict(config.headers),
+        )
+        self.page_timeout = aiohttp.ClientTimeout(total=config.timeout)
+        # A big wheel may take minutes: bound the silence between bytes, not the whole transfer.
+        self.file_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.timeout, sock_read=config.timeout
+        )
+
+    def project_url(self, project: NormalizedName) -> str:
+        return f"{self.base_url}{project}/"
+
+    async def _read_page(self, response: aiohttp.ClientResponse) -> bytes:
+        if response.content_length is not None and response.content_length > MAX_PAGE_BYTES:
+            raise UpstreamError(self.name, "page too large")
+        try:
+            body = await response.content.read(MAX_PAGE_BYTES + 1)
+        except TimeoutError as exc:
+            raise UpstreamError(self.name, "timed out reading a page") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(self.name, f"{type(exc).__name__} reading a page") from exc
+        if len(body) > MAX_PAGE_BYTES:
+            raise UpstreamError(self.name, "page too large")
+        return body
+
+    def _check_status(self, response: aiohttp.ClientResponse, what: str) -> None:
+        if response.status in {401, 403}:
+            raise UpstreamError(
+                self.name,
+                f"{what}: HTTP {response.status} (check this upstream's credentials)",
+                status=response.status,
+            )
+        if response.status >= 400:
+            raise UpstreamError(
+                self.name, f"{what}: HTTP {response.status}", status=response.status
+            )
+
+    def parse_page(
+        self, body: bytes, content_type: str, url: str, project: NormalizedName
+    ) -> ProjectPage:
+        return parse_project_page(body, content_type, url, self.name, project)
+
+    async def fetch_project(
+        self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        headers = {"Accept": self.page_accept}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        url = self.project_url(project)
+        async with request(
+            self.session,
+            self.name,
+            "GET",
+            url,
+            credentials=self.credentials,
+            timeout=self.page_timeout,
+            headers=headers,
+        ) as response:
+            if response.status == 304:
+                return NotModified()
+            if response.status in {404, 410}:
+                return NotFound()
+            self._check_status(response, f"project page {project}")
+            body = await self._read_page(response)
+            final_url = str(response.url)
+            content_type = response.headers.get("Content-Type", "")
+            page_etag = response.headers.get("ETag")
+            page_modified = response.headers.get("Last-Modified")
+        try:
+            page = self.parse_page(body, content_type, final_url, project)
+        except PageParseError as exc:
+            raise UpstreamError(self.name, f"project page {project}: {exc}") from exc
+        return ProjectPage(
+            name=page.name, files=page.files, etag=page_etag, last_modified=page_modified
+        )
+
+    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+        async with request(
+            self.session,
+            self.name,
+            "GET",
+            self.base_url,
+            credentials=self.credentials,
+            timeout=self.page_timeout,
+            headers={"Accept": self.page_accept},
+        ) as response:
+            self._check_status(response, "project list")
+            body = await self._read_page(response)
+            content_type = response.headers.get("Content-Type", "")
+        try:
+            return parse_project_list(body, content_type)
+        except PageParseError as exc:
+            raise UpstreamError(self.name, f"project list: {exc}") from exc
+
+    @asynccontextmanager
+    async def _open(self, url: str) -> AsyncIterator[Download]:
+        async with request(
+            self.session,
+            self.name,
+            "GET",
+            url,
+            credentials=self.credentials,
+            timeout=self.file_timeout,
+            headers={"Accept-Encoding": "identity"},
+        ) as response:
+            self._check_status(response, "file download")
+            yield HttpDownload(response, self.name)
+
+    def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
+        return self._open(file.url)
+
+    def open_metadata(self, file: DistFile) -> AbstractAsyncContextManager[Download] | None:
+        if file.core_metadata is False:
+            return None
+        # PEP 658: the metadata lives at the file URL (without fragment) plus ".metadata".
+        return self._open(file.url + ".metadata")
+
+
+class SimpleUpstream(HttpIndexUpstream):
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+        assert config.url is not None  # guaranteed by config validation
+        super().__init__(config, session, config.url)

@@ -1,0 +1,97 @@
+"""Shared fixtures: real fake upstreams on loopback, real wheels, and the real proxy app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from nightproxy.config import Config, config_from_mapping
+from nightproxy.server.app import create_app
+from tests.fakes import FakeSimpleIndex
+from tests.wheels import build_wheel
+
+PIP_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
+    "text/html; q=0.01"
+)
+UV_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
+    "text/html;q=0.01"
+)
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+
+MakeConfig = Callable[..., Config]
+StartProxy = Callable[..., Awaitable[TestServer]]
+StartFake = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+def wheelhouse(tmp_path: Path) -> Path:
+    path = tmp_path / "wheelhouse"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> MakeConfig:
+    """Build a validated Config from upstream entries, the way a user's YAML would."""
+
+    def make(upstreams: list[dict[str, Any]], **sections: Any) -> Config:
+        data: dict[str, Any] = {
+            "cache": {"dir": str(tmp_path / "cache")},
+            "retention": {"dev_max_age": "off"},
+            "upstreams": upstreams,
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return config_from_mapping(data, tmp_path / "nightproxy.yaml", environ={})
+
+    return make
+
+
+@pytest.fixture
+async def start_fake(aiohttp_server: Any) -> StartFake:
+    """Start a fake upstream object on a real loopback socket and bind its base URL."""
+
+    async def start(fake: Any) -> Any:
+        server = await aiohttp_server(fake.make_app())
+        fake.bind(server)
+        return fake
+
+    return start
+
+
+@pytest.fixture
+async def start_proxy(aiohttp_server: Any) -> StartProxy:
+    async def start(config: Config) -> TestServer:
+        server: TestServer = await aiohttp_server(create_app(config))
+        return server
+
+    return start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def simple_upstream(start_fake: StartFake, wheelhouse: Path) -> FakeSimpleIndex:
+    """A PyPI-like fake with two versions of 'demo'."""
+    fake = FakeSimpleIndex()
+    for version in ("1.0", "1.1.dev20261120"):
+        fake.add_file("demo", build_wheel(wheelhouse, "demo", version))
+    return await start_fake(fake)
+
+
+def simple_url(fake: Any) -> str:
+    return f"{fake.base_url}simple/"
