@@ -18,22 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-try:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from fakes import (
-        AnonymousDenyingS3Proxy,
-        FakeAnacondaAPI,
-        FakeAnacondaChannel,
-        FakeAzureFeed,
-        FakeBlobHost,
-        FakeCdnHost,
-        FakeObjectStore,
-        FakeSimpleIndex,
-        FakeStaticTree,
-        MotoS3,
-        shorten_version,
-    )
-    from wheels import build_sdist, build_wheel, sha256_file, wheel_metadata
-except ModuleNotFoundError:  # pragma: no cover - if tests/ becomes a package
+try:  # same module objects as conftest.py (tests.fakes), so isinstance checks agree
     from tests.fakes import (
         AnonymousDenyingS3Proxy,
         FakeAnacondaAPI,
@@ -48,6 +33,22 @@ except ModuleNotFoundError:  # pragma: no cover - if tests/ becomes a package
         shorten_version,
     )
     from tests.wheels import build_sdist, build_wheel, sha256_file, wheel_metadata
+except ModuleNotFoundError:  # pragma: no cover - only tests/ on sys.path
+    from fakes import (
+        AnonymousDenyingS3Proxy,
+        FakeAnacondaAPI,
+        FakeAnacondaChannel,
+        FakeAzureFeed,
+        FakeBlobHost,
+        FakeCdnHost,
+        FakeObjectStore,
+        FakeSimpleIndex,
+        FakeStaticTree,
+        MotoS3,
+        shorten_version,
+    )
+    from wheels import build_sdist, build_wheel, sha256_file, wheel_metadata
+
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
