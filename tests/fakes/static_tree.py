@@ -75,14 +75,23 @@ def _object_name(request: web.Request, prefix: str) -> str | None:
     return unquote(raw[len(prefix) + 1 :].replace("+", " "))
 
 
-async def _serve_object(request: web.Request, bucket: _Bucket, prefix: str) -> web.StreamResponse:
+def _missing(status: int) -> web.HTTPException:
+    """S3 behind a CDN: a missing key is 403 AccessDenied unless listing is allowed (404)."""
+    if status == 404:
+        return web.HTTPNotFound(text="NoSuchKey")
+    return web.HTTPForbidden(text="AccessDenied")
+
+
+async def _serve_object(
+    request: web.Request, bucket: _Bucket, prefix: str, missing_status: int = 403
+) -> web.StreamResponse:
     name = _object_name(request, prefix)
     if name is None:
         raise web.HTTPNotFound()
     if name.endswith(".metadata"):
         entry = bucket.files.get(name.removesuffix(".metadata"))
         if entry is None or entry.metadata is None:
-            raise web.HTTPForbidden(text="AccessDenied")  # S3 private bucket: 403 not 404
+            raise _missing(missing_status)
         return web.Response(
             body=entry.metadata,
             content_type="binary/octet-stream",
@@ -90,7 +99,7 @@ async def _serve_object(request: web.Request, bucket: _Bucket, prefix: str) -> w
         )
     entry = bucket.files.get(name)
     if entry is None:
-        raise web.HTTPForbidden(text="AccessDenied")
+        raise _missing(missing_status)
     size = entry.path.stat().st_size
     etag = '"' + hashlib.md5(entry.path.read_bytes(), usedforsecurity=False).hexdigest() + '"'
     headers = {
@@ -124,12 +133,13 @@ class FakeCdnHost(FakeServer):
         super().__init__()
         self.prefix = prefix.rstrip("/")
         self.bucket = _Bucket()
+        self.missing_status: int = 403
 
     def _setup_routes(self, app: web.Application) -> None:
         app.router.add_get(self.prefix + "/{tail:.+}", self._file)
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        return await _serve_object(request, self.bucket, self.prefix)
+        return await _serve_object(request, self.bucket, self.prefix, self.missing_status)
 
 
 class FakeStaticTree(FakeServer):
@@ -152,6 +162,7 @@ class FakeStaticTree(FakeServer):
         self.timestamp = timestamp
         self.projects: dict[str, list[str]] = {}  # tree name -> filenames
         self.xml_root: bool = False
+        self.missing_status: int = 403
 
     # -- state -----------------------------------------------------------
     def add_file(
@@ -255,7 +266,7 @@ class FakeStaticTree(FakeServer):
         project = request.match_info["project"]
         names = self.projects.get(project)
         if names is None:
-            raise web.HTTPForbidden(text="AccessDenied")  # missing S3 key
+            raise _missing(self.missing_status)
         entries = [self.bucket.files[n] for n in names if n in self.bucket.files]
         entries.sort(key=lambda e: (_version_of(e.filename), e.filename), reverse=True)
         entries = sorted(entries[: self.keep_threshold], key=lambda e: e.filename)
@@ -279,4 +290,4 @@ class FakeStaticTree(FakeServer):
         )
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        return await _serve_object(request, self.bucket, self.prefix)
+        return await _serve_object(request, self.bucket, self.prefix, self.missing_status)
