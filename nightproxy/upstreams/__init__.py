@@ -7,19 +7,24 @@ from collections.abc import Callable
 import aiohttp
 
 from nightproxy.config import UpstreamConfig
+from nightproxy.upstreams.anaconda import AnacondaUpstream
+from nightproxy.upstreams.azure import AzureUpstream
 from nightproxy.upstreams.base import Upstream
+from nightproxy.upstreams.directory import DirectoryUpstream
+from nightproxy.upstreams.s3 import S3Upstream
 from nightproxy.upstreams.simple import SimpleUpstream
 
 Factory = Callable[[UpstreamConfig, aiohttp.ClientSession], Upstream]
 
 KINDS: dict[str, Factory] = {
     "simple": SimpleUpstream,
+    "anaconda": AnacondaUpstream,
+    "azure": AzureUpstream,
+    "s3": S3Upstream,
+    "directory": DirectoryUpstream,
 }
 
 
 def make_upstream(config: UpstreamConfig, session: aiohttp.ClientSession) -> Upstream:
     """Build the upstream a config entry describes."""
-    factory = KINDS.get(config.kind)
-    if factory is None:
-        raise NotImplementedError(f"upstream kind {config.kind!r} is not available yet")
-    return factory(config, session)
+    return KINDS[config.kind](config, session)

@@ -12,10 +12,11 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ def split_userinfo(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    from urllib.parse import unquote
-
     auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
     return clean, auth
 
@@ -101,6 +100,7 @@ async def request(
     timeout: aiohttp.ClientTimeout,
     headers: Mapping[str, str] | None = None,
     follow_redirects: bool = True,
+    encoded: bool = False,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Yield the final response of ``url`` after redirects and bounded 429 retries.
 
@@ -118,7 +118,8 @@ async def request(
         try:
             response = await session.request(
                 method,
-                current,
+                # Signed URLs must go out byte for byte as they were signed.
+                URL(current, encoded=True) if encoded else current,
                 headers=merged,
                 auth=auth,
                 timeout=timeout,

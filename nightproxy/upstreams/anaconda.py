@@ -1,0 +1,127 @@
+"""``kind: anaconda``: an anaconda.org channel's PyPI-style index.
+
+The channel serves HTML only, with root-relative links, non-file anchors and no upload times;
+files answer with a 302 to a presigned object-store URL that expires within minutes (followed at
+download time by ``request``, never cached or published). Upload times come from the channel's
+JSON API, cached and optional: a failing API degrades to no upload time, never to a failed page.
+The channel overwrites filenames in place (``--force`` uploads), so the API's upload time also
+serves as each file's change marker, giving a re-uploaded file a new content address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+from cachetools import TTLCache
+from packaging.utils import NormalizedName
+
+from nightproxy.config import UpstreamConfig
+from nightproxy.index.parse import parse_upload_time
+from nightproxy.model import ProjectPage
+from nightproxy.upstreams.base import FetchResult
+from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request
+from nightproxy.upstreams.simple import HttpIndexUpstream
+
+log = logging.getLogger(__name__)
+
+#: The API is asked at most this often per project; upload times change only on upload.
+API_TTL = 300.0
+
+
+def channel_index_url(url: str, label: str | None) -> tuple[str, str]:
+    """(index URL to read, channel owner) for a channel URL and optional label."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments:
+        raise ValueError("anaconda url must name a channel: https://<host>/<channel>/simple/")
+    owner = segments[0]
+    path = f"/{owner}/label/{quote(label, safe='')}/simple/" if label else f"/{owner}/simple/"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", "")), owner
+
+
+class AnacondaUpstream(HttpIndexUpstream):
+    page_accept = "text/html"
+
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+        assert config.url is not None
+        index_url, self.owner = channel_index_url(config.url, config.label)
+        super().__init__(config, session, index_url)
+        self.api_url = config.api_url.rstrip("/")
+        self.api_credentials = Credentials(
+            origins=frozenset({origin_of(self.api_url + "/")}), auth=None, headers={}
+        )
+        self._times: TTLCache[NormalizedName, dict[str, datetime]] = TTLCache(
+            maxsize=4096, ttl=API_TTL
+        )
+
+    async def fetch_project(
+        self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        page_task = asyncio.ensure_future(
+            super().fetch_project(project, etag=etag, last_modified=last_modified)
+        )
+        times = await self._upload_times(project)
+        result = await page_task
+        if not isinstance(result, ProjectPage) or not times:
+            return result
+        files = []
+        for file in result.files:
+            when = times.get(file.filename)
+            if when is None:
+                files.append(file)
+                continue
+            files.append(file.replace(upload_time=when, change_marker=when.isoformat()))
+        return ProjectPage(
+            name=result.name,
+            files=tuple(files),
+            etag=result.etag,
+            last_modified=result.last_modified,
+        )
+
+    async def _upload_times(self, project: NormalizedName) -> dict[str, datetime]:
+        cached = self._times.get(project)
+        if cached is not None:
+            return cached
+        url = f"{self.api_url}/package/{quote(self.owner, safe='')}/{project}"
+        try:
+            async with request(
+                self.session,
+                self.name,
+                "GET",
+                url,
+                credentials=self.api_credentials,
+                timeout=self.page_timeout,
+                headers={"Accept": "application/json"},
+            ) as response:
+                if response.status != 200:
+                    raise UpstreamError(self.name, f"API answered HTTP {response.status}")
+                data: Any = await response.json(content_type=None)
+        except (UpstreamError, ValueError, aiohttp.ClientError) as exc:
+            log.warning(
+                "%s: no upload times for %s from the channel API: %s", self.name, project, exc
+            )
+            return {}
+        times = _times_from_package(data)
+        self._times[project] = times
+        return times
+
+
+def _times_from_package(data: object) -> dict[str, datetime]:
+    """filename -> upload time from the API's ``/package`` document."""
+    times: dict[str, datetime] = {}
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list):
+        return times
+    for entry in files:
+        if not isinstance(entry, dict):
+            continue
+        basename = entry.get("basename") or entry.get("filename")
+        when = parse_upload_time(entry.get("upload_time"))
+        if isinstance(basename, str) and when is not None:
+            times[basename.rsplit("/", 1)[-1]] = when
+    return times

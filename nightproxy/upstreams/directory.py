@@ -1,0 +1,171 @@
+"""``kind: directory``: a local folder of wheels and sdists, flat or one folder per project.
+
+The folder is re-scanned when its (or a project folder's) modification time changes; each
+file's sha256 is computed once per (size, mtime) and remembered, and its mtime is published as
+its upload time. Scans and hashing run in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+
+import aiohttp
+from packaging.utils import NormalizedName
+
+from nightproxy.config import UpstreamConfig
+from nightproxy.index.filenames import parse_dist_filename
+from nightproxy.model import DistFile, ProjectPage
+from nightproxy.upstreams.base import CHUNK_SIZE, Download, FetchResult, NotFound, Upstream
+from nightproxy.upstreams.http import UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+class _FileDownload(Download):
+    def __init__(self, path: Path, size: int) -> None:
+        self._path = path
+        self.size = size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(open, self._path, "rb")
+        try:
+            while True:
+                chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DirectoryUpstream(Upstream):
+    def __init__(
+        self, config: UpstreamConfig, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        super().__init__(config)
+        assert config.path is not None
+        self.root = config.path
+        self._signature: tuple[tuple[str, int], ...] | None = None
+        self._projects: dict[NormalizedName, dict[str, _Found]] = {}
+        self._hashes: dict[tuple[Path, int, int], str] = {}
+        self._lock = asyncio.Lock()
+
+    def _dir_signature(self) -> tuple[tuple[str, int], ...]:
+        """mtimes of the root and its sub-folders: adding or removing a file changes one."""
+        if not self.root.is_dir():
+            return ()
+        marks = [(str(self.root), self.root.stat().st_mtime_ns)]
+        with os.scandir(self.root) as entries:
+            marks.extend(
+                (entry.path, entry.stat().st_mtime_ns)
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False)
+            )
+        return tuple(sorted(marks))
+
+    def _scan(self) -> dict[NormalizedName, dict[str, _Found]]:
+        projects: dict[NormalizedName, dict[str, _Found]] = {}
+        if not self.root.is_dir():
+            return projects
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            depth = Path(dirpath).relative_to(self.root).parts
+            if len(depth) >= 1:
+                dirnames.clear()  # flat, or one level of per-project folders
+            for name in filenames:
+                dist = parse_dist_filename(name)
+                if dist is None:
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                if not path.is_file():
+                    continue
+                projects.setdefault(dist.project, {}).setdefault(
+                    name, _Found(path, st.st_size, st.st_mtime_ns)
+                )
+        return projects
+
+    async def _refresh(self) -> dict[NormalizedName, dict[str, _Found]]:
+        async with self._lock:
+            signature = await asyncio.to_thread(self._dir_signature)
+            if signature != self._signature:
+                self._projects = await asyncio.to_thread(self._scan)
+                self._signature = signature
+            return self._projects
+
+    def _hash_all(self, found: list[_Found]) -> list[str]:
+        out = []
+        for item in found:
+            key = (item.path, item.size, item.mtime_ns)
+            digest = self._hashes.get(key)
+            if digest is None:
+                digest = _sha256(item.path)
+                self._hashes[key] = digest
+            out.append(digest)
+        return out
+
+    async def fetch_project(
+        self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        projects = await self._refresh()
+        files = projects.get(project)
+        if not files:
+            return NotFound()
+        found = list(files.values())
+        try:
+            digests = await asyncio.to_thread(self._hash_all, found)
+        except OSError as exc:
+            raise UpstreamError(self.name, f"cannot read {self.root}: {exc.strerror}") from exc
+        dist_files = tuple(
+            DistFile(
+                filename=item.path.name,
+                url=item.path.as_uri(),
+                upstream=self.name,
+                hashes=MappingProxyType({"sha256": digest}),
+                size=item.size,
+                upload_time=datetime.fromtimestamp(item.mtime_ns / 1e9, UTC),
+            )
+            for item, digest in zip(found, digests, strict=True)
+        )
+        return ProjectPage(name=project, files=dist_files)
+
+    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+        return frozenset(await self._refresh())
+
+    def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
+        return self._open(file)
+
+    @asynccontextmanager
+    async def _open(self, file: DistFile) -> AsyncIterator[Download]:
+        projects = await self._refresh()
+        dist = parse_dist_filename(file.filename)
+        found = projects.get(dist.project, {}).get(file.filename) if dist else None
+        if found is None:
+            raise UpstreamError(self.name, f"{file.filename} is no longer in {self.root}")
+        yield _FileDownload(found.path, found.size)

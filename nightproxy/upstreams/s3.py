@@ -1,0 +1,209 @@
+"""``kind: s3``: an S3-compatible bucket of wheels (AWS, MinIO, R2, GCS's XML API, ...).
+
+The bucket is listed with ListObjectsV2 (following ``NextContinuationToken``) once per ttl and
+the listing serves every project: files directly under the prefix or under
+``<prefix>/<project>/``, with project names parsed from the filenames by ``packaging``. Each
+object's ``LastModified`` is its upload time and its ETag its change marker (multipart ETags are
+not MD5s, so no ETag is ever used as a hash). Keys are percent-encoded on the wire, ``+`` as
+``%2B``, because S3 decodes a raw ``+`` in a path as a space.
+
+Signed requests use botocore's SigV4 signer: request signing is subtle (canonical URIs, the
+payload hash header, clock skew) and botocore is the reference implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+from packaging.utils import NormalizedName
+
+from nightproxy.config import UpstreamConfig
+from nightproxy.index.filenames import parse_dist_filename
+from nightproxy.index.parse import parse_upload_time
+from nightproxy.model import DistFile, ProjectPage
+from nightproxy.upstreams.base import Download, FetchResult, HttpDownload, NotFound, Upstream
+from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+#: A listing is read page by page; a runaway continuation loop must still end.
+MAX_LIST_PAGES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    projects: dict[NormalizedName, tuple[DistFile, ...]]
+    fetched_at: float
+
+
+def _find(element: ET.Element, name: str) -> str | None:
+    found = element.find(_NS + name)
+    if found is None:
+        found = element.find(name)
+    return found.text if found is not None else None
+
+
+class S3Upstream(Upstream):
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+        super().__init__(config)
+        assert config.url is not None
+        self.session = session
+        parts = urlsplit(config.url)
+        self.bucket = parts.netloc
+        self.prefix = parts.path.lstrip("/")
+        if self.prefix and not self.prefix.endswith("/"):
+            self.prefix += "/"
+        endpoint = (config.endpoint or f"https://s3.{config.region}.amazonaws.com").rstrip("/")
+        ep = urlsplit(endpoint)
+        if config.addressing == "virtual":
+            self.base = f"{ep.scheme}://{self.bucket}.{ep.netloc}{ep.path}"
+        else:
+            self.base = f"{endpoint}/{quote(self.bucket, safe='')}"
+        self.credentials = Credentials(
+            origins=frozenset({origin_of(self.base + "/")}), auth=None, headers=dict(config.headers)
+        )
+        self.page_timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self.file_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.timeout, sock_read=config.timeout
+        )
+        self._listing: _Listing | None = None
+        self._lock = asyncio.Lock()
+
+    def _signed_headers(self, method: str, url: str) -> dict[str, str]:
+        if not (self.config.access_key_id and self.config.secret_access_key):
+            return {}
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials as AwsCredentials
+
+        aws_request = AWSRequest(method=method, url=url, headers={})
+        signer = S3SigV4Auth(
+            AwsCredentials(self.config.access_key_id, self.config.secret_access_key),
+            "s3",
+            self.config.region,
+        )
+        signer.add_auth(aws_request)
+        return {k: str(v) for k, v in aws_request.headers.items()}
+
+    def _object_url(self, key: str) -> str:
+        return f"{self.base}/{quote(key, safe='/-_.~')}"
+
+    async def _list_page(self, token: str | None) -> ET.Element:
+        params = {"list-type": "2", "prefix": self.prefix}
+        if token:
+            params["continuation-token"] = token
+        query = urlencode(sorted(params.items()), quote_via=quote, safe="-_.~")
+        url = f"{self.base}/?{query}"
+        async with request(
+            self.session,
+            self.name,
+            "GET",
+            url,
+            credentials=self.credentials,
+            timeout=self.page_timeout,
+            headers=self._signed_headers("GET", url),
+            encoded=True,
+        ) as response:
+            body = await response.read()
+            if response.status in {401, 403}:
+                raise UpstreamError(
+                    self.name,
+                    f"bucket listing denied (HTTP {response.status}): anonymous listing needs "
+                    "s3:ListBucket, or configure access_key_id/secret_access_key",
+                    status=response.status,
+                )
+            if response.status != 200:
+                raise UpstreamError(
+                    self.name, f"bucket listing: HTTP {response.status}", status=response.status
+                )
+        try:
+            return ET.fromstring(body)  # noqa: S314 - parsed by expat, which refuses entity bombs
+        except ET.ParseError as exc:
+            raise UpstreamError(self.name, "bucket listing is not XML") from exc
+
+    async def _list(self) -> _Listing:
+        ttl = self.config.ttl if self.config.ttl is not None else 600.0
+        async with self._lock:
+            listing = self._listing
+            if listing is not None and time.monotonic() - listing.fetched_at < min(ttl, 60.0):
+                return listing
+            found: dict[NormalizedName, dict[str, DistFile]] = {}
+            token: str | None = None
+            for _page in range(MAX_LIST_PAGES):
+                root = await self._list_page(token)
+                for item in root.iter(_NS + "Contents"):
+                    self._add(found, item)
+                truncated = (_find(root, "IsTruncated") or "false").lower() == "true"
+                token = _find(root, "NextContinuationToken")
+                if not truncated or not token:
+                    break
+            listing = _Listing(
+                {name: tuple(files.values()) for name, files in found.items()}, time.monotonic()
+            )
+            self._listing = listing
+            return listing
+
+    def _add(self, found: dict[NormalizedName, dict[str, DistFile]], item: ET.Element) -> None:
+        key = _find(item, "Key")
+        if not key or not key.startswith(self.prefix):
+            return
+        relative = key[len(self.prefix) :].split("/")
+        if len(relative) > 2:
+            return
+        filename = relative[-1]
+        dist = parse_dist_filename(filename)
+        if dist is None:
+            return
+        size_text = _find(item, "Size")
+        etag = _find(item, "ETag")
+        modified = _find(item, "LastModified")
+        file = DistFile(
+            filename=filename,
+            url=self._object_url(key),
+            upstream=self.name,
+            hashes=MappingProxyType({}),
+            size=int(size_text) if size_text and size_text.isdigit() else None,
+            upload_time=parse_upload_time(modified),
+            change_marker=etag or modified,
+        )
+        found.setdefault(dist.project, {}).setdefault(filename, file)
+
+    async def fetch_project(
+        self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        listing = await self._list()
+        files = listing.projects.get(project)
+        if not files:
+            return NotFound()
+        return ProjectPage(name=project, files=files)
+
+    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+        return frozenset((await self._list()).projects)
+
+    def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
+        return self._open(file.url)
+
+    @asynccontextmanager
+    async def _open(self, url: str) -> AsyncIterator[Download]:
+        async with request(
+            self.session,
+            self.name,
+            "GET",
+            url,
+            credentials=self.credentials,
+            timeout=self.file_timeout,
+            headers={"Accept-Encoding": "identity", **self._signed_headers("GET", url)},
+            encoded=True,
+        ) as response:
+            if response.status != 200:
+                raise UpstreamError(
+                    self.name, f"object download: HTTP {response.status}", status=response.status
+                )
+            yield HttpDownload(response, self.name)
