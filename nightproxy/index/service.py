@@ -23,7 +23,7 @@ from packaging.utils import NormalizedName
 
 from nightproxy.cache.keys import file_key, file_path
 from nightproxy.cache.store import CacheStore
-from nightproxy.config import Config
+from nightproxy.config import Config, effective_retention
 from nightproxy.index.builddate import build_time
 from nightproxy.index.codec import page_from_json, page_to_json
 from nightproxy.index.merge import merge_files
@@ -173,6 +173,7 @@ class IndexService:
             tuple[NormalizedName, float | None], asyncio.Future[ProjectView]
         ] = {}
         self._index: IndexView | None = None
+        self._gone: dict[tuple[str, NormalizedName], dict[str, tuple[DistFile, float]]] = {}
         self._generation = 0
         self._background: set[asyncio.Task[object]] = set()
         self.stale_pages_served = 0
@@ -240,8 +241,43 @@ class IndexService:
             await asyncio.to_thread(
                 self.store.save_page, upstream, project, now, page_to_json(result)
             )
+        if entry.page is not (previous.page if previous else None):
+            self._note_removed(upstream, project, previous.page if previous else None, entry.page)
         self._pages[(upstream, project)] = entry
         return entry
+
+    def _note_removed(
+        self,
+        upstream: str,
+        project: NormalizedName,
+        old: ProjectPage | None,
+        new: ProjectPage | None,
+    ) -> None:
+        """Remember files an upstream stopped listing, for ``keep_missing``."""
+        gone = self._gone.setdefault((upstream, project), {})
+        listed = {f.filename for f in new.files} if new is not None else set()
+        for filename in [name for name in gone if name in listed]:
+            del gone[filename]  # back again, or re-uploaded under the same name
+        if old is not None:
+            now = self.clock()
+            for file in old.files:
+                if file.filename not in listed and file.filename not in gone:
+                    gone[file.filename] = (file, now)
+
+    def _retained(self, upstream: str, project: NormalizedName) -> list[DistFile]:
+        """Files the upstream deleted that we still hold, within ``keep_missing``."""
+        gone = self._gone.get((upstream, project))
+        if not gone:
+            return []
+        keep = effective_retention(self.config, upstream, project).keep_missing
+        now = self.clock()
+        kept = []
+        for filename, (file, since) in list(gone.items()):
+            if now - since > keep:
+                del gone[filename]
+            elif self.store.resolve(file_key(file)) is not None:
+                kept.append(file.replace(retained=True))
+        return kept
 
     async def _fetch_once(self, upstream: str, project: NormalizedName) -> PageEntry:
         """Single-flight around ``_fetch``: concurrent callers share one upstream request."""
@@ -350,8 +386,10 @@ class IndexService:
                 continue
             if was_stale:
                 stale.append(name)
-            if entry.page is not None:
-                pages.append((name, entry.page))
+            retained = self._retained(name, project)
+            if entry.page is not None or retained:
+                listed = (entry.page.files if entry.page is not None else ()) + tuple(retained)
+                pages.append((name, ProjectPage(name=project, files=listed)))
                 inputs.append(entry.generation)
         if not pages and missing:
             raise AllUpstreamsFailedError(project, reasons)
