@@ -3,9 +3,11 @@
 The channel serves HTML only, with root-relative links, non-file anchors and no upload times;
 files answer with a 302 to a presigned object-store URL that expires within minutes (followed at
 download time by ``request``, never cached or published). Upload times come from the channel's
-JSON API, cached and optional: a failing API degrades to no upload time, never to a failed page.
-The channel overwrites filenames in place (``--force`` uploads), so the API's upload time also
-serves as each file's change marker, giving a re-uploaded file a new content address.
+JSON API, asked once per page fetch (so at most once per ``ttl``) and optional: a failing API
+falls back to the last answer it gave, or to no upload time, never to a failed page. The channel
+overwrites filenames in place (``--force`` uploads), so the API's upload time also serves as each
+file's change marker, giving a re-uploaded file a new content address; that is why the answer is
+never reused beyond the page's own freshness.
 """
 
 from __future__ import annotations
@@ -17,20 +19,17 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
-from cachetools import TTLCache
+from cachetools import LRUCache
 from packaging.utils import NormalizedName
 
 from nightproxy.config import UpstreamConfig
 from nightproxy.index.parse import parse_upload_time
 from nightproxy.model import ProjectPage
-from nightproxy.upstreams.base import FetchResult
+from nightproxy.upstreams.base import FetchResult, NotModified
 from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request
 from nightproxy.upstreams.simple import HttpIndexUpstream
 
 log = logging.getLogger(__name__)
-
-#: The API is asked at most this often per project; upload times change only on upload.
-API_TTL = 300.0
 
 
 def channel_index_url(url: str, label: str | None) -> tuple[str, str]:
@@ -55,18 +54,24 @@ class AnacondaUpstream(HttpIndexUpstream):
         self.api_credentials = Credentials(
             origins=frozenset({origin_of(self.api_url + "/")}), auth=None, headers={}
         )
-        self._times: TTLCache[NormalizedName, dict[str, datetime]] = TTLCache(
-            maxsize=4096, ttl=API_TTL
-        )
+        # Last good API answer per project: only a fallback for when the API fails. It must not
+        # be served while the API works, or an overwritten file would keep its old change marker
+        # (and so its old content address) until it expired.
+        self._times: LRUCache[NormalizedName, dict[str, datetime]] = LRUCache(maxsize=4096)
 
     async def fetch_project(
         self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
     ) -> FetchResult:
+        previous = self._times.get(project)
         page_task = asyncio.ensure_future(
             super().fetch_project(project, etag=etag, last_modified=last_modified)
         )
         times = await self._upload_times(project)
         result = await page_task
+        if isinstance(result, NotModified) and times != (previous or {}):
+            # The page's bytes did not change but a file was re-uploaded under the same name:
+            # the page we hold carries the old change marker, so rebuild it.
+            result = await super().fetch_project(project)
         if not isinstance(result, ProjectPage) or not times:
             return result
         files = []
@@ -84,9 +89,6 @@ class AnacondaUpstream(HttpIndexUpstream):
         )
 
     async def _upload_times(self, project: NormalizedName) -> dict[str, datetime]:
-        cached = self._times.get(project)
-        if cached is not None:
-            return cached
         url = f"{self.api_url}/package/{quote(self.owner, safe='')}/{project}"
         try:
             async with request(
@@ -105,7 +107,7 @@ class AnacondaUpstream(HttpIndexUpstream):
             log.warning(
                 "%s: no upload times for %s from the channel API: %s", self.name, project, exc
             )
-            return {}
+            return self._times.get(project, {})
         times = _times_from_package(data)
         self._times[project] = times
         return times
