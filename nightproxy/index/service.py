@@ -26,6 +26,7 @@ from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config, effective_retention
 from nightproxy.index.builddate import build_time
 from nightproxy.index.codec import page_from_json, page_to_json
+from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.index.merge import merge_files
 from nightproxy.index.render import (
     Format,
@@ -179,12 +180,18 @@ class IndexService:
         self.stale_pages_served = 0
         #: Called with every view built, so the file layer can find a file by its key.
         self.on_view: Callable[[ProjectView], None] | None = None
+        #: Called after every upstream page request with (upstream, seconds, succeeded).
+        self.on_upstream_request: Callable[[str, float, bool], None] | None = None
 
     # -- per-upstream pages -----------------------------------------------------------------
 
     def _ttl(self, upstream: str) -> float:
         ttl = self.upstreams[upstream].config.ttl
         return self.config.index.ttl if ttl is None else ttl
+
+    def _observe(self, upstream: str, seconds: float, *, ok: bool) -> None:
+        if self.on_upstream_request is not None:
+            self.on_upstream_request(upstream, seconds, ok)
 
     def _breaker_open(self, upstream: str) -> bool:
         return self.health[upstream].open_until > self.clock()
@@ -221,13 +228,16 @@ class IndexService:
         etag = last_modified = None
         if previous is not None and previous.page is not None:
             etag, last_modified = previous.page.etag, previous.page.last_modified
+        started = time.perf_counter()
         try:
             result = await self.upstreams[upstream].fetch_project(
                 project, etag=etag, last_modified=last_modified
             )
         except UpstreamError as exc:
             self._record_failure(upstream, exc.reason)
+            self._observe(upstream, time.perf_counter() - started, ok=False)
             raise
+        self._observe(upstream, time.perf_counter() - started, ok=True)
         self._record_success(upstream)
         now = self.clock()
         if isinstance(result, NotModified) and previous is not None:
@@ -531,12 +541,30 @@ class IndexService:
             p for p in result if p not in self.config.projects or name in self.upstreams_for(p)
         )
 
+    def newest_builds(self) -> list[tuple[NormalizedName, str, str, datetime | None]]:
+        """(project, upstream, newest version, its upload time) for every page seen so far."""
+        rows = []
+        for (upstream, project), entry in sorted(self._pages.items()):
+            if entry.page is None or not entry.page.files:
+                continue
+            newest = max(entry.page.files, key=_version_key)
+            version = parse_dist_filename(newest.filename)
+            rows.append(
+                (project, upstream, str(version.version) if version else "?", newest.upload_time)
+            )
+        return rows
+
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _version_key(file: DistFile) -> tuple[int, object]:
+    dist = parse_dist_filename(file.filename)
+    return (1, dist.version) if dist else (0, file.filename)
 
 
 def _key_of(pub: PublishedFile) -> str:

@@ -16,7 +16,8 @@ from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
 from nightproxy.server import handlers, keys
-from nightproxy.server.middlewares import error_middleware
+from nightproxy.server.metrics import Metrics
+from nightproxy.server.middlewares import AccessLogger, error_middleware
 from nightproxy.upstreams import make_upstream
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,16 @@ DRAIN_TIMEOUT = 25.0
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=1024**2,
+        handler_args={
+            "access_log_class": AccessLogger,
+            "access_log": logging.getLogger("nightproxy.access"),
+        },
+    )
     app[keys.CONFIG] = config
+    app[keys.METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_services_ctx)
@@ -79,6 +88,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.UPSTREAMS] = upstreams
     app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE])
     app[keys.FILLS] = FillManager(app[keys.STORE])
+    app[keys.METRICS].bind(app[keys.STORE], app[keys.FILLS], app[keys.INDEX])
     yield
     await app[keys.FILLS].drain(timeout=DRAIN_TIMEOUT)
     await app[keys.INDEX].close()

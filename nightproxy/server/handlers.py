@@ -22,6 +22,7 @@ from nightproxy.index.render import CONTENT_TYPES, Format, negotiate
 from nightproxy.index.service import IndexService, ProjectView, Rendered
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
+from nightproxy.server.ops import setup_ops_routes
 from nightproxy.upstreams.base import Download
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ METADATA_TYPE = "text/plain; charset=utf-8"
 
 
 def setup_routes(app: web.Application) -> None:
+    setup_ops_routes(app)
     r = app.router
-    r.add_get("/healthz", healthz)
     r.add_get("/simple", _add_slash)
     r.add_get("/simple/", index_page)
     r.add_get("/simple/{project}", _add_slash)
@@ -43,10 +44,6 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/as-of/{as_of}/simple/{project}/", project_page)
     r.add_get("/files/{project}/{key}/{filename}", file_handler)
     r.add_get("/as-of/{as_of}/files/{project}/{key}/{filename}", file_handler)
-
-
-async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
 
 
 async def _add_slash(request: web.Request) -> web.Response:
@@ -245,7 +242,8 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"{filename} is not listed by any upstream of {project}\n")
     if request.method == "HEAD":
         # Never download for a HEAD: answer from what the index knows.
-        headers = {"Content-Type": OCTET, "X-Nightproxy-Cache": "miss"}
+        # Ranges on an uncached file are answered once it is verified, so they are honest.
+        headers = {"Content-Type": OCTET, "Accept-Ranges": "bytes", "X-Nightproxy-Cache": "miss"}
         if pub.source.size is not None:
             headers["Content-Length"] = str(pub.source.size)
         return web.Response(headers=headers)

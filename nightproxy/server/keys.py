@@ -9,6 +9,7 @@ from nightproxy.cache.fill import FillManager
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
+from nightproxy.server.metrics import Metrics
 from nightproxy.upstreams.base import Upstream
 
 CONFIG = web.AppKey("config", Config)
@@ -17,3 +18,4 @@ UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 STORE = web.AppKey("store", CacheStore)
 FILLS = web.AppKey("fills", FillManager)
 INDEX = web.AppKey("index", IndexService)
+METRICS = web.AppKey("metrics", Metrics)

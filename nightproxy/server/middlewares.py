@@ -1,46 +1,69 @@
-"""Request logging and error pages."""
+"""Error pages, and the access log (one line per request, plus request metrics)."""
 
 from __future__ import annotations
 
 import logging
-import time
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from nightproxy.index.service import AllUpstreamsFailedError
-
-log = logging.getLogger("nightproxy.access")
+from nightproxy.server import keys
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One log line per request; upstream failures become short plain-text 502s."""
-    started = time.perf_counter()
-    status = 500
-    response: web.StreamResponse | None = None
+    """Upstream failures become short plain-text 502s, never an empty-looking page."""
     try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
+        return await handler(request)
     except AllUpstreamsFailedError as exc:
-        status = 502
-        response = web.Response(status=502, text=f"{exc}\n")
-        return response
-    finally:
-        cache = response.headers.get("X-Nightproxy-Cache", "-") if response is not None else "-"
-        size = 0
-        if response is not None:
-            size = response.body_length if response.prepared else (response.content_length or 0)
-        log.info(
-            "%s %s %d %d %.1fms %s",
-            request.method,
-            request.path,
-            status,
-            size,
-            (time.perf_counter() - started) * 1000,
-            cache,
-        )
+        return web.Response(status=502, text=f"{exc}\n")
+
+
+def _route(request: web.BaseRequest) -> str:
+    if isinstance(request, web.Request):
+        resource = request.match_info.route.resource
+        if resource is not None:
+            return resource.canonical
+    return "unmatched"
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Runs once the response is fully sent, so sizes and durations are the real ones."""
+
+    @property
+    def enabled(self) -> bool:
+        # Metrics are recorded whatever the log level.
+        return True
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        cache = response.headers.get("X-Nightproxy-Cache", "-")
+        size = response.body_length
+        route = _route(request)
+        metrics = request.app.get(keys.METRICS) if isinstance(request, web.Request) else None
+        if metrics is not None:
+            metrics.observe_request(route, response.status, time)
+            if cache in {"hit", "miss"} and response.status < 300:
+                metrics.observe_file(cache, size)
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                "%s %s %d %d %.1fms %s",
+                request.method,
+                request.path,
+                response.status,
+                size,
+                time * 1000,
+                cache,
+                extra={
+                    "fields": {
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status,
+                        "bytes": size,
+                        "duration_ms": round(time * 1000, 2),
+                        "cache": cache,
+                        "remote": request.remote,
+                    }
+                },
+            )

@@ -1,0 +1,141 @@
+"""Prometheus metrics, with the official client and a registry per application.
+
+Counters that the cache and index already keep (evictions, hash mismatches, stale pages, bytes)
+are read at scrape time by a collector instead of being counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from nightproxy.cache.fill import FillManager
+from nightproxy.cache.store import CacheStore
+from nightproxy.index.service import IndexService
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _LiveCollector(Collector):
+    def __init__(self, store: CacheStore, fills: FillManager, index: IndexService) -> None:
+        self.store = store
+        self.fills = fills
+        self.index = index
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "nightproxy_cache_bytes", "Bytes of cached files on disk", value=self.store.used_bytes
+        )
+        yield GaugeMetricFamily(
+            "nightproxy_cache_budget_bytes", "Configured cache.max_size", value=self.store.max_size
+        )
+        yield GaugeMetricFamily(
+            "nightproxy_cache_files", "Number of cached files", value=self.store.file_count
+        )
+        yield CounterMetricFamily(
+            "nightproxy_cache_evictions", "Files evicted by size or age", value=self.store.evictions
+        )
+        yield CounterMetricFamily(
+            "nightproxy_cache_fetched_bytes",
+            "Bytes downloaded from upstreams into the cache",
+            value=self.fills.upstream_bytes,
+        )
+        yield CounterMetricFamily(
+            "nightproxy_hash_mismatches",
+            "Downloads rejected because their sha256 did not match the index",
+            value=self.fills.hash_mismatches,
+        )
+        yield GaugeMetricFamily(
+            "nightproxy_downloads_in_flight",
+            "Upstream downloads running now",
+            value=self.fills.in_flight,
+        )
+        yield CounterMetricFamily(
+            "nightproxy_stale_pages_served",
+            "Upstream pages served from their last good copy because the upstream failed",
+            value=self.index.stale_pages_served,
+        )
+        up = GaugeMetricFamily(
+            "nightproxy_upstream_up",
+            "1 if the upstream's last request succeeded",
+            labels=["upstream"],
+        )
+        for name, health in self.index.health.items():
+            up.add_metric([name], 1.0 if health.failures == 0 else 0.0)
+        yield up
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "nightproxy_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "nightproxy_request_duration_seconds",
+            "Time to answer a request (headers and body)",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "nightproxy_cache_requests",
+            "File requests by cache result (hit or miss)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.served_bytes = Counter(
+            "nightproxy_served_bytes",
+            "File bytes sent to clients, by where they came from (cache or upstream)",
+            ["source"],
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "nightproxy_upstream_request_duration_seconds",
+            "Upstream page request latency",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "nightproxy_upstream_errors",
+            "Failed upstream page requests",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.hits = 0
+        self.misses = 0
+
+    def bind(self, store: CacheStore, fills: FillManager, index: IndexService) -> None:
+        self.registry.register(_LiveCollector(store, fills, index))
+        index.on_upstream_request = self.observe_upstream
+
+    def observe_upstream(self, upstream: str, seconds: float, ok: bool) -> None:
+        self.upstream_latency.labels(upstream).observe(seconds)
+        if not ok:
+            self.upstream_errors.labels(upstream).inc()
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def observe_file(self, result: str, size: int) -> None:
+        self.cache.labels(result).inc()
+        self.served_bytes.labels("cache" if result == "hit" else "upstream").inc(size)
+        if result == "hit":
+            self.hits += 1
+        else:
+            self.misses += 1
+
+    @property
+    def hit_ratio(self) -> float | None:
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
