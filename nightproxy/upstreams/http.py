@@ -8,10 +8,11 @@ see the feed's ``Authorization`` header. 429 answers are retried a bounded numbe
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -45,8 +46,24 @@ def origin_of(url: str) -> Origin:
     return (scheme, (parts.hostname or "").lower(), port)
 
 
-def split_userinfo(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
-    """Move ``user:password@`` out of a URL into a BasicAuth scoped by the caller."""
+def basic_authorization(username: str, password: str) -> str:
+    """The ``Authorization`` header value for HTTP Basic (RFC 7617).
+
+    Built by hand rather than with ``aiohttp.BasicAuth``, which aiohttp 3.14 deprecates.
+    Latin-1 like aiohttp did, UTF-8 for anything Latin-1 cannot hold.
+    """
+    if ":" in username:
+        raise ValueError('a ":" is not allowed in a Basic auth username')
+    raw = f"{username}:{password}"
+    try:
+        encoded = raw.encode("latin-1")
+    except UnicodeEncodeError:
+        encoded = raw.encode("utf-8")
+    return "Basic " + base64.b64encode(encoded).decode("ascii")
+
+
+def split_userinfo(url: str) -> tuple[str, str | None]:
+    """Move ``user:password@`` out of a URL into a Basic ``Authorization`` value."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None
@@ -55,7 +72,7 @@ def split_userinfo(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    auth = basic_authorization(unquote(parts.username or ""), unquote(parts.password or ""))
     return clean, auth
 
 
@@ -72,10 +89,11 @@ class Credentials:
     """What one upstream may send, and to which origin only."""
 
     origins: frozenset[Origin]
-    auth: aiohttp.BasicAuth | None
-    headers: Mapping[str, str]
+    #: An ``Authorization`` header value (see ``basic_authorization``), or None.
+    auth: str | None = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
 
-    def for_url(self, url: str) -> tuple[aiohttp.BasicAuth | None, Mapping[str, str]]:
+    def for_url(self, url: str) -> tuple[str | None, Mapping[str, str]]:
         if origin_of(url) in self.origins:
             return self.auth, self.headers
         return None, {}
@@ -115,13 +133,14 @@ async def request(
         merged: CIMultiDict[str] = CIMultiDict(extra)
         if headers:
             merged.update(headers)
+        if auth is not None and "Authorization" not in merged:
+            merged["Authorization"] = auth
         try:
             response = await session.request(
                 method,
                 # Signed URLs must go out byte for byte as they were signed.
                 URL(current, encoded=True) if encoded else current,
                 headers=merged,
-                auth=auth,
                 timeout=timeout,
                 allow_redirects=False,
             )

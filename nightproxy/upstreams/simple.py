@@ -19,7 +19,14 @@ from nightproxy.upstreams.base import (
     NotModified,
     Upstream,
 )
-from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request, split_userinfo
+from nightproxy.upstreams.http import (
+    Credentials,
+    UpstreamError,
+    basic_authorization,
+    origin_of,
+    request,
+    split_userinfo,
+)
 
 PAGE_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
@@ -41,7 +48,7 @@ class HttpIndexUpstream(Upstream):
         clean, auth = split_userinfo(url)
         self.base_url = clean if clean.endswith("/") else clean + "/"
         if auth is None and config.username is not None:
-            auth = aiohttp.BasicAuth(config.username, config.password or "")
+            auth = basic_authorization(config.username, config.password or "")
         self.credentials = Credentials(
             origins=frozenset({origin_of(self.base_url)}),
             auth=auth,
