@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 
 from nightproxy import __version__
+from nightproxy.cache.store import CacheStore
+from nightproxy.cache.transfer import TransferError, export_cache, import_cache
 from nightproxy.config import (
     Config,
     ConfigError,
@@ -49,14 +51,21 @@ def _parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser("cache", help="inspect or prune the file cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
-    for name, text in (("stats", "show what the cache holds"), ("prune", "evict files now")):
+    for name, text in (
+        ("stats", "show what the cache holds"),
+        ("prune", "evict files now"),
+        ("export", "write the cache to a tar archive (to warm another machine)"),
+        ("import", "add the files of an exported archive, verifying every hash"),
+    ):
         sub = cache_commands.add_parser(name, help=text)
+        if name in {"export", "import"}:
+            sub.add_argument("archive", help="the .tar file")
         where = sub.add_mutually_exclusive_group()
         where.add_argument("--config")
         where.add_argument("--cache-dir", help="work on this cache directory directly")
         if name == "stats":
             sub.add_argument("--json", action="store_true", help="print JSON")
-        else:
+        elif name == "prune":
             sub.add_argument("--max-size", help="evict least recently used files beyond this size")
             sub.add_argument("--max-age", help="evict files unused for longer than this")
             sub.add_argument("--dry-run", action="store_true", help="only say what would go")
@@ -121,13 +130,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from nightproxy.cache.store import CacheStore
-
     source = Path("(command line)")
     if args.cache_dir:
         root = Path(args.cache_dir).expanduser().resolve()
         budget, max_age = 0, 0.0
-        if not (root / "state.sqlite").exists():
+        if args.cache_command != "import" and not (root / "state.sqlite").exists():
             raise ConfigError(source, "--cache-dir", f"{root} is not a nightproxy cache directory")
     else:
         config = _load(args.config)
@@ -140,10 +147,22 @@ def _cache(args: argparse.Namespace) -> int:
         if not budget and not max_age:
             raise ConfigError(source, "--max-size", "give --max-size or --max-age (or --config)")
     store = CacheStore(root, budget or 2**63, max_age or float("inf"))
-    store.open()
+    store.open(clean_tmp=False)
     try:
         if args.cache_command == "stats":
             return _stats(store, as_json=args.json)
+        if args.cache_command == "export":
+            files, size = export_cache(store, Path(args.archive))
+            print(f"exported {files} files, {size} bytes to {args.archive}")
+            return 0
+        if args.cache_command == "import":
+            try:
+                files, size = import_cache(store, Path(args.archive))
+            except TransferError as exc:
+                print(f"nightproxy: {exc}", file=sys.stderr)
+                return 1
+            print(f"imported {files} files, {size} bytes from {args.archive}")
+            return 0
         return _prune(store, dry_run=args.dry_run)
     finally:
         store.close()
@@ -153,10 +172,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
-def _stats(store: object, *, as_json: bool) -> int:
-    from nightproxy.cache.store import CacheStore
-
-    assert isinstance(store, CacheStore)
+def _stats(store: CacheStore, *, as_json: bool) -> int:
     stats = store.stats()
     data = {
         "dir": str(store.root),
@@ -174,10 +190,7 @@ def _stats(store: object, *, as_json: bool) -> int:
     return 0
 
 
-def _prune(store: object, *, dry_run: bool) -> int:
-    from nightproxy.cache.store import CacheStore
-
-    assert isinstance(store, CacheStore)
+def _prune(store: CacheStore, *, dry_run: bool) -> int:
     before = store.stats()
     victims = store.expired(time.time())
     over = store.reserve(0)

@@ -27,6 +27,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,14 @@ CREATE TABLE IF NOT EXISTS pages (
 
 def is_sha256(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+class BlobRecord(TypedDict):
+    sha256: str
+    size: int
+    last_use: float
+    filename: str
+    upstream: str
 
 
 @dataclass(slots=True)
@@ -95,13 +104,18 @@ class CacheStore:
 
     # -- start-up and shutdown (disk I/O: run in a thread) -------------------------------------
 
-    def open(self) -> None:
-        """Create the layout, drop crash leftovers, and load the index."""
+    def open(self, *, clean_tmp: bool = True) -> None:
+        """Create the layout, drop crash leftovers, and load the index.
+
+        Only the server cleans ``tmp/``: the cache commands run beside a live server, whose
+        fills in progress live there.
+        """
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp_dir.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        if clean_tmp:
+            for leftover in self.tmp_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         db = sqlite3.connect(self.root / "state.sqlite", check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -336,6 +350,25 @@ class CacheStore:
             raise RuntimeError("cache store is not open")
         with self._db:
             yield self._db
+
+    def snapshot(self) -> tuple[list[BlobRecord], dict[str, str]]:
+        """Disk I/O. Every blob's record and every alias, for export."""
+        with self._db_lock, self._db_conn() as db:
+            rows = db.execute("SELECT sha256, filename, upstream FROM blobs").fetchall()
+        names = {sha: (filename, upstream) for sha, filename, upstream in rows}
+        blobs: list[BlobRecord] = []
+        for sha, entry in self._entries.items():
+            filename, upstream = names.get(sha, ("", ""))
+            blobs.append(
+                {
+                    "sha256": sha,
+                    "size": entry.size,
+                    "last_use": entry.last_use,
+                    "filename": filename,
+                    "upstream": upstream,
+                }
+            )
+        return blobs, dict(self._aliases)
 
     # -- small persistent facts -----------------------------------------------------------------
 
