@@ -39,7 +39,10 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         cache = response.headers.get("X-Nightproxy-Cache", "-")
-        size = response.body_length
+        # body_length counts the header block too; Content-Length is the body when known.
+        size = response.content_length
+        if size is None:
+            size = response.body_length
         route = _route(request)
         metrics = request.app.get(keys.METRICS) if isinstance(request, web.Request) else None
         if metrics is not None:
