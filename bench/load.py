@@ -55,7 +55,7 @@ async def rate(url: str, headers: dict[str, str], concurrency: int, duration: fl
 
         async def worker() -> None:
             nonlocal nbytes, issued
-            while issued < max_requests and time.perf_counter() < deadline:
+            while issued < max_requests and time.perf_counter() < deadline and not errors:
                 issued += 1
                 t0 = time.perf_counter()
                 try:

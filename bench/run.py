@@ -312,10 +312,10 @@ class Bench:
         self.nginx: tg.Nginx | None = None
         self.targets: list[tg.Target] = []
         self.fx: fixture.Fixture | None = None
-        self.herd_mb = 10 if self.quick else 50
+        self.herd_mb = 5 if self.quick else 50
         # durations (seconds) of one measurement window
-        self.page_dur = 0.4 if self.quick else 2.0
-        self.dl_dur = 0.6 if self.quick else 3.0
+        self.page_dur = 0.25 if self.quick else 2.0
+        self.dl_dur = 0.4 if self.quick else 3.0
         self.url_cache: dict[tuple[str, str, str], str] = {}
         self.page_counts: dict[str, int] = {}
 
@@ -593,8 +593,10 @@ class Bench:
         np.name = "nightproxy"
         try:
             np.start()
-            for h in HEADERS.values():
-                tg.http_get(np.index_url + "bigproj/", h, timeout=120)
+            for fmt_, h in HEADERS.items():
+                st, _, _ = tg.http_get(np.index_url + "bigproj/", h, timeout=120)
+                if st != 200:
+                    raise RuntimeError(f"merged bigproj page {fmt_}: HTTP {st}")
             st, body, _ = tg.http_get(np.index_url + "bigproj/", HEADERS["json"], timeout=60)
             with_n = len(json.loads(body).get("files", [])) if st == 200 else -1
             self.res.notes[("merged_json_rps", "nightproxy")] = f"({with_n} files on page)"
@@ -660,9 +662,6 @@ class Bench:
                 for key in self.res.order:
                     if not self.res.metrics[key].nightproxy_only:
                         self.res.fail(key, t.name, f"priming: {e}")
-                if t.name == "nightproxy":
-                    for key in self.res.order:
-                        self.res.fail(key, t.name, f"priming: {e}")
         # warm installs are warm: one untimed install through each target first
         for t in live:
             for tool in (("uv",) if self.quick else ("pip", "uv")):
@@ -678,7 +677,7 @@ class Bench:
                 log(f"rep {rep + 1}/{self.reps} {t.name}: {time.perf_counter() - t0:.1f}s")
         if self.args.big:
             self.big_rss(live)
-        if "nightproxy" in [t.name for t in live]:
+        if any(t.name == "nightproxy" and not t.start_error for t in self.targets):
             self.nightproxy_only()
 
     def big_rss(self, live: list[tg.Target]) -> None:
@@ -729,7 +728,7 @@ def populate_nightproxy_cache(bench: Bench, n: int) -> Path:
     py = str(VENV / "bin" / "python")
     probe = subprocess.run([py, "-c", "import nightproxy.cache as c; "
                             "print(hasattr(c, 'bench_populate'))"],
-                           capture_output=True, text=True, timeout=60, check=False)
+                           capture_output=True, text=True, timeout=60, check=False, cwd=WORK)
     if probe.returncode != 0:
         raise HookMissingError((probe.stderr.strip().splitlines() or ["import failed"])[-1][:120])
     src = REPO / "nightproxy" / "cache"

@@ -33,8 +33,9 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None,
     log.parent.mkdir(parents=True, exist_ok=True)
     out: IO[bytes] = log.open("ab")
     try:
+        # a neutral cwd: never import the package from the source tree by accident
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd or log.parent,
                                 start_new_session=True)
     finally:
         out.close()
@@ -98,11 +99,13 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float, lo
     raise RuntimeError(f"not ready after {timeout:.0f}s ({last}): {tail(log)}")
 
 
-def tail(log: Path, n: int = 400) -> str:
+def tail(log: Path, n: int = 200) -> str:
+    """The last line of ``log`` (where a traceback says what went wrong) and where the log is."""
     try:
-        return log.read_text(errors="replace")[-n:].replace("\n", " | ").strip()
+        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
     except OSError:
-        return ""
+        lines = []
+    return f"{(lines or ['(empty log)'])[-1][-n:]} (log: {log.name})"
 
 
 def tree_rss_bytes(pid: int) -> int:
