@@ -1,0 +1,186 @@
+"""End to end: the real pip and the real uv install real wheels through the proxy.
+
+Two fake upstreams each publish one project; ``app-one`` (on alpha) depends on ``lib-two``
+(on beta), so resolving it needs the merged view of both. The installers run as subprocesses
+started with ``asyncio.create_subprocess_exec`` because the proxy and the fakes serve from this
+test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import MakeConfig, StartFake, StartProxy, simple_url
+from tests.fakes import FakeSimpleIndex
+from tests.wheels import build_wheel, wheel_filename
+
+INSTALL_TIMEOUT = 240.0  # a bound so a hung installer fails the test instead of the run
+
+APP_NEW = "1.1.dev20261120"
+APP_OLD = "1.0"
+LIB_NEW = "2.0.dev20261121"
+LIB_OLD = "1.0"
+
+
+@dataclass
+class World:
+    alpha: FakeSimpleIndex
+    beta: FakeSimpleIndex
+    proxy: TestServer
+
+    @property
+    def index_url(self) -> str:
+        return str(self.proxy.make_url("/simple/"))
+
+
+@pytest.fixture
+async def world(
+    start_fake: StartFake, wheelhouse: Path, make_config: MakeConfig, start_proxy: StartProxy
+) -> World:
+    """alpha: app-one 1.0 and 1.1.dev (needs lib-two>=2.0.dev0); beta: lib-two 1.0 and 2.0.dev."""
+    alpha = FakeSimpleIndex()
+    alpha.add_file("app-one", build_wheel(wheelhouse, "app-one", APP_OLD))
+    alpha.add_file(
+        "app-one",
+        build_wheel(wheelhouse, "app-one", APP_NEW, requires_dist=["lib-two>=2.0.dev0"]),
+    )
+    beta = FakeSimpleIndex()
+    beta.add_file("lib-two", build_wheel(wheelhouse, "lib-two", LIB_OLD))
+    beta.add_file("lib-two", build_wheel(wheelhouse, "lib-two", LIB_NEW))
+    await start_fake(alpha)
+    await start_fake(beta)
+    config = make_config(
+        [
+            {"name": "alpha", "kind": "simple", "url": simple_url(alpha)},
+            {"name": "beta", "kind": "simple", "url": simple_url(beta)},
+        ]
+    )
+    return World(alpha, beta, await start_proxy(config))
+
+
+def installer_env(tmp_path: Path) -> dict[str, str]:
+    """No PIP_*/UV_* settings, no proxies, and a private HOME and uv cache."""
+    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIP_", "UV_")) and k.lower() not in proxies
+    }
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env["HOME"] = str(home)
+    env["XDG_CONFIG_HOME"] = str(home / ".config")
+    env["XDG_CACHE_HOME"] = str(home / ".cache")
+    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+async def run_installer(argv: list[str], env: dict[str, str]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(INSTALL_TIMEOUT):
+            output, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, f"{argv[:4]} failed:\n{output.decode(errors='replace')}"
+
+
+def installed_version(target: Path, package: str) -> str:
+    """``__version__`` from the installed package's ``__init__.py``."""
+    namespace: dict[str, object] = {}
+    exec((target / package / "__init__.py").read_text(), namespace)
+    return str(namespace["__version__"])
+
+
+def dist_infos(target: Path) -> set[str]:
+    return {p.name for p in target.glob("*.dist-info")}
+
+
+async def pip_install(world: World, tmp_path: Path, target: Path) -> None:
+    await run_installer(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--isolated",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--index-url",
+            world.index_url,
+            "--pre",
+            "--target",
+            str(target),
+            "app-one",
+        ],
+        installer_env(tmp_path),
+    )
+
+
+async def test_pip_installs_through_the_proxy(world: World, tmp_path: Path) -> None:
+    """Real pip resolves app-one and its dependency across two upstreams; installs nightlies."""
+    target = tmp_path / "pip-target"
+    await pip_install(world, tmp_path, target)
+    assert installed_version(target, "app_one") == APP_NEW
+    assert installed_version(target, "lib_two") == LIB_NEW
+    assert dist_infos(target) == {f"app_one-{APP_NEW}.dist-info", f"lib_two-{LIB_NEW}.dist-info"}
+
+
+def _uv_command() -> list[str]:
+    exe = shutil.which("uv")
+    return [exe] if exe else [sys.executable, "-m", "uv"]
+
+
+async def test_uv_installs_through_the_proxy(world: World, tmp_path: Path) -> None:
+    """Real uv resolves app-one and its dependency across two upstreams; installs nightlies."""
+    target = tmp_path / "uv-target"
+    await run_installer(
+        [
+            *_uv_command(),
+            "pip",
+            "install",
+            "--no-config",
+            "--no-cache",
+            "--python",
+            sys.executable,
+            "--index-url",
+            world.index_url,
+            "--prerelease=allow",
+            "--target",
+            str(target),
+            "app-one",
+        ],
+        installer_env(tmp_path),
+    )
+    assert installed_version(target, "app_one") == APP_NEW
+    assert installed_version(target, "lib_two") == LIB_NEW
+    assert dist_infos(target) == {f"app_one-{APP_NEW}.dist-info", f"lib_two-{LIB_NEW}.dist-info"}
+
+
+async def test_pip_resolves_from_metadata_files(world: World, tmp_path: Path) -> None:
+    """pip reads each chosen wheel's PEP 658 ``.metadata`` and never downloads unchosen wheels."""
+    await pip_install(world, tmp_path, tmp_path / "pip-target")
+    app_new = wheel_filename("app-one", APP_NEW)
+    lib_new = wheel_filename("lib-two", LIB_NEW)
+    # The proxy fetches a .metadata from its upstream only when a client asked it for one.
+    assert world.alpha.count("GET", f"/files/{app_new}.metadata") == 1
+    assert world.beta.count("GET", f"/files/{lib_new}.metadata") == 1
+    for fake, old in ((world.alpha, ("app-one", APP_OLD)), (world.beta, ("lib-two", LIB_OLD))):
+        assert fake.count("GET", f"/files/{wheel_filename(*old)}") == 0
