@@ -1,10 +1,22 @@
-"""Logging set-up: plain text or one JSON object per line."""
+"""Logging set-up: plain text or one JSON object per line.
+
+One access line per request is many small writes: records are formatted as they come but
+written in batches (when a batch fills, on any warning, and by a periodic ``flush_logs`` that
+the server runs), so logging costs a fraction of a request rather than a syscall each.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
+from typing import TextIO
+
+#: Lines buffered before a write; a warning or error is written at once with what precedes it.
+BATCH_LINES = 256
+#: Never hold a line longer than this, even if nothing else is logged (checked on each record).
+BATCH_SECONDS = 0.5
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,8 +35,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class BatchingStreamHandler(logging.StreamHandler[TextIO]):
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._since = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._lines.append(line + self.terminator)
+        if (
+            len(self._lines) >= BATCH_LINES
+            or record.levelno >= logging.WARNING
+            or time.monotonic() - self._since > BATCH_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            self.acquire()
+            try:
+                lines, self._lines = self._lines, []
+                self.stream.write("".join(lines))
+            finally:
+                self.release()
+        self._since = time.monotonic()
+        super().flush()
+
+
 def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler()
+    handler = BatchingStreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -34,3 +78,8 @@ def setup_logging(fmt: str, level: str) -> None:
     root.setLevel(level)
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -344,11 +344,6 @@ async def test_key_of_another_project_uncached_is_404(
         assert resp.status == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nightproxy/server/handlers.py:236 file_handler serves any cached blob whose "
-    "sha equals the URL key (store.resolve) without checking the key belongs to the project",
-)
 async def test_key_of_another_project_cached_is_404(
     http: aiohttp.ClientSession, proxy: TestServer
 ) -> None:

@@ -554,14 +554,7 @@ async def test_if_none_match_is_304(http: aiohttp.ClientSession, one_proxy: Test
     "encoding",
     [
         "gzip;q=0",
-        pytest.param(
-            "gzip;q=0.0",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: nightproxy/server/handlers.py:63 _wants_gzip treats q=0.0 "
-                "(any 'q=0.' form) as acceptable",
-            ),
-        ),
+        "gzip;q=0.0",
     ],
 )
 async def test_gzip_refused_with_q_zero(one_proxy: TestServer, encoding: str) -> None:

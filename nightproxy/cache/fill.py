@@ -203,7 +203,7 @@ class FillManager:
                     filename=filename,
                     upstream=upstream,
                 )
-                self.store.admitted(sha, fill.written, reserved)
+                self.store.admitted(sha, fill.written, reserved, filename)
                 reserved = 0
                 fill.cached = True
                 if fill.key != sha:

@@ -74,6 +74,9 @@ class BlobRecord(TypedDict):
 class Entry:
     size: int
     last_use: float
+    #: The distribution (or ``<wheel>.metadata``) filename the blob was fetched as; "" if the
+    #: index was rebuilt from the directory alone.
+    filename: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +129,8 @@ class CacheStore:
 
     def _load(self) -> None:
         assert self._db is not None
-        rows = self._db.execute("SELECT sha256, size, last_use FROM blobs").fetchall()
-        known = {sha: Entry(size, last_use) for sha, size, last_use in rows}
+        rows = self._db.execute("SELECT sha256, size, last_use, filename FROM blobs").fetchall()
+        known = {sha: Entry(size, last_use, filename) for sha, size, last_use, filename in rows}
         on_disk = self._scan_blobs()
         # The directory is the truth about bytes, the database about recency: a blob without a
         # row (the database was lost) gets its mtime as last use; a row without a blob is dropped.
@@ -135,7 +138,7 @@ class CacheStore:
         for sha, (size, mtime) in on_disk.items():
             entry = known.get(sha)
             if entry is None or entry.size != size:
-                known[sha] = Entry(size, mtime)
+                known[sha] = Entry(size, mtime, entry.filename if entry else "")
                 self._dirty.add(sha)
         for sha in missing:
             del known[sha]
@@ -175,10 +178,19 @@ class CacheStore:
     def has(self, sha256: str) -> bool:
         return sha256 in self._entries
 
-    def resolve(self, key: str) -> str | None:
-        """The sha256 of a file key: the key itself, or what an alias key was verified as."""
+    def resolve(self, key: str, filename: str | None = None) -> str | None:
+        """The sha256 of a file key: the key itself, or what an alias key was verified as.
+
+        With ``filename``, only a blob fetched under that very name answers: a key is a
+        content address, but a URL must not serve one project's bytes under another's name.
+        """
         sha = key if is_sha256(key) else self._aliases.get(key)
-        return sha if sha is not None and sha in self._entries else None
+        if sha is None:
+            return None
+        entry = self._entries.get(sha)
+        if entry is None or (filename is not None and entry.filename != filename):
+            return None
+        return sha
 
     def alias(self, key: str) -> str | None:
         return self._aliases.get(key)
@@ -297,13 +309,14 @@ class CacheStore:
         self.admit_file(tmp, sha, len(data), filename=filename, upstream=upstream)
         return sha
 
-    def admitted(self, sha256: str, size: int, reserved: int) -> None:
+    def admitted(self, sha256: str, size: int, reserved: int, filename: str) -> None:
         """Memory: account a blob that ``admit_file`` put in place, consuming its reservation."""
         self.release(reserved)
         if sha256 in self._entries:
+            self._entries[sha256].filename = filename
             self.touch(sha256)
             return
-        self._entries[sha256] = Entry(size, time.time())
+        self._entries[sha256] = Entry(size, time.time(), filename)
         self._bytes += size
 
     def record_alias(self, key: str, sha256: str) -> None:

@@ -106,7 +106,7 @@ def import_cache(store: CacheStore, archive: Path) -> tuple[int, int]:
             filename=str(blob.get("filename", "")),
             upstream=str(blob.get("upstream", "")),
         )
-        store.admitted(sha, size, 0)
+        store.admitted(sha, size, 0, str(blob.get("filename", "")))
         store.touch(sha, float(blob.get("last_use", time.time())))
         added += size
     for key, sha in manifest["aliases"].items():

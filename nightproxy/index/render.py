@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from html import escape
 from typing import Any, Literal
 
@@ -38,17 +39,19 @@ _FORMAT_ALIASES: Mapping[str, Format] = {
 }
 
 
+@lru_cache(maxsize=256)
 def negotiate(accept: str | None, format_param: str | None = None) -> Format | None:
     """Pick the page format; None means nothing the client accepts (406).
 
     ``?format=`` wins over ``Accept`` (as the public index does). No Accept header means HTML,
-    the PEP 503 default. q-values are honoured with and without spaces.
+    the PEP 503 default. q-values are honoured with and without spaces. At equal q an exact
+    media type beats a wildcard, and a bare ``*/*`` (curl, browsers, old tools) gets HTML.
     """
     if format_param:
         return _FORMAT_ALIASES.get(format_param.strip().lower())
     if not accept or not accept.strip():
         return "html"
-    best: tuple[float, int, Format] | None = None
+    best: tuple[float, int, int, Format] | None = None
     for part in accept.split(","):
         media, *params = (p.strip() for p in part.split(";"))
         media = media.lower()
@@ -63,11 +66,15 @@ def negotiate(accept: str | None, format_param: str | None = None) -> Format | N
         if q <= 0:
             continue
         for rank, (offer, fmt) in enumerate(_OFFERS):
-            if media in {offer, "*/*"} or (media == "text/*" and offer.startswith("text/")):
-                candidate = (q, -rank, fmt)
-                if best is None or candidate[:2] > best[:2]:
-                    best = candidate
-    return best[2] if best else None
+            if media == offer:
+                candidate = (q, 1, -rank, fmt)
+            elif media == "*/*" or (media == "text/*" and offer.startswith("text/")):
+                candidate = (q, 0, rank, fmt)
+            else:
+                continue
+            if best is None or candidate[:3] > best[:3]:
+                best = candidate
+    return best[3] if best else None
 
 
 def format_upload_time(value: datetime) -> str:

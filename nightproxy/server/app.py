@@ -15,6 +15,7 @@ from nightproxy.cache.fill import FillManager
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
+from nightproxy.logs import BATCH_SECONDS, flush_logs
 from nightproxy.server import handlers, keys
 from nightproxy.server.metrics import Metrics
 from nightproxy.server.middlewares import AccessLogger, error_middleware
@@ -110,9 +111,21 @@ async def _maintenance(app: web.Application) -> None:
             log.exception("cache maintenance failed")
 
 
+async def _flush_logs_periodically() -> None:
+    while True:
+        await asyncio.sleep(BATCH_SECONDS)
+        flush_logs()
+
+
 async def _maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_maintenance(app), name="cache maintenance")
+    tasks = [
+        asyncio.create_task(_maintenance(app), name="cache maintenance"),
+        asyncio.create_task(_flush_logs_periodically(), name="log flusher"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    flush_logs()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from functools import lru_cache
 from urllib.parse import quote
 
 from aiohttp import web
@@ -56,12 +57,27 @@ async def _add_slash(request: web.Request) -> web.Response:
 # -- pages --------------------------------------------------------------------------------------
 
 
-def _wants_gzip(request: web.Request) -> bool:
-    for part in request.headers.get("Accept-Encoding", "").split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip().lower() in {"gzip", "x-gzip"}:
-            return "q=0" not in params.replace(" ", "") or "q=0." in params.replace(" ", "")
+@lru_cache(maxsize=256)
+def _accepts_gzip(header: str) -> bool:
+    for part in header.split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        if coding.lower() not in {"gzip", "x-gzip", "*"}:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding != "*" or q > 0:
+            return q > 0
     return False
+
+
+def _wants_gzip(request: web.Request) -> bool:
+    return _accepts_gzip(request.headers.get("Accept-Encoding", ""))
 
 
 def _as_of(request: web.Request) -> datetime | None:
@@ -233,7 +249,7 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
     if dist is None or dist.project != project:
         raise web.HTTPNotFound(text="no such file\n")
     store = request.app[keys.STORE]
-    sha = store.resolve(key)
+    sha = store.resolve(key, filename)
     if sha is not None:
         return _serve_cached(request, sha)
     index = request.app[keys.INDEX]
@@ -251,7 +267,7 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Range"):
         # Ranges are answered from the verified copy, so they can never have a wrong length.
         await fill.finished.wait()
-        sha = store.resolve(key)
+        sha = store.resolve(key, filename)
         if sha is not None:
             return _serve_cached(request, sha)
     return await _stream_fill(request, fill)
@@ -287,7 +303,7 @@ async def _metadata_handler(
         raise web.HTTPNotFound(text="no such metadata\n")
     store = request.app[keys.STORE]
     mkey = metadata_key(key)
-    sha = store.resolve(mkey)
+    sha = store.resolve(mkey, wheel + METADATA_SUFFIX)
     if sha is not None:
         return _serve_cached(request, sha, content_type=METADATA_TYPE)
     index = request.app[keys.INDEX]
@@ -359,7 +375,7 @@ async def _fill_metadata(
         filename=source.filename + METADATA_SUFFIX,
         upstream=source.upstream,
     )
-    store.admitted(sha, len(data), len(data))
+    store.admitted(sha, len(data), len(data), source.filename + METADATA_SUFFIX)
     await asyncio.to_thread(store.record_alias, mkey, sha)
     app[keys.INDEX].invalidate(project)
     return sha

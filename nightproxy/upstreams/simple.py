@@ -88,6 +88,23 @@ class HttpIndexUpstream(Upstream):
                 self.name, f"{what}: HTTP {response.status}", status=response.status
             )
 
+    async def _is_missing_object(self, response: aiohttp.ClientResponse) -> bool:
+        """A 403 that means "no such key": a static tree in a bucket without public listing.
+
+        S3 (and GCS's XML API, and CDNs in front of them) answer a missing object with 403
+        ``AccessDenied`` when the caller may not list the bucket. Only for an upstream with no
+        credentials: with credentials, a 403 is a credentials problem and must say so.
+        """
+        if self.credentials.auth is not None or any(
+            k.lower() == "authorization" for k in self.credentials.headers
+        ):
+            return False
+        try:
+            head = await response.content.read(64 * 1024)
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+        return b"AccessDenied" in head
+
     def parse_page(
         self, body: bytes, content_type: str, url: str, project: NormalizedName
     ) -> ProjectPage:
@@ -114,6 +131,8 @@ class HttpIndexUpstream(Upstream):
             if response.status == 304:
                 return NotModified()
             if response.status in {404, 410}:
+                return NotFound()
+            if response.status == 403 and await self._is_missing_object(response):
                 return NotFound()
             self._check_status(response, f"project page {project}")
             body = await self._read_page(response)
