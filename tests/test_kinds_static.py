@@ -237,3 +237,48 @@ async def test_no_store_files_are_cached_anyway(
     assert body == wheel.read_bytes()
     assert headers.get("X-Nightproxy-Cache") == "hit"
     assert file_gets(static.cdn, wheel.name) == 1
+
+
+async def test_missing_project_403_is_not_found(
+    static: Tree,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The tree answers a project it lacks with 403 AccessDenied (bucket without public
+    listing): the proxy treats it as 'no such project', a 404, not an upstream failure."""
+    static.tree.add_file("torch", build_wheel(tmp_path / "w", "torch", "2.10.0.dev1"))
+    proxy = await start_proxy(make_config([static.entry()]))
+    async with http.get(static.tree.url("/whl/nightly/absent/")) as upstream:
+        assert upstream.status == 403
+
+    async with http.get(proxy.make_url("/simple/absent/"), headers={"Accept": JSON_TYPE}) as resp:
+        assert resp.status == 404
+
+
+async def test_missing_projects_do_not_trip_the_tree_out_of_other_pages(
+    static: Tree,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    wheelhouse: Path,
+) -> None:
+    """Next to another upstream, projects the tree lacks are served without marking the tree
+    missing, and after several of them the tree's own project is still served."""
+    torch = build_wheel(tmp_path / "w", "torch", "2.10.0.dev1")
+    static.tree.add_file("torch", torch)
+    others = [f"other-{n}" for n in range(5)]
+    for name in others:
+        build_wheel(wheelhouse, name, "1.0.dev1")
+    local = {"name": "local", "kind": "directory", "path": str(wheelhouse)}
+    proxy = await start_proxy(make_config([static.entry(), local]))
+
+    for name in others:
+        async with http.get(proxy.make_url(f"/simple/{name}/"), headers={"Accept": JSON_TYPE}) as r:
+            assert r.status == 200
+            assert "X-Nightproxy-Missing" not in r.headers
+    files, _ = await files_of(http, proxy, "torch")
+
+    assert set(files) == {torch.name}
