@@ -141,6 +141,7 @@ def tree_rss_bytes(pid: int) -> int:
 
 NGINX_CONF = """\
 {user}worker_processes 2;
+worker_rlimit_nofile 65536;
 daemon off;
 master_process on;
 pid {work}/nginx.pid;
@@ -158,7 +159,7 @@ http {{
     tcp_nodelay on;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    open_file_cache max=20000 inactive=60s;
+    open_file_cache max=4000 inactive=60s;
     gzip off;
     gzip_static on;
     client_body_temp_path {work}/tmp_body;
