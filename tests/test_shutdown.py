@@ -1,0 +1,186 @@
+"""Graceful shutdown: SIGTERM during a download lets it finish and leaves no temporary files.
+
+The real ``nightproxy serve`` runs as a subprocess; the fake upstream (in this test's event loop)
+sends the first chunk of a wheel and then holds the rest until the test releases it, so SIGTERM
+arrives at a known point: mid-download, with the client's response already started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from tests.conftest import PIP_ACCEPT, StartFake, simple_url
+from tests.fakes import FakeSimpleIndex
+from tests.wheels import build_wheel, sha256_file
+
+WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_healthy(proc: asyncio.subprocess.Process, base: URL) -> None:
+    async with aiohttp.ClientSession() as probe, asyncio.timeout(WAIT):
+        while True:
+            assert proc.returncode is None, "nightproxy serve exited early"
+            try:
+                async with probe.get(base.join(URL("/healthz"))) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nightproxy",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await _wait_healthy(proc, URL(f"http://127.0.0.1:{port}/"))
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _refuses_connections(base: URL) -> bool:
+    """True once a brand-new connection to the proxy fails (its listener is closed)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as fresh:
+        try:
+            async with fresh.get(base.join(URL("/healthz"))) as resp:
+                await resp.read()
+        except aiohttp.ClientConnectionError:
+            return True
+    return False
+
+
+@dataclass
+class Outcome:
+    body: bytes
+    expected_sha256: str
+    returncode: int | None
+    stderr: str
+    refused_during_drain: bool
+    cache_dir: Path
+
+
+@pytest.fixture
+async def slow_fake(start_fake: StartFake, tmp_path: Path) -> FakeSimpleIndex:
+    fake = FakeSimpleIndex()
+    wheel = build_wheel(tmp_path / "wheels", "demo", "1.0", payload_size=256 * 1024)
+    fake.add_file("demo", wheel)
+    fake.slow_file.add(wheel.name)
+    fake.slow.chunk_size = 16 * 1024
+    fake.slow.delay = 0.001
+    fake.slow.hold = True
+    return await start_fake(fake)
+
+
+async def sigterm_mid_download(fake: FakeSimpleIndex, tmp_path: Path) -> Outcome:
+    """Start a download, SIGTERM the proxy once bytes flow, release the upstream, finish."""
+    entry = next(iter(fake.projects["demo"].files.values()))
+    cache_dir = tmp_path / "cache"
+    config = tmp_path / "nightproxy.yaml"
+    config.write_text(
+        f"cache:\n  dir: {cache_dir}\n"
+        f"upstreams:\n  - name: main\n    kind: simple\n    url: {simple_url(fake)}\n"
+    )
+    port = _free_port()
+    base = URL(f"http://127.0.0.1:{port}/")
+    async with serving(config, port) as proc, aiohttp.ClientSession() as http:
+        page = base.join(URL("/simple/demo/"))
+        async with http.get(page, headers={"Accept": PIP_ACCEPT}) as resp:
+            assert resp.status == 200
+            doc = json.loads(await resp.read())
+        url = page.join(URL(doc["files"][0]["url"]))
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Nightproxy-Cache"] == "miss"
+            first = await resp.content.readany()
+            assert first, "no bytes before the upstream's hold"
+            # The upstream is holding: the download is in flight when the signal arrives.
+            proc.send_signal(signal.SIGTERM)
+            refused = False
+            async with asyncio.timeout(WAIT):
+                while not (refused := await _refuses_connections(base)):
+                    await asyncio.sleep(0.05)
+            assert proc.returncode is None, "the proxy exited with a download in flight"
+            fake.slow.release.set()
+            body = first + await resp.read()
+        async with asyncio.timeout(WAIT):
+            _stdout, stderr = await proc.communicate()
+    return Outcome(
+        body=body,
+        expected_sha256=entry.sha256,
+        returncode=proc.returncode,
+        stderr=stderr.decode(errors="replace"),
+        refused_during_drain=refused,
+        cache_dir=cache_dir,
+    )
+
+
+async def test_sigterm_lets_a_running_download_finish(
+    slow_fake: FakeSimpleIndex, tmp_path: Path
+) -> None:
+    """The client whose download was in flight at SIGTERM receives the complete, exact file."""
+    outcome = await sigterm_mid_download(slow_fake, tmp_path)
+    entry = next(iter(slow_fake.projects["demo"].files.values()))
+    assert len(outcome.body) == entry.size
+    assert hashlib.sha256(outcome.body).hexdigest() == sha256_file(entry.path)
+
+
+async def test_sigterm_stops_accepting_while_draining(
+    slow_fake: FakeSimpleIndex, tmp_path: Path
+) -> None:
+    """After SIGTERM new connections are refused while the old download is still held."""
+    outcome = await sigterm_mid_download(slow_fake, tmp_path)
+    assert outcome.refused_during_drain
+
+
+async def test_sigterm_exits_zero_without_a_traceback(
+    slow_fake: FakeSimpleIndex, tmp_path: Path
+) -> None:
+    """The drained process exits with status 0 and logs no error."""
+    outcome = await sigterm_mid_download(slow_fake, tmp_path)
+    assert outcome.returncode == 0, outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    assert " ERROR " not in outcome.stderr
+
+
+async def test_sigterm_leaves_no_temporary_files_and_keeps_the_verified_file(
+    slow_fake: FakeSimpleIndex, tmp_path: Path
+) -> None:
+    """``tmp/`` is empty after the drain and the finished download is a cached blob."""
+    outcome = await sigterm_mid_download(slow_fake, tmp_path)
+    leftovers = [p.name for p in (outcome.cache_dir / "tmp").iterdir()]
+    assert leftovers == []
+    blobs = [p.name for p in (outcome.cache_dir / "blobs").rglob("*") if p.is_file()]
+    assert blobs == [outcome.expected_sha256]
