@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
@@ -29,6 +30,7 @@ from tests.wheels import wheel_filename
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
 DEMO = wheel_filename("demo", "1.0")
+ROUTE_FILE = "/files/{project}/{key}/{filename}"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -282,6 +284,35 @@ async def test_served_bytes_are_counted_by_source(
     assert value(second, "nightproxy_served_bytes_total", source="cache") == size
     assert value(second, "nightproxy_served_bytes_total", source="upstream") == size
     assert value(second, "nightproxy_cache_fetched_bytes_total") == size
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: AccessLogger.log (nightproxy/server/middlewares.py) counts a HEAD of a file as "
+    "a cache miss/hit and adds its Content-Length to nightproxy_served_bytes, though no body "
+    "was sent and nothing was downloaded",
+)
+async def test_head_of_a_file_is_neither_a_hit_nor_a_miss(
+    http: aiohttp.ClientSession,
+    simple_upstream: FakeSimpleIndex,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+) -> None:
+    """A HEAD of an uncached file downloads nothing, so it moves no cache or byte counter."""
+    proxy = await start_proxy(make_config(upstream_config(simple_upstream)))
+    page_url = proxy.make_url("/simple/demo/")
+    async with http.get(page_url, headers={"Accept": PIP_ACCEPT}) as resp:
+        doc = json.loads(await resp.read())
+    entry = next(f for f in doc["files"] if f["filename"] == DEMO)
+    async with http.head(page_url.join(URL(entry["url"]))) as resp:
+        assert resp.status == 200
+    base = proxy.make_url("/")
+    samples = await wait_for_metric(
+        http, base, lambda s: value(s, "nightproxy_requests_total", route=ROUTE_FILE, status="200")
+    )
+    assert simple_upstream.count(path_contains="/files/") == 0
+    assert value(samples, "nightproxy_cache_requests_total", result="miss") == 0
+    assert value(samples, "nightproxy_served_bytes_total", source="upstream") == 0
 
 
 async def test_upstream_error_counter_moves_when_an_upstream_fails(
