@@ -43,7 +43,7 @@ def put(store: CacheStore, data: bytes, name: str = "f.whl") -> str:
     assert victims is not None, "no room for the blob"
     store.delete_blobs(victims)
     sha = store.write_blob(data, key=hashlib.sha256(data).hexdigest(), filename=name, upstream="u")
-    store.admitted(sha, len(data), len(data))
+    store.admitted(sha, len(data), len(data), name)
     return sha
 
 
@@ -343,7 +343,7 @@ class StoreMachine(RuleBasedStateMachine):
         self._evict(victims)
         self.counter += 1
         sha = hashlib.sha256(str(self.counter).encode()).hexdigest()
-        self.store.admitted(sha, size, size)
+        self.store.admitted(sha, size, size, "f.whl")
         self.order.append(sha)
         self.sizes[sha] = size
 
