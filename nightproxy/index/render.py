@@ -7,6 +7,7 @@ the per-request hot path except ``negotiate``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -39,22 +40,14 @@ _FORMAT_ALIASES: Mapping[str, Format] = {
 }
 
 
-@lru_cache(maxsize=256)
-def negotiate(accept: str | None, format_param: str | None = None) -> Format | None:
-    """Pick the page format; None means nothing the client accepts (406).
+#: Which offer a wildcard at equal q gets: curl's and browsers' ``*/*`` gets HTML.
+_WILDCARD_PREFERENCE: Mapping[str, int] = {"text/html": 2, JSON_TYPE: 1, HTML_TYPE: 0}
 
-    ``?format=`` wins over ``Accept`` (as the public index does). No Accept header means HTML,
-    the PEP 503 default. q-values are honoured with and without spaces. At equal q an exact
-    media type beats a wildcard, and a bare ``*/*`` (curl, browsers, old tools) gets HTML.
-    """
-    if format_param:
-        return _FORMAT_ALIASES.get(format_param.strip().lower())
-    if not accept or not accept.strip():
-        return "html"
-    best: tuple[float, int, int, Format] | None = None
+
+def _accept_entries(accept: str) -> list[tuple[str, float]]:
+    entries = []
     for part in accept.split(","):
         media, *params = (p.strip() for p in part.split(";"))
-        media = media.lower()
         q = 1.0
         for param in params:
             key, _, value = param.partition("=")
@@ -63,23 +56,60 @@ def negotiate(accept: str | None, format_param: str | None = None) -> Format | N
                     q = float(value)
                 except ValueError:
                     q = 0.0
+        if not math.isfinite(q):
+            q = 0.0
+        entries.append((media.lower(), q))
+    return entries
+
+
+def _specificity(media_range: str, offer: str) -> int | None:
+    """How specifically ``media_range`` names ``offer``: 2 exact, 1 ``type/*``, 0 ``*/*``."""
+    if media_range == offer:
+        return 2
+    if media_range.endswith("/*") and offer.startswith(media_range[:-1]):
+        return 1
+    if media_range == "*/*":
+        return 0
+    return None
+
+
+@lru_cache(maxsize=256)
+def negotiate(accept: str | None, format_param: str | None = None) -> Format | None:
+    """Pick the page format; None means nothing the client accepts (406).
+
+    ``?format=`` wins over ``Accept`` (as the public index does). No Accept header means HTML,
+    the PEP 503 default. q-values are honoured with and without spaces. As RFC 9110 says, an
+    offer's quality is that of the most specific range naming it, so ``json;q=0, */*`` never
+    picks JSON. At equal q an exact media type beats a wildcard, and a bare ``*/*`` (curl,
+    browsers, old tools) gets HTML.
+    """
+    if format_param:
+        return _FORMAT_ALIASES.get(format_param.strip().lower())
+    if not accept or not accept.strip():
+        return "html"
+    entries = _accept_entries(accept)
+    best: tuple[float, int, int, Format] | None = None
+    for rank, (offer, fmt) in enumerate(_OFFERS):
+        matches = [
+            (spec, q) for media, q in entries if (spec := _specificity(media, offer)) is not None
+        ]
+        if not matches:
+            continue
+        top = max(spec for spec, _q in matches)
+        q = max(q for spec, q in matches if spec == top)
         if q <= 0:
             continue
-        for rank, (offer, fmt) in enumerate(_OFFERS):
-            if media == offer:
-                candidate = (q, 1, -rank, fmt)
-            elif media == "*/*" or (media == "text/*" and offer.startswith("text/")):
-                candidate = (q, 0, rank, fmt)
-            else:
-                continue
-            if best is None or candidate[:3] > best[:3]:
-                best = candidate
+        exact = top == 2
+        candidate = (q, int(exact), -rank if exact else _WILDCARD_PREFERENCE[offer], fmt)
+        if best is None or candidate[:3] > best[:3]:
+            best = candidate
     return best[3] if best else None
 
 
 def format_upload_time(value: datetime) -> str:
     """PEP 700's form: ISO 8601 in UTC with a ``Z`` (uv rejects anything else)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: strftime does not pad years before 1000 to four digits.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _hash_fragment(hashes: Mapping[str, str]) -> str:
