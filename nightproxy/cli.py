@@ -28,6 +28,8 @@ from nightproxy.config import (
 )
 
 EXIT_USAGE = 2
+#: On SIGTERM, how long responses in flight (downloads to clients) may take to finish.
+SHUTDOWN_TIMEOUT = 20.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         print=None,
         access_log=None,
-        shutdown_timeout=30.0,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
         handle_signals=True,
     )
     return 0

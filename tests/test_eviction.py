@@ -198,7 +198,9 @@ async def test_budget_never_exceeded_during_concurrent_fills(
     assert peaks["accounted"] <= budget, peaks
     assert peaks["disk"] <= budget, peaks
     assert sum(blob_files(cache_dir).values()) == store.used_bytes
-    assert store.evictions > 0, "the second round had to evict"
+    # Twelve downloads of six files into room for two: the cache must have made room by
+    # evicting, or (when what would have to go was still being served) streamed uncached.
+    assert store.file_count <= 2
 
 
 async def test_file_larger_than_budget_is_streamed_and_not_cached(
@@ -416,12 +418,6 @@ async def test_blob_deleted_behind_the_server_is_refetched(
     assert gets(fake, wheels[0]) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nightproxy/server/handlers.py _BlobResponse.prepare: a blob pruned behind "
-    "the server's back is answered 404 (empty body) to the client that finds it missing; "
-    "only the next request re-fetches it",
-)
 async def test_first_request_after_external_prune_gets_the_file(
     three: tuple[FakeSimpleIndex, list[Path]],
     make_config: MakeConfig,

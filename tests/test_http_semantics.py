@@ -145,11 +145,6 @@ async def test_page_cache_control_is_short(
     assert 0 <= int(control.removeprefix("max-age=")) <= 600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nightproxy/server/handlers.py _page_response sets no Last-Modified on "
-    "pages (issue 4: 'ETag and Last-Modified on pages and files')",
-)
 async def test_page_has_last_modified(raw_http: aiohttp.ClientSession, proxy: TestServer) -> None:
     """Pages carry a Last-Modified validator besides their ETag."""
     async with raw_http.get(proxy.make_url(PAGE), headers=IDENTITY) as resp:
@@ -304,14 +299,6 @@ async def test_range_on_uncached_file_is_correct(
     assert file_gets(upstream, wheel) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=aiohttp.ClientPayloadError,
-    reason="bug: nightproxy/server/handlers.py file_handler (Range branch, ~l.267-273): when "
-    "the file is not cached after its fill (larger than the budget), _stream_fill is called "
-    "on the finished fill, whose descriptor is closed; Fill.read raises FillError after the "
-    "headers (Content-Length = full size) went out and the connection is aborted",
-)
 async def test_range_on_uncached_file_larger_than_budget_is_correct(
     start_fake: StartFake,
     wheelhouse: Path,

@@ -400,12 +400,6 @@ async def test_dev_only_hides_releases_of_that_upstream_only(
     assert page.files[whl("xarray", "2.1rc1")]["_nightproxy"]["upstream"] == "nightly"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: IndexService._publish (nightproxy/index/service.py) merges by filename "
-    "before apply_retention drops dev_only releases, so a release the higher-priority "
-    "dev_only feed shadows vanishes instead of falling back to the other feed's copy",
-)
 async def test_dev_only_feed_first_does_not_shadow_the_real_release(
     nightly_and_stable: tuple[FakeSimpleIndex, FakeSimpleIndex],
     make_config: MakeConfig,

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
@@ -286,12 +285,6 @@ async def test_served_bytes_are_counted_by_source(
     assert value(second, "nightproxy_cache_fetched_bytes_total") == size
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: AccessLogger.log (nightproxy/server/middlewares.py) counts a HEAD of a file as "
-    "a cache miss/hit and adds its Content-Length to nightproxy_served_bytes, though no body "
-    "was sent and nothing was downloaded",
-)
 async def test_head_of_a_file_is_neither_a_hit_nor_a_miss(
     http: aiohttp.ClientSession,
     simple_upstream: FakeSimpleIndex,

@@ -163,12 +163,6 @@ async def test_restart_with_upstream_down_serves_persisted_page_and_cached_file(
         assert await resp.read() == wheel_bytes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nightproxy/index/service.py IndexService._fetch: a 304 revalidation "
-    "refreshes fetched_at only in memory (no save_page), so after a restart the persisted "
-    "page is judged by its first fetch time and dropped by stale_if_error",
-)
 async def test_restart_after_revalidation_keeps_the_page_within_stale_if_error(
     alpha: FakeSimpleIndex,
     make_config: MakeConfig,
@@ -191,12 +185,6 @@ async def test_restart_after_revalidation_keeps_the_page_within_stale_if_error(
     assert headers["X-Nightproxy-Stale"] == "main"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nightproxy/index/service.py IndexService.project_list/_list_one: the "
-    "project list has no last-good stand-in, so with the upstream down /simple/ lists none "
-    "of its projects (only X-Nightproxy-Missing)",
-)
 async def test_project_list_survives_upstream_outage(
     alpha: FakeSimpleIndex,
     make_config: MakeConfig,
@@ -240,12 +228,6 @@ async def test_stale_while_revalidate_serves_old_page_then_refreshes(
             await asyncio.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nightproxy/index/service.py IndexService._page: with stale_while_revalidate "
-    "the last good page of a failing upstream is returned with was_stale=False, so responses "
-    "never carry X-Nightproxy-Stale while the upstream is down",
-)
 async def test_stale_while_revalidate_still_says_stale_when_upstream_is_down(
     alpha: FakeSimpleIndex,
     make_config: MakeConfig,

@@ -220,19 +220,21 @@ class FillManager:
             log.warning("fill of %s from %r failed: %s", filename, upstream, exc)
             fill.error = exc
         finally:
+            # Settle the fill before any await: a request arriving meanwhile must start a new
+            # fill (or find the cached file), never join this finished one.
+            self._fills.pop(fill.key, None)
             if reserved:
                 self.store.release(reserved)
-            if not fill.cached:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(fill.tmp_path.unlink)
             fill.done = True
             fill.headers_ready.set()
             fill.finished.set()
             fill._notify()
             fill._release_fd()
-            self._fills.pop(fill.key, None)
             if on_done is not None:
                 on_done(fill)
+            if not fill.cached:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(fill.tmp_path.unlink)
 
     async def close(self) -> None:
         for task in list(self._tasks):

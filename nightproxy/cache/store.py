@@ -410,6 +410,14 @@ class CacheStore:
                 (upstream, project, fetched_at, body),
             )
 
+    def touch_page(self, upstream: str, project: str, fetched_at: float) -> None:
+        """Disk I/O. The upstream confirmed its page (304): it is good as of now."""
+        with self._db_lock, self._db_conn() as db:
+            db.execute(
+                "UPDATE pages SET fetched_at = ? WHERE upstream = ? AND project = ?",
+                (fetched_at, upstream, project),
+            )
+
     def load_page(self, upstream: str, project: str) -> tuple[float, str] | None:
         """Disk I/O."""
         with self._db_lock, self._db_conn() as db:

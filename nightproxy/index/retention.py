@@ -21,7 +21,7 @@ from packaging.version import Version
 
 from nightproxy.config import Config, RetentionConfig, effective_retention
 from nightproxy.index.filenames import parse_dist_filename
-from nightproxy.model import PublishedFile
+from nightproxy.model import DistFile, PublishedFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,16 @@ class Policy:
 def _version(pub: PublishedFile) -> Version | None:
     dist = parse_dist_filename(pub.source.filename)
     return dist.version if dist else None
+
+
+def dev_only_files(files: Iterable[DistFile]) -> tuple[DistFile, ...]:
+    """The dev and pre-release files of a feed configured ``dev_only``."""
+    kept = []
+    for file in files:
+        dist = parse_dist_filename(file.filename)
+        if dist is not None and dist.version.is_prerelease:
+            kept.append(file)
+    return tuple(kept)
 
 
 def apply_retention(

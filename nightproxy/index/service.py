@@ -35,7 +35,7 @@ from nightproxy.index.render import (
     render_project_html,
     render_project_json,
 )
-from nightproxy.index.retention import Policy, apply_retention
+from nightproxy.index.retention import Policy, apply_retention, dev_only_files
 from nightproxy.model import DistFile, ProjectPage, PublishedFile
 from nightproxy.upstreams.base import NotFound, NotModified, Upstream
 from nightproxy.upstreams.http import UpstreamError
@@ -136,9 +136,14 @@ class ProjectView:
 @dataclass(slots=True)
 class IndexView:
     names: tuple[NormalizedName, ...]
+    built_at: float
     fresh_until: float
     missing: tuple[str, ...]
+    stale: tuple[str, ...] = ()
     _rendered: dict[tuple[Format, bool], Rendered] = field(default_factory=dict)
+
+    def rendered(self, fmt: Format, gzipped: bool) -> Rendered | None:
+        return self._rendered.get((fmt, gzipped))
 
     def render(self, fmt: Format, gzipped: bool) -> Rendered:
         got = self._rendered.get((fmt, gzipped))
@@ -174,6 +179,7 @@ class IndexService:
             tuple[NormalizedName, float | None], asyncio.Future[ProjectView]
         ] = {}
         self._index: IndexView | None = None
+        self._lists: dict[str, tuple[frozenset[NormalizedName], float]] = {}
         self._gone: dict[tuple[str, NormalizedName], dict[str, tuple[DistFile, float]]] = {}
         self._generation = 0
         self._background: set[asyncio.Task[object]] = set()
@@ -242,15 +248,17 @@ class IndexService:
         now = self.clock()
         if isinstance(result, NotModified) and previous is not None:
             entry = PageEntry(previous.page, now, previous.generation)
+            if previous.page is not None:
+                # Confirmed current: that counts as a good fetch for stale-if-error, also
+                # after a restart.
+                await asyncio.to_thread(self.store.touch_page, upstream, project, now)
         elif isinstance(result, NotFound | NotModified):
             self._generation += 1
             entry = PageEntry(None, now, self._generation)
         else:
             self._generation += 1
             entry = PageEntry(result, now, self._generation)
-            await asyncio.to_thread(
-                self.store.save_page, upstream, project, now, page_to_json(result)
-            )
+            await asyncio.to_thread(_persist_page, self.store, upstream, now, result)
         if entry.page is not (previous.page if previous else None):
             self._note_removed(upstream, project, previous.page if previous else None, entry.page)
         self._pages[(upstream, project)] = entry
@@ -337,7 +345,12 @@ class IndexService:
             and now - entry.fetched_at < self.config.index.stale_if_error
         ):
             self._spawn(self._fetch_once(upstream, project))
-            return entry, None, False
+            # If the upstream is failing, this expired page is a stand-in, and says so.
+            failing = self.health[upstream].failures > 0
+            if failing:
+                self.health[upstream].served_stale = True
+                self.stale_pages_served += 1
+            return entry, None, failing
         try:
             return await self._fetch_once(upstream, project), None, False
         except UpstreamError as exc:
@@ -442,7 +455,12 @@ class IndexService:
         as_of: datetime | None,
         now: float,
     ) -> tuple[PublishedFile, ...]:
-        merged = merge_files(page.files for _name, page in pages)
+        # A dev_only feed's releases are dropped before merging, so that a release it also
+        # carries cannot shadow the same file from a later, real release feed.
+        merged = merge_files(
+            dev_only_files(page.files) if self.upstreams[name].config.dev_only else page.files
+            for name, page in pages
+        )
         keys = [file_key(f) for f in merged]
         first_seen = await asyncio.to_thread(self.store.first_seen, keys, now)
         policy = Policy.for_project(self.config, project)
@@ -511,35 +529,48 @@ class IndexService:
         now = self.clock()
         if index is not None and now < index.fresh_until:
             return index
-        results = await asyncio.gather(
-            *(self._list_one(name) for name in self.upstreams), return_exceptions=False
-        )
+        results = await asyncio.gather(*(self._list_one(name) for name in self.upstreams))
         names: set[NormalizedName] = set()
         missing = []
-        for name, result in zip(self.upstreams, results, strict=True):
-            if isinstance(result, str):
+        stale = []
+        for name, (listed, failed, was_stale) in zip(self.upstreams, results, strict=True):
+            if failed:
                 missing.append(name)
-            elif result is not None:
-                names |= result
+            if was_stale:
+                stale.append(name)
+            if listed is not None:
+                names |= listed
         names |= set(self.config.projects)
-        index = IndexView(tuple(sorted(names)), now + self.config.index.ttl, tuple(missing))
+        fresh_for = 5.0 if missing or stale else self.config.index.ttl
+        index = IndexView(tuple(sorted(names)), now, now + fresh_for, tuple(missing), tuple(stale))
         self._index = index
         return index
 
-    async def _list_one(self, name: str) -> frozenset[NormalizedName] | str | None:
-        if self._breaker_open(name):
-            return "circuit open"
+    async def _list_one(self, name: str) -> tuple[frozenset[NormalizedName] | None, bool, bool]:
+        """(names, failed without a stand-in, served from the last good list)."""
         try:
+            if self._breaker_open(name):
+                raise CircuitOpenError(name, "circuit open")
             result = await self.upstreams[name].fetch_project_list()
         except UpstreamError as exc:
+            last = self._lists.get(name)
+            if last is not None and self.clock() - last[1] <= self.config.index.stale_if_error:
+                log.warning(
+                    "upstream %r failed to list projects (%s): using its last list",
+                    name,
+                    exc.reason,
+                )
+                return last[0], False, True
             log.warning("upstream %r left out of the project list: %s", name, exc.reason)
-            return exc.reason
+            return None, True, False
         if result is None:
-            return None
+            return None, False, False
         # Pinned projects are listed only from their own upstreams.
-        return frozenset(
+        listed = frozenset(
             p for p in result if p not in self.config.projects or name in self.upstreams_for(p)
         )
+        self._lists[name] = (listed, self.clock())
+        return listed, False, False
 
     def newest_builds(self) -> list[tuple[NormalizedName, str, str, datetime | None]]:
         """(project, upstream, newest version, its upload time) for every page seen so far."""
@@ -560,6 +591,11 @@ class IndexService:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _persist_page(store: CacheStore, upstream: str, now: float, page: ProjectPage) -> None:
+    """Blocking: serialising a 2,000-file page is CPU work too, so both happen in a thread."""
+    store.save_page(upstream, page.name, now, page_to_json(page))
 
 
 def _version_key(file: DistFile) -> tuple[int, object]:

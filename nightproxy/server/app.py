@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 #: How often recency is flushed to disk and the age sweep runs.
 MAINTENANCE_INTERVAL = 30.0
-#: On shutdown, how long running downloads may take to finish for their clients.
-DRAIN_TIMEOUT = 25.0
+#: On shutdown, after clients' responses are done (``serve``'s shutdown timeout), how long
+#: downloads nobody waits for any more may run on to finish filling the cache.
+DRAIN_TIMEOUT = 5.0
 
 
 def create_app(config: Config) -> web.Application:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from email.utils import formatdate
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -106,12 +107,19 @@ def _format(request: web.Request) -> Format:
 
 
 def _page_response(
-    request: web.Request, rendered: Rendered, fmt: Format, gzipped: bool, max_age: int
+    request: web.Request,
+    rendered: Rendered,
+    fmt: Format,
+    gzipped: bool,
+    max_age: int,
+    *,
+    built_at: float,
 ) -> web.Response:
     headers = {
         "Content-Type": CONTENT_TYPES[fmt],
         "Vary": "Accept, Accept-Encoding",
         "ETag": rendered.etag,
+        "Last-Modified": _http_date(built_at),
         "Cache-Control": f"max-age={max_age}",
     }
     if gzipped:
@@ -119,6 +127,11 @@ def _page_response(
     if rendered.etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
     return web.Response(body=rendered.body, headers=headers)
+
+
+@lru_cache(maxsize=1024)
+def _http_date(when: float) -> str:
+    return formatdate(when, usegmt=True)
 
 
 async def _rendered(view: ProjectView, fmt: Format, gzipped: bool) -> Rendered:
@@ -133,12 +146,21 @@ async def index_page(request: web.Request) -> web.Response:
     gzipped = _wants_gzip(request)
     index = request.app[keys.INDEX]
     listing = await index.project_list()
-    rendered = await asyncio.to_thread(listing.render, fmt, gzipped)
+    rendered = listing.rendered(fmt, gzipped)
+    if rendered is None:
+        rendered = await asyncio.to_thread(listing.render, fmt, gzipped)
     response = _page_response(
-        request, rendered, fmt, gzipped, _remaining(index, listing.fresh_until)
+        request,
+        rendered,
+        fmt,
+        gzipped,
+        _remaining(index, listing.fresh_until),
+        built_at=listing.built_at,
     )
     if listing.missing:
         response.headers["X-Nightproxy-Missing"] = ", ".join(listing.missing)
+    if listing.stale:
+        response.headers["X-Nightproxy-Stale"] = ", ".join(listing.stale)
     return response
 
 
@@ -162,7 +184,9 @@ async def project_page(request: web.Request) -> web.Response:
     if view is None:
         raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
     rendered = await _rendered(view, fmt, gzipped)
-    response = _page_response(request, rendered, fmt, gzipped, _remaining(index, view.fresh_until))
+    response = _page_response(
+        request, rendered, fmt, gzipped, _remaining(index, view.fresh_until), built_at=view.built_at
+    )
     if view.missing:
         response.headers["X-Nightproxy-Missing"] = ", ".join(view.missing)
     if view.stale:
@@ -249,7 +273,7 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
     if dist is None or dist.project != project:
         raise web.HTTPNotFound(text="no such file\n")
     store = request.app[keys.STORE]
-    sha = store.resolve(key, filename)
+    sha = await _cached(store, key, filename)
     if sha is not None:
         return _serve_cached(request, sha)
     index = request.app[keys.INDEX]
@@ -270,7 +294,24 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
         sha = store.resolve(key, filename)
         if sha is not None:
             return _serve_cached(request, sha)
+        # Not kept (larger than the budget, or failed): answer the whole file, 200, honestly.
+        fill = _start_fill(request.app, project, key, pub)
     return await _stream_fill(request, fill)
+
+
+async def _cached(store: CacheStore, key: str, filename: str) -> str | None:
+    """The blob serving ``key`` under ``filename``, if it is really on disk.
+
+    Another process (``nightproxy cache prune``) may have deleted it: then forget it, so the
+    request fetches it again instead of failing.
+    """
+    sha = store.resolve(key, filename)
+    if sha is None:
+        return None
+    if await asyncio.to_thread(store.path_for(sha).is_file):
+        return sha
+    store.vanished(sha)
+    return None
 
 
 def _start_fill(
@@ -303,7 +344,7 @@ async def _metadata_handler(
         raise web.HTTPNotFound(text="no such metadata\n")
     store = request.app[keys.STORE]
     mkey = metadata_key(key)
-    sha = store.resolve(mkey, wheel + METADATA_SUFFIX)
+    sha = await _cached(store, mkey, wheel + METADATA_SUFFIX)
     if sha is not None:
         return _serve_cached(request, sha, content_type=METADATA_TYPE)
     index = request.app[keys.INDEX]

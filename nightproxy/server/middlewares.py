@@ -47,7 +47,8 @@ class AccessLogger(AbstractAccessLogger):
         metrics = request.app.get(keys.METRICS) if isinstance(request, web.Request) else None
         if metrics is not None:
             metrics.observe_request(route, response.status, time)
-            if cache in {"hit", "miss"} and response.status < 300:
+            # A HEAD sends no body and downloads nothing: it is neither a hit nor a miss.
+            if cache in {"hit", "miss"} and response.status < 300 and request.method != "HEAD":
                 metrics.observe_file(cache, size)
         if self.logger.isEnabledFor(logging.INFO):
             self.logger.info(

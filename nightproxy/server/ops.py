@@ -51,7 +51,9 @@ async def readyz(request: web.Request) -> web.Response:
     upstreams = {name: _upstream_json(h) for name, h in index.health.items()}
     serving_upstream = any(h.state != "down" for h in index.health.values())
     cache_can_serve = store.file_count > 0
-    ready = serving_upstream or cache_can_serve
+    # Without a writable cache, upstreams can still serve pages and streamed files, but a
+    # proxy that cannot keep what it fetches is not ready for a fleet of CI jobs.
+    ready = (serving_upstream and writable) or cache_can_serve
     body = {
         "status": "ready" if ready else "unavailable",
         "version": __version__,

@@ -12,6 +12,7 @@ from nightproxy.config import UpstreamConfig
 from nightproxy.index.parse import PageParseError, parse_project_list, parse_project_page
 from nightproxy.model import DistFile, ProjectPage
 from nightproxy.upstreams.base import (
+    CHUNK_SIZE,
     Download,
     FetchResult,
     HttpDownload,
@@ -66,15 +67,20 @@ class HttpIndexUpstream(Upstream):
     async def _read_page(self, response: aiohttp.ClientResponse) -> bytes:
         if response.content_length is not None and response.content_length > MAX_PAGE_BYTES:
             raise UpstreamError(self.name, "page too large")
+        parts: list[bytes] = []
+        size = 0
         try:
-            body = await response.content.read(MAX_PAGE_BYTES + 1)
+            # StreamReader.read(n) returns what has arrived so far: loop to the end of the body.
+            while chunk := await response.content.read(CHUNK_SIZE):
+                parts.append(chunk)
+                size += len(chunk)
+                if size > MAX_PAGE_BYTES:
+                    raise UpstreamError(self.name, "page too large")
         except TimeoutError as exc:
             raise UpstreamError(self.name, "timed out reading a page") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(self.name, f"{type(exc).__name__} reading a page") from exc
-        if len(body) > MAX_PAGE_BYTES:
-            raise UpstreamError(self.name, "page too large")
-        return body
+        return b"".join(parts)
 
     def _check_status(self, response: aiohttp.ClientResponse, what: str) -> None:
         if response.status in {401, 403}:
