@@ -110,6 +110,8 @@ class Metrics:
         )
         self.hits = 0
         self.misses = 0
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
 
     def bind(self, store: CacheStore, fills: FillManager, index: IndexService) -> None:
         self.registry.register(_LiveCollector(store, fills, index))
@@ -121,8 +123,17 @@ class Metrics:
             self.upstream_errors.labels(upstream).inc()
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # labels() takes a lock and builds a key each call; the children are few and stable.
+        counter = self._request_children.get((route, status))
+        if counter is None:
+            counter = self.requests.labels(route, str(status))
+            self._request_children[(route, status)] = counter
+        counter.inc()
+        histogram = self._latency_children.get(route)
+        if histogram is None:
+            histogram = self.latency.labels(route)
+            self._latency_children[route] = histogram
+        histogram.observe(seconds)
 
     def observe_file(self, result: str, size: int) -> None:
         self.cache.labels(result).inc()

@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
+from nightproxy import logs
 from nightproxy.index.service import AllUpstreamsFailedError
 from nightproxy.server import keys
 
@@ -50,24 +51,22 @@ class AccessLogger(AbstractAccessLogger):
             # A HEAD sends no body and downloads nothing: it is neither a hit nor a miss.
             if cache in {"hit", "miss"} and response.status < 300 and request.method != "HEAD":
                 metrics.observe_file(cache, size)
-        if self.logger.isEnabledFor(logging.INFO):
-            self.logger.info(
-                "%s %s %d %d %.1fms %s",
-                request.method,
-                request.path,
-                response.status,
-                size,
-                time * 1000,
-                cache,
-                extra={
-                    "fields": {
-                        "method": request.method,
-                        "path": request.path,
-                        "status": response.status,
-                        "bytes": size,
-                        "duration_ms": round(time * 1000, 2),
-                        "cache": cache,
-                        "remote": request.remote,
-                    }
-                },
-            )
+        sink = logs.access_sink
+        if sink is None and not self.logger.isEnabledFor(logging.INFO):
+            return
+        message = (
+            f"{request.method} {request.path} {response.status} {size} {time * 1000:.1f}ms {cache}"
+        )
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "bytes": size,
+            "duration_ms": round(time * 1000, 2),
+            "cache": cache,
+            "remote": request.remote,
+        }
+        if sink is not None:
+            sink.write(message, fields)
+        else:
+            self.logger.info("%s", message, extra={"fields": fields})
