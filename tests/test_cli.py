@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import nightproxy
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 30.0  # upper bound for any single wait; never an assertion about speed
@@ -170,12 +171,6 @@ def test_shipped_config_passes_check(tmp_path: Path) -> None:
 # -- serve ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1.0)
@@ -212,7 +207,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         "  - name: nowhere\n    kind: simple\n"
         "    url: http://127.0.0.1:9/simple/\n    timeout: 5s\n"
     )
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import free_port
 from tests.wheels import build_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,12 +337,6 @@ def test_container_config_passes_check(built: Built) -> None:
     assert done.stderr.strip().endswith(": OK")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, bytes, dict[str, str]]:
     request = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
@@ -361,7 +355,7 @@ class Running:
 def container_like(built: Built, runtime: Stage, tmp_path: Path) -> Iterator[Running]:
     """ENTRYPOINT + CMD from the venv, the baked config on a free loopback port, tmp dirs."""
     config = yaml.safe_load(CONTAINER_CONFIG.read_text())
-    port = _free_port()
+    port = free_port()
     config["server"] = {"host": "127.0.0.1", "port": port}
     config["cache"]["dir"] = str(tmp_path / "var-cache-nightproxy")
     wheelhouse = tmp_path / "wheelhouse"

@@ -7,14 +7,9 @@ Real proxy app, real fake upstream on loopback; the large-file memory check runs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
-import signal
-import socket
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +20,7 @@ from yarl import URL
 
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
+from tests.support import free_port, nightproxy_serve
 from tests.wheels import build_wheel, sha256_file, wheel_filename, wheel_metadata
 
 DEMO = wheel_filename("demo", "1.0")
@@ -399,53 +395,11 @@ async def test_traversal_in_key_is_404(http: aiohttp.ClientSession, proxy: TestS
 # -- a large file, memory measured in a separate proxy process -------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _peak_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM in /proc status")
-
-
-@contextlib.asynccontextmanager
-async def served(config: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nightproxy",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with aiohttp.ClientSession() as probe, asyncio.timeout(WAIT):
-            while True:
-                assert proc.returncode is None, "nightproxy serve exited early"
-                try:
-                    async with probe.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(WAIT):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 async def test_large_file_streams_with_bounded_memory(
@@ -464,8 +418,8 @@ async def test_large_file_streams_with_bounded_memory(
         f"logging:\n  level: warning\n"
         f"upstreams:\n  - name: main\n    kind: simple\n    url: {simple_url(fake)}\n"
     )
-    port = _free_port()
-    async with served(config, port) as proc:
+    port = free_port()
+    async with nightproxy_serve(["--config", str(config)], port) as proc:
         base = URL(f"http://127.0.0.1:{port}/")
         # Warm up: imports, connection pools, thread pool, first page render.
         small_url, _entry = await file_url(http, base, "big", small.name)

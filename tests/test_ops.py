@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from yarl import URL
 
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
+from tests.support import free_port, nightproxy_serve
 from tests.wheels import wheel_filename
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
@@ -362,50 +360,13 @@ PASSWORD = "s3cretpw"
 HEADER_TOKEN = "hdr-t0ken-5ecret"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def serving(args: list[str], port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m nightproxy serve ARGS`` with stderr piped; waits for /healthz."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nightproxy",
-        "serve",
-        "--port",
-        str(port),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with aiohttp.ClientSession() as probe, asyncio.timeout(WAIT):
-            while True:
-                assert proc.returncode is None, "nightproxy serve exited early"
-                try:
-                    async with probe.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def test_json_logs_are_one_object_per_line_and_never_show_a_secret(
     http: aiohttp.ClientSession, simple_upstream: FakeSimpleIndex, tmp_path: Path
 ) -> None:
     """``serve --log-format json``: every stderr line parses, requests carry method/path/status,
     and neither the URL's password nor a header token appears in logs or ops pages."""
     base_url = simple_url(simple_upstream).replace("http://", f"http://user:{PASSWORD}@")
-    dead_port = _free_port()
+    dead_port = free_port()
     config = tmp_path / "nightproxy.yaml"
     config.write_text(
         f"cache:\n  dir: {tmp_path / 'cache'}\n"
@@ -417,11 +378,17 @@ async def test_json_logs_are_one_object_per_line_and_never_show_a_secret(
         f"  - name: dead\n    kind: simple\n"
         f"    url: http://user:{PASSWORD}@127.0.0.1:{dead_port}/simple/\n"
     )
-    port = _free_port()
+    port = free_port()
     base = URL(f"http://127.0.0.1:{port}/")
     paths = ["/simple/demo/", "/simple/", "/readyz", "/", "/metrics", "/simple/nope/"]
     bodies: list[bytes] = []
-    async with serving(["--config", str(config), "--log-format", "json"], port) as proc:
+    async with nightproxy_serve(
+        ["--config", str(config), "--log-format", "json"],
+        port,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        sigterm=False,
+    ) as proc:
         for path in paths:
             async with http.get(base.join(URL(path)), headers={"Accept": PIP_ACCEPT}) as resp:
                 bodies.append(await resp.read())

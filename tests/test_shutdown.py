@@ -8,13 +8,9 @@ arrives at a known point: mid-download, with the client's response already start
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,50 +20,10 @@ from yarl import URL
 
 from tests.conftest import PIP_ACCEPT, StartFake, simple_url
 from tests.fakes import FakeSimpleIndex
+from tests.support import free_port, nightproxy_serve
 from tests.wheels import build_wheel, sha256_file
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_healthy(proc: asyncio.subprocess.Process, base: URL) -> None:
-    async with aiohttp.ClientSession() as probe, asyncio.timeout(WAIT):
-        while True:
-            assert proc.returncode is None, "nightproxy serve exited early"
-            try:
-                async with probe.get(base.join(URL("/healthz"))) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def serving(config: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nightproxy",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        await _wait_healthy(proc, URL(f"http://127.0.0.1:{port}/"))
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def _refuses_connections(base: URL) -> bool:
@@ -113,9 +69,14 @@ async def sigterm_mid_download(fake: FakeSimpleIndex, tmp_path: Path) -> Outcome
         f"cache:\n  dir: {cache_dir}\n"
         f"upstreams:\n  - name: main\n    kind: simple\n    url: {simple_url(fake)}\n"
     )
-    port = _free_port()
+    port = free_port()
     base = URL(f"http://127.0.0.1:{port}/")
-    async with serving(config, port) as proc, aiohttp.ClientSession() as http:
+    async with (
+        nightproxy_serve(
+            ["--config", str(config)], port, stderr=asyncio.subprocess.PIPE, sigterm=False
+        ) as proc,
+        aiohttp.ClientSession() as http,
+    ):
         page = base.join(URL("/simple/demo/"))
         async with http.get(page, headers={"Accept": PIP_ACCEPT}) as resp:
             assert resp.status == 200

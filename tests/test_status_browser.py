@@ -8,12 +8,8 @@ screenshot. A missing Chromium is a failure here, not a skip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
-import socket
 import struct
-import sys
 import zlib
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -25,6 +21,7 @@ from yarl import URL
 
 from tests.conftest import PIP_ACCEPT, StartFake, simple_url
 from tests.fakes import FakeSimpleIndex
+from tests.support import free_port, nightproxy_serve
 from tests.wheels import build_wheel
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,48 +29,6 @@ WAIT = 20.0  # upper bound for the proxy to start or stop; never an assertion ab
 BROWSER_WAIT = 90.0  # a cold Chromium start on a loaded CI machine
 WIDTH, HEIGHT = 1200, 900
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def serving(config: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nightproxy",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with aiohttp.ClientSession() as probe, asyncio.timeout(WAIT):
-            while True:
-                assert proc.returncode is None, "nightproxy serve exited early"
-                try:
-                    async with probe.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(WAIT):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 async def chromium(profile: Path, *args: str) -> bytes:
@@ -169,9 +124,9 @@ async def status_server(
         "retention:\n  dev_max_age: off\n"
         f"upstreams:\n  - name: nightly-feed\n    kind: simple\n    url: {simple_url(fake)}\n"
     )
-    port = _free_port()
+    port = free_port()
     base = URL(f"http://127.0.0.1:{port}/")
-    async with serving(config, port):
+    async with nightproxy_serve(["--config", str(config)], port):
         async with aiohttp.ClientSession() as http:
             page = base.join(URL("/simple/demo/"))
             async with http.get(page, headers={"Accept": PIP_ACCEPT}) as resp:
