@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 
@@ -72,3 +74,56 @@ async def nightproxy_serve(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+INSTALL_TIMEOUT = 180.0
+
+
+def installer_env(tmp_path: Path) -> dict[str, str]:
+    """No PIP_*/UV_* settings, no proxies, and a private HOME and uv cache.
+
+    The machine's own pip configuration (extra indexes, find-links) must not leak into a test
+    that checks what the proxy alone serves.
+    """
+    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith(("PIP_", "UV_")) and k.lower() not in proxies
+    }
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env["HOME"] = str(home)
+    env["XDG_CONFIG_HOME"] = str(home / ".config")
+    env["XDG_CACHE_HOME"] = str(home / ".cache")
+    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+async def run_installer(argv: list[str], env: dict[str, str]) -> str:
+    """Run pip or uv without blocking the loop the proxy serves on; its output on success."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(INSTALL_TIMEOUT):
+            output, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, f"{argv[:5]} failed:\n{text}"
+    return text
+
+
+def installed_version(target: Path, package: str) -> str:
+    """``__version__`` from the installed package's ``__init__.py``."""
+    namespace: dict[str, object] = {}
+    exec((target / package / "__init__.py").read_text(), namespace)
+    return str(namespace["__version__"])

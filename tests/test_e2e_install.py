@@ -8,8 +8,6 @@ test's event loop.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
+from tests.support import installed_version, installer_env, run_installer
 from tests.wheels import build_wheel, wheel_filename
 
 INSTALL_TIMEOUT = 240.0  # a bound so a hung installer fails the test instead of the run
@@ -64,48 +63,6 @@ async def world(
         ]
     )
     return World(alpha, beta, await start_proxy(config))
-
-
-def installer_env(tmp_path: Path) -> dict[str, str]:
-    """No PIP_*/UV_* settings, no proxies, and a private HOME and uv cache."""
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PIP_", "UV_")) and k.lower() not in proxies
-    }
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env["HOME"] = str(home)
-    env["XDG_CONFIG_HOME"] = str(home / ".config")
-    env["XDG_CACHE_HOME"] = str(home / ".cache")
-    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
-
-
-async def run_installer(argv: list[str], env: dict[str, str]) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(INSTALL_TIMEOUT):
-            output, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, f"{argv[:4]} failed:\n{output.decode(errors='replace')}"
-
-
-def installed_version(target: Path, package: str) -> str:
-    """``__version__`` from the installed package's ``__init__.py``."""
-    namespace: dict[str, object] = {}
-    exec((target / package / "__init__.py").read_text(), namespace)
-    return str(namespace["__version__"])
 
 
 def dist_infos(target: Path) -> set[str]:

@@ -8,7 +8,6 @@ The proxy and every fake live in the test's event loop; the installers run as su
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.fakes import (
     FakeStaticTree,
 )
 from tests.fakes.s3 import MotoS3, moto_s3
+from tests.support import installer_env
 from tests.wheels import build_wheel
 
 PAT = "e2e-azure-pat-SENTINEL-0987654321"
@@ -115,24 +115,6 @@ async def proxy(
     return await start_proxy(make_config(upstreams))
 
 
-def clean_env(tmp_path: Path) -> dict[str, str]:
-    """The environment minus installer configuration and proxies, with a private HOME."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith(("PIP_", "UV_"))
-        and k.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    }
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env["HOME"] = str(home)
-    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
-    env["XDG_CONFIG_HOME"] = str(home / ".config")
-    env["XDG_CACHE_HOME"] = str(home / ".cache")
-    env["PYTHONNOUSERSITE"] = "1"
-    return env
-
-
 async def run(*argv: str, env: dict[str, str]) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -162,7 +144,7 @@ def expected_versions() -> dict[str, str]:
 
 async def test_pip_installs_a_dev_wheel_from_every_kind(proxy: TestServer, tmp_path: Path) -> None:
     """``pip install --pre`` through the proxy installs the five projects, one per kind."""
-    env = clean_env(tmp_path)
+    env = installer_env(tmp_path)
     target = tmp_path / "pip-target"
     status, out = await run(
         sys.executable,
@@ -188,7 +170,7 @@ async def test_pip_installs_a_dev_wheel_from_every_kind(proxy: TestServer, tmp_p
 
 async def test_uv_installs_a_dev_wheel_from_every_kind(proxy: TestServer, tmp_path: Path) -> None:
     """``uv pip install --prerelease=allow`` through the proxy installs the five projects."""
-    env = clean_env(tmp_path)
+    env = installer_env(tmp_path)
     target = tmp_path / "uv-target"
     status, out = await run(
         find_uv_bin(),

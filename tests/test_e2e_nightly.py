@@ -6,8 +6,6 @@ and the fakes serve from this test's event loop, which must keep running meanwhi
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeAnacondaAPI, FakeAnacondaChannel, FakeObjectStore, FakeSimpleIndex
+from tests.support import installed_version, installer_env, run_installer
 from tests.wheels import build_wheel, wheel_filename
 
 INSTALL_TIMEOUT = 240.0  # a bound so a hung installer fails the test instead of the run
@@ -31,43 +30,6 @@ def today() -> datetime:
 
 def nightly(days_ago: int, base: str = "1.1") -> str:
     return f"{base}.dev{today() - timedelta(days=days_ago):%Y%m%d}"
-
-
-def installer_env(tmp_path: Path) -> dict[str, str]:
-    """No PIP_*/UV_* settings, no proxies, and a private HOME and uv cache."""
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PIP_", "UV_")) and k.lower() not in proxies
-    }
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env["HOME"] = str(home)
-    env["XDG_CONFIG_HOME"] = str(home / ".config")
-    env["XDG_CACHE_HOME"] = str(home / ".cache")
-    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
-
-
-async def run_installer(argv: list[str], tmp_path: Path) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        env=installer_env(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(INSTALL_TIMEOUT):
-            output, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    text = output.decode(errors="replace")
-    assert proc.returncode == 0, f"{argv[:5]} failed:\n{text}"
-    return text
 
 
 async def pip_install(index_url: str, target: Path, tmp_path: Path, *reqs: str) -> str:
@@ -88,7 +50,7 @@ async def pip_install(index_url: str, target: Path, tmp_path: Path, *reqs: str) 
             str(target),
             *reqs,
         ],
-        tmp_path,
+        installer_env(tmp_path),
     )
 
 
@@ -111,15 +73,8 @@ async def uv_install(
             *extra,
             *reqs,
         ],
-        tmp_path,
+        installer_env(tmp_path),
     )
-
-
-def installed_version(target: Path, package: str) -> str:
-    """``__version__`` from the installed package's ``__init__.py``."""
-    namespace: dict[str, object] = {}
-    exec((target / package / "__init__.py").read_text(), namespace)
-    return str(namespace["__version__"])
 
 
 # -- a nightly feed -----------------------------------------------------------------------------
