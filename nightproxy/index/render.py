@@ -44,9 +44,10 @@ _FORMAT_ALIASES: Mapping[str, Format] = {
 _WILDCARD_PREFERENCE: Mapping[str, int] = {"text/html": 2, JSON_TYPE: 1, HTML_TYPE: 0}
 
 
-def _accept_entries(accept: str) -> list[tuple[str, float]]:
+def weighted_list(header: str) -> list[tuple[str, float]]:
+    """An HTTP list with q-values (Accept, Accept-Encoding) as lower-cased (token, q) pairs."""
     entries = []
-    for part in accept.split(","):
+    for part in header.split(","):
         media, *params = (p.strip() for p in part.split(";"))
         q = 1.0
         for param in params:
@@ -87,7 +88,7 @@ def negotiate(accept: str | None, format_param: str | None = None) -> Format | N
         return _FORMAT_ALIASES.get(format_param.strip().lower())
     if not accept or not accept.strip():
         return "html"
-    entries = _accept_entries(accept)
+    entries = weighted_list(accept)
     best: tuple[float, int, int, Format] | None = None
     for rank, (offer, fmt) in enumerate(_OFFERS):
         matches = [

@@ -20,7 +20,7 @@ from nightproxy.cache.metadata import MetadataError, extract_metadata
 from nightproxy.cache.store import CacheStore
 from nightproxy.index.filenames import METADATA_SUFFIX, is_safe_filename, parse_dist_filename
 from nightproxy.index.parse import parse_upload_time
-from nightproxy.index.render import CONTENT_TYPES, Format, negotiate
+from nightproxy.index.render import CONTENT_TYPES, Format, negotiate, weighted_list
 from nightproxy.index.service import IndexService, ProjectView, Rendered
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
@@ -60,21 +60,11 @@ async def _add_slash(request: web.Request) -> web.Response:
 
 @lru_cache(maxsize=256)
 def _accepts_gzip(header: str) -> bool:
-    for part in header.split(","):
-        coding, *params = (p.strip() for p in part.split(";"))
-        if coding.lower() not in {"gzip", "x-gzip", "*"}:
-            continue
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if coding != "*" or q > 0:
-            return q > 0
-    return False
+    entries = weighted_list(header)
+    named = [q for coding, q in entries if coding in {"gzip", "x-gzip"}]
+    if named:
+        return max(named) > 0
+    return any(q > 0 for coding, q in entries if coding == "*")
 
 
 def _wants_gzip(request: web.Request) -> bool:

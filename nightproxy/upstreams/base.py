@@ -15,6 +15,9 @@ from nightproxy.model import DistFile, ProjectPage
 
 #: Large reads keep the number of event-loop wake-ups and thread hops per file low.
 CHUNK_SIZE = 1024 * 1024
+#: Receive buffer for file bodies: a fast upstream fills it between two thread hops, so each
+#: hop writes up to this much (aiohttp's 64 KiB default meant one hop per 64 KiB).
+FILE_READ_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,7 @@ class HttpDownload(Download):
 
         received = 0
         try:
-            async for chunk in self._response.content.iter_chunked(CHUNK_SIZE):
+            async for chunk in self._response.content.iter_chunked(FILE_READ_BUFFER):
                 received += len(chunk)
                 yield chunk
         except TimeoutError as exc:

@@ -119,6 +119,7 @@ async def request(
     headers: Mapping[str, str] | None = None,
     follow_redirects: bool = True,
     encoded: bool = False,
+    read_bufsize: int | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Yield the final response of ``url`` after redirects and bounded 429 retries.
 
@@ -143,6 +144,7 @@ async def request(
                 headers=merged,
                 timeout=timeout,
                 allow_redirects=False,
+                read_bufsize=read_bufsize,
             )
         except TimeoutError as exc:
             raise UpstreamError(upstream, f"timed out on {describe_url(current)}") from exc

@@ -29,7 +29,14 @@ from nightproxy.config import UpstreamConfig
 from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.index.parse import parse_upload_time
 from nightproxy.model import DistFile, ProjectPage
-from nightproxy.upstreams.base import Download, FetchResult, HttpDownload, NotFound, Upstream
+from nightproxy.upstreams.base import (
+    FILE_READ_BUFFER,
+    Download,
+    FetchResult,
+    HttpDownload,
+    NotFound,
+    Upstream,
+)
 from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -199,6 +206,7 @@ class S3Upstream(Upstream):
             url,
             credentials=self.credentials,
             timeout=self.file_timeout,
+            read_bufsize=FILE_READ_BUFFER,
             headers={"Accept-Encoding": "identity", **self._signed_headers("GET", url)},
             encoded=True,
         ) as response:

@@ -13,6 +13,7 @@ from nightproxy.index.parse import PageParseError, parse_project_list, parse_pro
 from nightproxy.model import DistFile, ProjectPage
 from nightproxy.upstreams.base import (
     CHUNK_SIZE,
+    FILE_READ_BUFFER,
     Download,
     FetchResult,
     HttpDownload,
@@ -181,6 +182,7 @@ class HttpIndexUpstream(Upstream):
             url,
             credentials=self.credentials,
             timeout=self.file_timeout,
+            read_bufsize=FILE_READ_BUFFER,
             headers={"Accept-Encoding": "identity"},
         ) as response:
             self._check_status(response, "file download")
