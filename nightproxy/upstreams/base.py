@@ -17,7 +17,7 @@ from nightproxy.model import DistFile, ProjectPage
 CHUNK_SIZE = 1024 * 1024
 #: Receive buffer for file bodies: a fast upstream fills it between two thread hops, so each
 #: hop writes up to this much (aiohttp's 64 KiB default meant one hop per 64 KiB).
-FILE_READ_BUFFER = 4 * 1024 * 1024
+FILE_READ_BUFFER = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
