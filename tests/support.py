@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import aiohttp
@@ -127,3 +128,33 @@ def installed_version(target: Path, package: str) -> str:
     namespace: dict[str, object] = {}
     exec((target / package / "__init__.py").read_text(), namespace)
     return str(namespace["__version__"])
+
+
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: dict[str, dict[str, str | None]] = {}
+        self._open: dict[str, str | None] | None = None
+        self._text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._open = dict(attrs)
+            self._text = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open is not None:
+            self.anchors[self._text.strip()] = self._open
+            self._open = None
+
+
+def html_anchors(text: str) -> dict[str, dict[str, str | None]]:
+    """Every ``<a>`` of an HTML page: link text -> attributes (unescaped by the parser)."""
+    parser = _Anchors()
+    parser.feed(text)
+    parser.close()
+    return parser.anchors

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +18,10 @@ from yarl import URL
 
 from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy
 from tests.fakes import FakeAnacondaAPI, FakeAnacondaChannel, FakeObjectStore
+from tests.support import html_anchors
 from tests.wheels import build_wheel, sha256_file
 
 CHANNEL = "scientific-python-nightly-wheels"
-
-
-class _Anchors(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchors: dict[str, dict[str, str | None]] = {}
-        self._open: dict[str, str | None] | None = None
-        self._text = ""
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self._open = dict(attrs)
-            self._text = ""
-
-    def handle_data(self, data: str) -> None:
-        if self._open is not None:
-            self._text += data
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a" and self._open is not None:
-            self.anchors[self._text.strip()] = self._open
-            self._open = None
-
-
-def html_anchors(text: str) -> dict[str, dict[str, str | None]]:
-    parser = _Anchors()
-    parser.feed(text)
-    parser.close()
-    return parser.anchors
 
 
 def parse_time(value: str) -> datetime:

@@ -8,7 +8,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,34 +19,13 @@ from yarl import URL
 
 from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeAnacondaAPI, FakeAnacondaChannel, FakeObjectStore, FakeSimpleIndex
+from tests.support import html_anchors as parse_anchors
 from tests.wheels import build_wheel, wheel_metadata
 
 CHANNEL = "scientific-python-nightly-wheels"
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-class _Anchors(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchors: dict[str, dict[str, str | None]] = {}
-        self._open: dict[str, str | None] | None = None
-        self._text = ""
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self._open = dict(attrs)
-            self._text = ""
-
-    def handle_data(self, data: str) -> None:
-        if self._open is not None:
-            self._text += data
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a" and self._open is not None:
-            self.anchors[self._text.strip()] = self._open
-            self._open = None
 
 
 @dataclass
@@ -73,10 +51,7 @@ async def html_anchors(http: aiohttp.ClientSession, url: URL) -> dict[str, dict[
     async with http.get(url, headers={"Accept": "text/html"}) as resp:
         text = await resp.text()
         assert resp.status == 200, text
-    parser = _Anchors()
-    parser.feed(text)
-    parser.close()
-    return parser.anchors
+    return parse_anchors(text)
 
 
 async def fetch(http: aiohttp.ClientSession, url: URL) -> tuple[int, bytes]:
