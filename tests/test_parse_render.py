@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -470,3 +471,23 @@ def test_upload_time_always_ends_with_z_and_parses_back(moment: datetime) -> Non
 def test_parse_upload_time_forms(text: str, expected: datetime | None) -> None:
     """Upstream times in any ISO 8601 form become aware UTC datetimes; junk is ignored."""
     assert parse_upload_time(text) == expected
+
+
+def test_invalid_distribution_names_are_skipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A link that looks like a distribution but is not a valid name is skipped and named in a
+    warning; an ordinary non-file link (a homepage) is skipped silently."""
+    body = (
+        b'<html><body><a href="https://example.invalid/">homepage</a>'
+        b'<a href="/files/..%2Fevil.whl">evil</a>'
+        b'<a href="/files/demo-1.0-py3-none-any.whl">ok</a></body></html>'
+    )
+    with caplog.at_level(logging.WARNING):
+        page = parse_project_html(
+            body, "http://up.invalid/simple/demo/", "up", canonicalize_name("demo")
+        )
+    assert [f.filename for f in page.files] == ["demo-1.0-py3-none-any.whl"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "evil.whl" in warnings[0]

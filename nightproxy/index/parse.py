@@ -116,6 +116,9 @@ def _make_file(
         filename = filename_hint
     dist = parse_dist_filename(filename)
     if dist is None:
+        if filename.endswith((".whl", ".tar.gz", ".zip")):
+            # Looks like a distribution but is not a valid (or safe) name: say so, skip it.
+            log.warning("%s: skipping invalid distribution filename %r", upstream, filename[:200])
         return None
     if dist.project != project:
         log.debug("%s: skipping %s, not a file of %s", upstream, filename, project)
