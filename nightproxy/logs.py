@@ -93,7 +93,7 @@ class AccessSink:
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return f"{self._stamp},{int((now - second) * 1000):03d}"
 
-    def write(self, message: str, fields: dict[str, object]) -> None:
+    def write(self, message: str, fields: dict[str, object] | None) -> None:
         now = time.time()
         if self.json:
             doc: dict[str, object] = {
@@ -102,7 +102,7 @@ class AccessSink:
                 "logger": "nightproxy.access",
                 "message": message,
             }
-            doc.update(fields)
+            doc.update(fields or {})
             line = json.dumps(doc, default=str)
         else:
             line = f"{self._asctime(now)} INFO nightproxy.access: {message}"

@@ -17,8 +17,8 @@ from nightproxy.config import Config
 from nightproxy.index.service import IndexService
 from nightproxy.logs import BATCH_SECONDS, flush_logs
 from nightproxy.server import handlers, keys
+from nightproxy.server.access import AccessLogger
 from nightproxy.server.metrics import Metrics
-from nightproxy.server.middlewares import AccessLogger, error_middleware
 from nightproxy.upstreams import make_upstream
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ DRAIN_TIMEOUT = 5.0
 
 
 def create_app(config: Config) -> web.Application:
+    # No middlewares: with any, aiohttp adds a wrapper of its own to every request, and the one
+    # error they would map (every upstream failing) is answered by the handlers that meet it.
     app = web.Application(
-        middlewares=[error_middleware],
         client_max_size=1024**2,
         handler_args={
             "access_log_class": AccessLogger,

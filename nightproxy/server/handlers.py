@@ -21,7 +21,12 @@ from nightproxy.cache.store import CacheStore
 from nightproxy.index.filenames import METADATA_SUFFIX, is_safe_filename, parse_dist_filename
 from nightproxy.index.parse import parse_upload_time
 from nightproxy.index.render import CONTENT_TYPES, Format, negotiate, weighted_list
-from nightproxy.index.service import IndexService, ProjectView, Rendered
+from nightproxy.index.service import (
+    AllUpstreamsFailedError,
+    IndexService,
+    ProjectView,
+    Rendered,
+)
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
 from nightproxy.server.ops import setup_ops_routes
@@ -58,6 +63,11 @@ async def _add_slash(request: web.Request) -> web.Response:
 # -- pages --------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
+def _canonical(name: str) -> NormalizedName:
+    return canonicalize_name(name)
+
+
 @lru_cache(maxsize=256)
 def _accepts_gzip(header: str) -> bool:
     entries = weighted_list(header)
@@ -72,7 +82,9 @@ def _wants_gzip(request: web.Request) -> bool:
 
 
 def _as_of(request: web.Request) -> datetime | None:
-    raw = request.match_info.get("as_of") or request.query.get("as_of")
+    raw = request.match_info.get("as_of")
+    if raw is None and request.query_string:
+        raw = request.query.get("as_of")
     if raw is None:
         return None
     when = parse_upload_time(raw)
@@ -87,7 +99,10 @@ def _as_of(request: web.Request) -> datetime | None:
 
 
 def _format(request: web.Request) -> Format:
-    fmt = negotiate(request.headers.get("Accept"), request.query.get("format"))
+    fmt = negotiate(
+        request.headers.get("Accept"),
+        request.query.get("format") if request.query_string else None,
+    )
     if fmt is None:
         raise web.HTTPNotAcceptable(
             text="this index serves application/vnd.pypi.simple.v1+json, "
@@ -154,13 +169,22 @@ async def index_page(request: web.Request) -> web.Response:
     return response
 
 
+async def _find_file(
+    request: web.Request, project: NormalizedName, key: str
+) -> PublishedFile | None:
+    try:
+        return await request.app[keys.INDEX].find_file(project, key)
+    except AllUpstreamsFailedError as exc:
+        raise web.HTTPBadGateway(text=f"{exc}\n") from None
+
+
 def _remaining(index: IndexService, fresh_until: float) -> int:
     return max(0, int(fresh_until - index.clock()))
 
 
 async def project_page(request: web.Request) -> web.Response:
     raw = request.match_info["project"]
-    project = canonicalize_name(raw)
+    project = _canonical(raw)
     if project != raw:
         location = request.path[: -len(raw) - 1] + project + "/"
         if request.query_string:
@@ -170,7 +194,11 @@ async def project_page(request: web.Request) -> web.Response:
     as_of = _as_of(request)
     gzipped = _wants_gzip(request)
     index = request.app[keys.INDEX]
-    view = await index.view(project, as_of)
+    try:
+        view = await index.view(project, as_of)
+    except AllUpstreamsFailedError as exc:
+        # A short plain-text 502, never an empty page that looks like "no files".
+        raise web.HTTPBadGateway(text=f"{exc}\n") from None
     if view is None:
         raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
     rendered = await _rendered(view, fmt, gzipped)
@@ -266,8 +294,7 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
     sha = await _cached(store, key, filename)
     if sha is not None:
         return _serve_cached(request, sha)
-    index = request.app[keys.INDEX]
-    pub = await index.find_file(project, key)
+    pub = await _find_file(request, project, key)
     if pub is None or pub.filename != filename:
         raise web.HTTPNotFound(text=f"{filename} is not listed by any upstream of {project}\n")
     if request.method == "HEAD":
@@ -337,8 +364,7 @@ async def _metadata_handler(
     sha = await _cached(store, mkey, wheel + METADATA_SUFFIX)
     if sha is not None:
         return _serve_cached(request, sha, content_type=METADATA_TYPE)
-    index = request.app[keys.INDEX]
-    pub = await index.find_file(project, key)
+    pub = await _find_file(request, project, key)
     if pub is None or pub.filename != wheel:
         raise web.HTTPNotFound(text=f"{wheel} is not listed by any upstream of {project}\n")
     sha = await _fill_metadata(request.app, project, key, pub)

@@ -1,4 +1,4 @@
-"""Error pages, and the access log (one line per request, plus request metrics)."""
+"""The access log: one line per request, plus request metrics, once the response is sent."""
 
 from __future__ import annotations
 
@@ -6,20 +6,9 @@ import logging
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.typedefs import Handler
 
 from nightproxy import logs
-from nightproxy.index.service import AllUpstreamsFailedError
 from nightproxy.server import keys
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Upstream failures become short plain-text 502s, never an empty-looking page."""
-    try:
-        return await handler(request)
-    except AllUpstreamsFailedError as exc:
-        return web.Response(status=502, text=f"{exc}\n")
 
 
 def _route(request: web.BaseRequest) -> str:
@@ -57,7 +46,10 @@ class AccessLogger(AbstractAccessLogger):
         message = (
             f"{request.method} {request.path} {response.status} {size} {time * 1000:.1f}ms {cache}"
         )
-        fields = {
+        if sink is not None and not sink.json:
+            sink.write(message, None)
+            return
+        fields: dict[str, object] = {
             "method": request.method,
             "path": request.path,
             "status": response.status,
