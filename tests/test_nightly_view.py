@@ -300,6 +300,31 @@ async def test_deleted_cached_file_is_retained_and_still_downloads(
     assert deleting_feed.count("GET", "/files/" + name) == wheel_gets
 
 
+async def test_file_deleted_while_the_proxy_was_down_is_retained_after_restart(
+    deleting_feed: FakeSimpleIndex,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A cached file the upstream deletes while the proxy is stopped is still listed, marked
+    retained, by the restarted proxy (it compares with the page it persisted)."""
+    config = make_config([simple_entry("nightly", deleting_feed)], index={"ttl": 0})
+    first = await start_proxy(config)
+    name = whl("pandas", nightly(2))
+    page = await json_page(http, first.make_url("/simple/pandas/"))
+    status, body = await fetch(http, page.link(name))
+    assert status == 200
+    await first.close()
+
+    deleting_feed.remove_file("pandas", name)
+    second = await start_proxy(config)
+    after = await json_page(http, second.make_url("/simple/pandas/"))
+
+    assert after.files[name]["_nightproxy"]["retained"] is True
+    status, again = await fetch(http, after.link(name))
+    assert (status, again) == (200, body)
+
+
 async def test_deleted_uncached_file_disappears(
     deleting_feed: FakeSimpleIndex, ttl0_proxy: TestServer, http: aiohttp.ClientSession
 ) -> None:

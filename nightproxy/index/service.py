@@ -231,6 +231,11 @@ class IndexService:
         if self._breaker_open(upstream):
             raise CircuitOpenError(upstream, "skipped: failing repeatedly (circuit open)")
         previous = self._pages.get((upstream, project))
+        baseline = previous.page if previous is not None else None
+        if previous is None:
+            # After a restart, compare with the page persisted before it, so that files the
+            # upstream deleted while we were down are still retained for keep_missing.
+            baseline = await self._persisted_page(upstream, project)
         etag = last_modified = None
         if previous is not None and previous.page is not None:
             etag, last_modified = previous.page.etag, previous.page.last_modified
@@ -259,8 +264,8 @@ class IndexService:
             self._generation += 1
             entry = PageEntry(result, now, self._generation)
             await asyncio.to_thread(_persist_page, self.store, upstream, now, result)
-        if entry.page is not (previous.page if previous else None):
-            self._note_removed(upstream, project, previous.page if previous else None, entry.page)
+        if entry.page is not baseline:
+            self._note_removed(upstream, project, baseline, entry.page)
         self._pages[(upstream, project)] = entry
         return entry
 
@@ -307,21 +312,21 @@ class IndexService:
             future.add_done_callback(lambda _f: self._inflight.pop(key, None))
         return await asyncio.shield(future)
 
+    async def _persisted_page(self, upstream: str, project: NormalizedName) -> ProjectPage | None:
+        saved = await asyncio.to_thread(_load_persisted, self.store, upstream, project)
+        return saved[1] if saved is not None else None
+
     async def _stale_entry(self, upstream: str, project: NormalizedName) -> PageEntry | None:
         """The last good page within stale_if_error, from memory or from disk."""
         horizon = self.clock() - self.config.index.stale_if_error
         entry = self._pages.get((upstream, project))
         if entry is not None:
             return entry if entry.fetched_at >= horizon else None
-        saved = await asyncio.to_thread(self.store.load_page, upstream, project)
+        saved = await asyncio.to_thread(_load_persisted, self.store, upstream, project)
         if saved is None or saved[0] < horizon:
             return None
-        try:
-            page = page_from_json(saved[1])
-        except (ValueError, KeyError, TypeError):
-            return None
         self._generation += 1
-        entry = PageEntry(page, saved[0], self._generation)
+        entry = PageEntry(saved[1], saved[0], self._generation)
         self._pages[(upstream, project)] = entry
         return entry
 
@@ -596,6 +601,19 @@ class IndexService:
 def _persist_page(store: CacheStore, upstream: str, now: float, page: ProjectPage) -> None:
     """Blocking: serialising a 2,000-file page is CPU work too, so both happen in a thread."""
     store.save_page(upstream, page.name, now, page_to_json(page))
+
+
+def _load_persisted(
+    store: CacheStore, upstream: str, project: str
+) -> tuple[float, ProjectPage] | None:
+    """Blocking: a persisted page and when it was last known good; None if absent or unreadable."""
+    saved = store.load_page(upstream, project)
+    if saved is None:
+        return None
+    try:
+        return saved[0], page_from_json(saved[1])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _version_key(file: DistFile) -> tuple[int, object]:
