@@ -325,6 +325,33 @@ async def test_file_deleted_while_the_proxy_was_down_is_retained_after_restart(
     assert (status, again) == (200, body)
 
 
+async def test_retained_file_stays_retained_across_a_restart(
+    deleting_feed: FakeSimpleIndex,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A file already being retained when the proxy restarts is still listed as retained and
+    still downloads afterwards (the keep_missing state is persisted)."""
+    config = make_config([simple_entry("nightly", deleting_feed)], index={"ttl": 0})
+    first = await start_proxy(config)
+    url = first.make_url("/simple/pandas/")
+    name = whl("pandas", nightly(2))
+    page = await json_page(http, url)
+    status, body = await fetch(http, page.link(name))
+    assert status == 200
+    deleting_feed.remove_file("pandas", name)
+    assert (await json_page(http, url)).files[name]["_nightproxy"]["retained"] is True
+    await first.close()
+
+    second = await start_proxy(config)
+    after = await json_page(http, second.make_url("/simple/pandas/"))
+
+    assert after.files[name]["_nightproxy"]["retained"] is True
+    status, again = await fetch(http, after.link(name))
+    assert (status, again) == (200, body)
+
+
 async def test_deleted_uncached_file_disappears(
     deleting_feed: FakeSimpleIndex, ttl0_proxy: TestServer, http: aiohttp.ClientSession
 ) -> None:

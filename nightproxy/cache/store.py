@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS first_seen (
     key TEXT PRIMARY KEY,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retained (
+    upstream TEXT NOT NULL,
+    project TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (upstream, project)
+);
 CREATE TABLE IF NOT EXISTS pages (
     upstream TEXT NOT NULL,
     project TEXT NOT NULL,
@@ -409,6 +415,21 @@ class CacheStore:
                 "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?)",
                 (upstream, project, fetched_at, body),
             )
+
+    def save_retained(self, upstream: str, project: str, body: str) -> None:
+        """Disk I/O. The keep_missing state of one upstream's project."""
+        with self._db_lock, self._db_conn() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO retained VALUES (?, ?, ?)", (upstream, project, body)
+            )
+
+    def load_retained(self, upstream: str, project: str) -> str | None:
+        """Disk I/O."""
+        with self._db_lock, self._db_conn() as db:
+            row = db.execute(
+                "SELECT body FROM retained WHERE upstream = ? AND project = ?", (upstream, project)
+            ).fetchone()
+        return str(row[0]) if row else None
 
     def touch_page(self, upstream: str, project: str, fetched_at: float) -> None:
         """Disk I/O. The upstream confirmed its page (304): it is good as of now."""

@@ -66,3 +66,19 @@ def page_from_json(text: str) -> ProjectPage:
         etag=data.get("etag"),
         last_modified=data.get("last_modified"),
     )
+
+
+def gone_to_json(gone: dict[str, tuple[DistFile, float]]) -> str:
+    """Files an upstream stopped listing, with when it did: the keep_missing state."""
+    return json.dumps(
+        [{"since": since, "file": _file_to_dict(file)} for file, since in gone.values()],
+        separators=(",", ":"),
+    )
+
+
+def gone_from_json(text: str) -> dict[str, tuple[DistFile, float]]:
+    out: dict[str, tuple[DistFile, float]] = {}
+    for entry in json.loads(text):
+        file = _file_from_dict(entry["file"])
+        out[file.filename] = (file, float(entry["since"]))
+    return out

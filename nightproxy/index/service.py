@@ -25,7 +25,7 @@ from nightproxy.cache.keys import file_key, file_path
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config, effective_retention
 from nightproxy.index.builddate import build_time
-from nightproxy.index.codec import page_from_json, page_to_json
+from nightproxy.index.codec import gone_from_json, gone_to_json, page_from_json, page_to_json
 from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.index.merge import merge_files
 from nightproxy.index.render import (
@@ -234,8 +234,13 @@ class IndexService:
         baseline = previous.page if previous is not None else None
         if previous is None:
             # After a restart, compare with the page persisted before it, so that files the
-            # upstream deleted while we were down are still retained for keep_missing.
-            baseline = await self._persisted_page(upstream, project)
+            # upstream deleted while we were down are still retained for keep_missing, and
+            # pick up what was being retained before.
+            baseline, gone = await asyncio.to_thread(
+                _load_persisted_state, self.store, upstream, project
+            )
+            if gone and (upstream, project) not in self._gone:
+                self._gone[(upstream, project)] = gone
         etag = last_modified = None
         if previous is not None and previous.page is not None:
             etag, last_modified = previous.page.etag, previous.page.last_modified
@@ -264,8 +269,11 @@ class IndexService:
             self._generation += 1
             entry = PageEntry(result, now, self._generation)
             await asyncio.to_thread(_persist_page, self.store, upstream, now, result)
-        if entry.page is not baseline:
-            self._note_removed(upstream, project, baseline, entry.page)
+        if entry.page is not baseline and self._note_removed(
+            upstream, project, baseline, entry.page
+        ):
+            body = gone_to_json(self._gone[(upstream, project)])
+            await asyncio.to_thread(self.store.save_retained, upstream, project, body)
         self._pages[(upstream, project)] = entry
         return entry
 
@@ -275,17 +283,21 @@ class IndexService:
         project: NormalizedName,
         old: ProjectPage | None,
         new: ProjectPage | None,
-    ) -> None:
-        """Remember files an upstream stopped listing, for ``keep_missing``."""
+    ) -> bool:
+        """Remember files an upstream stopped listing, for ``keep_missing``; True if changed."""
         gone = self._gone.setdefault((upstream, project), {})
         listed = {f.filename for f in new.files} if new is not None else set()
-        for filename in [name for name in gone if name in listed]:
+        back = [name for name in gone if name in listed]
+        for filename in back:
             del gone[filename]  # back again, or re-uploaded under the same name
+        added = 0
         if old is not None:
             now = self.clock()
             for file in old.files:
                 if file.filename not in listed and file.filename not in gone:
                     gone[file.filename] = (file, now)
+                    added += 1
+        return bool(back or added)
 
     def _retained(self, upstream: str, project: NormalizedName) -> list[DistFile]:
         """Files the upstream deleted that we still hold, within ``keep_missing``."""
@@ -311,10 +323,6 @@ class IndexService:
             self._inflight[key] = future
             future.add_done_callback(lambda _f: self._inflight.pop(key, None))
         return await asyncio.shield(future)
-
-    async def _persisted_page(self, upstream: str, project: NormalizedName) -> ProjectPage | None:
-        saved = await asyncio.to_thread(_load_persisted, self.store, upstream, project)
-        return saved[1] if saved is not None else None
 
     async def _stale_entry(self, upstream: str, project: NormalizedName) -> PageEntry | None:
         """The last good page within stale_if_error, from memory or from disk."""
@@ -614,6 +622,21 @@ def _load_persisted(
         return saved[0], page_from_json(saved[1])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _load_persisted_state(
+    store: CacheStore, upstream: str, project: str
+) -> tuple[ProjectPage | None, dict[str, tuple[DistFile, float]]]:
+    """Blocking: the persisted page and keep_missing state of one upstream's project."""
+    saved = _load_persisted(store, upstream, project)
+    text = store.load_retained(upstream, project)
+    gone: dict[str, tuple[DistFile, float]] = {}
+    if text is not None:
+        try:
+            gone = gone_from_json(text)
+        except (ValueError, KeyError, TypeError):
+            gone = {}
+    return (saved[1] if saved is not None else None), gone
 
 
 def _version_key(file: DistFile) -> tuple[int, object]:
