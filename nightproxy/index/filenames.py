@@ -54,7 +54,3 @@ def parse_dist_filename(filename: str) -> DistName | None:
     except (InvalidWheelFilename, InvalidSdistFilename):
         return None
     return None
-
-
-def is_wheel(filename: str) -> bool:
-    return filename.endswith(".whl")

@@ -184,8 +184,6 @@ class IndexService:
         self._generation = 0
         self._background: set[asyncio.Task[object]] = set()
         self.stale_pages_served = 0
-        #: Called with every view built, so the file layer can find a file by its key.
-        self.on_view: Callable[[ProjectView], None] | None = None
         #: Called after every upstream page request with (upstream, seconds, succeeded).
         self.on_upstream_request: Callable[[str, float, bool], None] | None = None
 
@@ -457,8 +455,6 @@ class IndexService:
         )
         view.by_key = {_key_of(pub): pub for pub in files}
         self._views[(project, as_of.timestamp() if as_of else None)] = view
-        if self.on_view is not None:
-            self.on_view(view)
         return view
 
     async def _publish(

@@ -8,7 +8,6 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from email.utils import formatdate
 from functools import lru_cache
-from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -436,7 +435,3 @@ async def _fill_metadata(
     await asyncio.to_thread(store.record_alias, mkey, sha)
     app[keys.INDEX].invalidate(project)
     return sha
-
-
-def quote_filename(filename: str) -> str:
-    return quote(filename, safe="")
