@@ -252,6 +252,17 @@ def test_serve_logs_one_line_per_request(served: Served) -> None:
     assert len([line for line in lines if "GET /healthz 200" in line]) == 1
 
 
+def test_serve_logs_the_path_as_sent_so_a_newline_cannot_forge_a_line(served: Served) -> None:
+    """An encoded newline in the path is logged encoded: it cannot start a forged log line."""
+    forged = "2026-01-01 00:00:00,000 INFO nightproxy.access: GET /forged 200"
+    status, _ctype, _body = served.get("/simple/x%0A" + forged.replace(" ", "%20") + "/")
+    assert status in {301, 404, 502}
+    assert served.stop() == 0
+    lines = served.log.read_text().splitlines()
+    assert not any(line.startswith("2026-01-01 00:00:00,000") for line in lines)
+    assert any("/simple/x%0A2026-01-01" in line for line in lines)
+
+
 def test_serve_exits_0_on_sigterm(served: Served) -> None:
     """SIGTERM stops the server cleanly with exit status 0 and no traceback."""
     served.get("/simple/x/")

@@ -92,6 +92,8 @@ class PageEntry:
 class Rendered:
     body: bytes
     etag: str
+    #: The response headers that do not change per request, derived once by the server.
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -384,6 +386,19 @@ class IndexService:
     def upstreams_for(self, project: NormalizedName) -> tuple[str, ...]:
         return self.config.upstream_names_for(project)
 
+    def fresh_view(
+        self, project: NormalizedName, as_of: datetime | None = None
+    ) -> ProjectView | None:
+        """The built page while it is fresh, without waiting: the hot path of a cached page.
+
+        A view whose every upstream said "no such project" is returned too; ``view`` maps it
+        to None.
+        """
+        view = self._views.get((project, as_of.timestamp() if as_of else None))
+        if view is not None and self.clock() < view.fresh_until:
+            return view
+        return None
+
     async def view(
         self, project: NormalizedName, as_of: datetime | None = None
     ) -> ProjectView | None:
@@ -391,10 +406,11 @@ class IndexService:
 
         Raises AllUpstreamsFailedError when every upstream failed without a stale stand-in.
         """
+        view = self.fresh_view(project, as_of)
+        if view is not None:
+            return view if view.files or view.inputs else None
         key = (project, as_of.timestamp() if as_of else None)
         view = self._views.get(key)
-        if view is not None and self.clock() < view.fresh_until:
-            return view
         future = self._view_inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(self._build_view(project, as_of, view))

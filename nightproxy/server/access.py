@@ -33,32 +33,32 @@ class AccessLogger(AbstractAccessLogger):
         size = response.content_length
         if size is None:
             size = response.body_length
-        route = _route(request)
+        status = response.status
         metrics = request.app.get(keys.METRICS) if isinstance(request, web.Request) else None
         if metrics is not None:
-            metrics.observe_request(route, response.status, time)
+            metrics.observe_request(_route(request), status, time)
             # A HEAD sends no body and downloads nothing: it is neither a hit nor a miss.
-            if cache in {"hit", "miss"} and response.status < 300 and request.method != "HEAD":
+            if cache in {"hit", "miss"} and status < 300 and request.method != "HEAD":
                 metrics.observe_file(cache, size)
+        # The path as the client sent it: the decoded one could carry a newline into the log.
+        path = request.raw_path
         sink = logs.access_sink
-        if sink is None and not self.logger.isEnabledFor(logging.INFO):
+        if sink is not None:
+            remote = request.remote if sink.json else None
+            sink.record(
+                request.method, path, status, size=size, seconds=time, cache=cache, remote=remote
+            )
             return
-        message = (
-            f"{request.method} {request.path} {response.status} {size} {time * 1000:.1f}ms {cache}"
-        )
-        if sink is not None and not sink.json:
-            sink.write(message, None)
+        if not self.logger.isEnabledFor(logging.INFO):
             return
         fields: dict[str, object] = {
             "method": request.method,
-            "path": request.path,
-            "status": response.status,
+            "path": path,
+            "status": status,
             "bytes": size,
             "duration_ms": round(time * 1000, 2),
             "cache": cache,
             "remote": request.remote,
         }
-        if sink is not None:
-            sink.write(message, fields)
-        else:
-            self.logger.info("%s", message, extra={"fields": fields})
+        message = f"{request.method} {path} {status} {size} {time * 1000:.1f}ms {cache}"
+        self.logger.info("%s", message, extra={"fields": fields})

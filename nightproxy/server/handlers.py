@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict, CIMultiDictProxy
 from packaging.utils import NormalizedName, canonicalize_name
 
 from nightproxy.cache.fill import Fill, FillError
@@ -22,9 +23,8 @@ from nightproxy.index.parse import parse_upload_time
 from nightproxy.index.render import CONTENT_TYPES, Format, negotiate, weighted_list
 from nightproxy.index.service import (
     AllUpstreamsFailedError,
-    IndexService,
+    IndexView,
     ProjectView,
-    Rendered,
 )
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
@@ -131,27 +131,45 @@ class _PageResponse(web.Response):
                 send_headers()
 
 
-def _page_response(
-    request: web.Request,
-    rendered: Rendered,
-    fmt: Format,
-    gzipped: bool,
-    max_age: int,
-    *,
-    built_at: float,
+async def _page_response(
+    request: web.Request, page: ProjectView | IndexView, fmt: Format, gzipped: bool, now: float
 ) -> web.Response:
-    headers = {
-        "Content-Type": CONTENT_TYPES[fmt],
-        "Vary": "Accept, Accept-Encoding",
-        "ETag": rendered.etag,
-        "Last-Modified": _http_date(built_at),
-        "Cache-Control": f"max-age={max_age}",
-    }
-    if gzipped:
-        headers["Content-Encoding"] = "gzip"
+    rendered = page.rendered(fmt, gzipped)
+    if rendered is None:
+        rendered = await asyncio.to_thread(page.render, fmt, gzipped)
+    static = rendered.headers
+    if static is None:
+        # Everything but the freshness is fixed for the life of the representation.
+        block = CIMultiDict(
+            {
+                "Content-Type": CONTENT_TYPES[fmt],
+                "Vary": "Accept, Accept-Encoding",
+                "ETag": rendered.etag,
+                "Last-Modified": _http_date(page.built_at),
+            }
+        )
+        if gzipped:
+            block["Content-Encoding"] = "gzip"
+        # How complete the page is.
+        if page.missing:
+            block["X-Nightproxy-Missing"] = ", ".join(page.missing)
+        if page.stale:
+            block["X-Nightproxy-Stale"] = ", ".join(page.stale)
+        if isinstance(page, ProjectView) and page.retained:
+            block["X-Nightproxy-Retained"] = str(page.retained)
+        rendered.headers = static = CIMultiDictProxy(block)
+    headers = CIMultiDict(static)
+    headers["Cache-Control"] = _max_age(max(0, int(page.fresh_until - now)))
     if rendered.etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
-    return _PageResponse(body=rendered.body, headers=headers)
+    if len(rendered.body) > _SEPARATE_WRITE:
+        return _PageResponse(body=rendered.body, headers=headers)
+    return web.Response(body=rendered.body, headers=headers)
+
+
+@lru_cache(maxsize=1024)
+def _max_age(seconds: int) -> str:
+    return f"max-age={seconds}"
 
 
 @lru_cache(maxsize=1024)
@@ -159,34 +177,12 @@ def _http_date(when: float) -> str:
     return formatdate(when, usegmt=True)
 
 
-async def _rendered(view: ProjectView, fmt: Format, gzipped: bool) -> Rendered:
-    got = view.rendered(fmt, gzipped)
-    if got is None:
-        got = await asyncio.to_thread(view.render, fmt, gzipped)
-    return got
-
-
 async def index_page(request: web.Request) -> web.Response:
     fmt = _format(request)
     gzipped = _wants_gzip(request)
     index = request.app[keys.INDEX]
     listing = await index.project_list()
-    rendered = listing.rendered(fmt, gzipped)
-    if rendered is None:
-        rendered = await asyncio.to_thread(listing.render, fmt, gzipped)
-    response = _page_response(
-        request,
-        rendered,
-        fmt,
-        gzipped,
-        _remaining(index, listing.fresh_until),
-        built_at=listing.built_at,
-    )
-    if listing.missing:
-        response.headers["X-Nightproxy-Missing"] = ", ".join(listing.missing)
-    if listing.stale:
-        response.headers["X-Nightproxy-Stale"] = ", ".join(listing.stale)
-    return response
+    return await _page_response(request, listing, fmt, gzipped, index.clock())
 
 
 async def _find_file(
@@ -196,10 +192,6 @@ async def _find_file(
         return await request.app[keys.INDEX].find_file(project, key)
     except AllUpstreamsFailedError as exc:
         raise web.HTTPBadGateway(text=f"{exc}\n") from None
-
-
-def _remaining(index: IndexService, fresh_until: float) -> int:
-    return max(0, int(fresh_until - index.clock()))
 
 
 async def project_page(request: web.Request) -> web.Response:
@@ -214,24 +206,16 @@ async def project_page(request: web.Request) -> web.Response:
     as_of = _as_of(request)
     gzipped = _wants_gzip(request)
     index = request.app[keys.INDEX]
-    try:
-        view = await index.view(project, as_of)
-    except AllUpstreamsFailedError as exc:
-        # A short plain-text 502, never an empty page that looks like "no files".
-        raise web.HTTPBadGateway(text=f"{exc}\n") from None
-    if view is None:
-        raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
-    rendered = await _rendered(view, fmt, gzipped)
-    response = _page_response(
-        request, rendered, fmt, gzipped, _remaining(index, view.fresh_until), built_at=view.built_at
-    )
-    if view.missing:
-        response.headers["X-Nightproxy-Missing"] = ", ".join(view.missing)
-    if view.stale:
-        response.headers["X-Nightproxy-Stale"] = ", ".join(view.stale)
-    if view.retained:
-        response.headers["X-Nightproxy-Retained"] = str(view.retained)
-    return response
+    view = index.fresh_view(project, as_of)
+    if view is None or not (view.files or view.inputs):
+        try:
+            view = await index.view(project, as_of)
+        except AllUpstreamsFailedError as exc:
+            # A short plain-text 502, never an empty page that looks like "no files".
+            raise web.HTTPBadGateway(text=f"{exc}\n") from None
+        if view is None:
+            raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
+    return await _page_response(request, view, fmt, gzipped, index.clock())
 
 
 # -- files --------------------------------------------------------------------------------------
