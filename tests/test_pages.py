@@ -259,6 +259,14 @@ async def test_unknown_project_is_404(http: aiohttp.ClientSession, one_proxy: Te
     assert resp.status == 404
 
 
+async def test_unknown_project_stays_404_while_the_answer_is_cached(
+    http: aiohttp.ClientSession, one_proxy: TestServer
+) -> None:
+    """Asked again within the page ttl, an unknown project is still a 404, not an empty page."""
+    statuses = [(await get(http, one_proxy, "/simple/no-such-project/"))[0].status for _ in "ab"]
+    assert statuses == [404, 404]
+
+
 @pytest.mark.parametrize("fmt", ["json", "html"])
 async def test_file_links_point_at_the_proxy_without_query(
     http: aiohttp.ClientSession,
