@@ -257,6 +257,33 @@ async def test_concurrent_first_requests_share_one_upstream_get(
     assert upstream_gets(upstream, DEMO) == 1
 
 
+async def test_a_body_without_length_is_teed_chunked_and_cached(
+    http: aiohttp.ClientSession, upstream: FakeSimpleIndex, proxy: TestServer, cache_dir: Path
+) -> None:
+    """An upstream answering with chunked encoding (no Content-Length): clients joining the
+    download get the whole verified file, chunked too, and it is cached once."""
+    upstream.chunked.add(DEMO)
+    upstream.slow_file.add(DEMO)
+    upstream.slow.hold = True
+    url, _entry = await file_url(http, proxy, "demo", DEMO)
+    expected = sha256_file(demo_wheel(upstream))
+
+    async def one() -> tuple[str | None, bytes]:
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            return resp.headers.get("Transfer-Encoding"), await resp.read()
+
+    tasks = [asyncio.create_task(one()) for _ in range(3)]
+    await wait_until(lambda: upstream_gets(upstream, DEMO) == 1, "the upstream GET started")
+    upstream.slow.release.set()
+    results = await asyncio.gather(*tasks)
+    assert [(te, hashlib.sha256(body).hexdigest()) for te, body in results] == [
+        ("chunked", expected)
+    ] * 3
+    assert [p.name for p in blob_files(cache_dir)] == [expected]
+    assert upstream_gets(upstream, DEMO) == 1
+
+
 async def test_first_bytes_arrive_before_upstream_finishes(
     http: aiohttp.ClientSession, upstream: FakeSimpleIndex, proxy: TestServer
 ) -> None:

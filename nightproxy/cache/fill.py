@@ -1,11 +1,12 @@
 """Single-flight cache fills with a tee: one upstream download, any number of readers.
 
-A fill is a task the application owns. It streams the upstream body into a temporary file and
-hashes it; readers follow the temporary file as it grows (through a shared descriptor and
-``pread``, so the rename into the store does not disturb them) and receive bytes as they
-arrive. The last byte of a file is held back from every reader until the digest is verified:
-a client can never see a complete body of unverified bytes, and a mismatch leaves it with a
-short read, which pip and uv report as an error.
+A fill is a task the application owns. It streams the upstream body into a temporary file
+(positional writes) and hashes it; readers follow the temporary file as it grows, each through
+its own duplicate of the fill's descriptor (so the rename into the store does not disturb them),
+and receive bytes as they arrive: as spans to ``sendfile`` from the page cache, or as chunks.
+The last byte of a file is held back from every reader until the digest is verified: a client
+can never see a complete body of unverified bytes, and a mismatch leaves it with a short read,
+which pip and uv report as an error.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import BinaryIO
 
 from nightproxy.cache.store import CacheStore
 from nightproxy.upstreams.base import CHUNK_SIZE, Download
@@ -40,6 +42,9 @@ class Fill:
         self.expected_sha256 = expected_sha256
         self.size: int | None = None
         self.written = 0
+        #: Every byte is written, the digest matched (or there was none to match) and the fill
+        #: ended without error.
+        self.verified = False
         self.done = False
         self.error: BaseException | None = None
         self.sha256: str | None = None
@@ -48,7 +53,6 @@ class Fill:
         self.finished = asyncio.Event()
         self._progress = asyncio.Event()
         self._fd: int | None = None
-        self._users = 1  # the writer
 
     # -- writer side ----------------------------------------------------------------------------
 
@@ -56,12 +60,8 @@ class Fill:
         self._progress.set()
         self._progress = asyncio.Event()
 
-    def _acquire(self) -> None:
-        self._users += 1
-
-    def _release_fd(self) -> None:
-        self._users -= 1
-        if self._users == 0 and self._fd is not None:
+    def _close_fd(self) -> None:
+        if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
@@ -73,42 +73,121 @@ class Fill:
         if self.error is not None and self.written == 0:
             raise FillError(str(self.error)) from self.error
 
-    async def read(self, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """The file's bytes, as they arrive; raises ``FillError`` if the fill fails."""
+    async def open_reader(self) -> BinaryIO:
+        """A file object of its own on the bytes being filled, for ``spans`` (close it).
+
+        Its own descriptor: positions moved by ``sendfile`` or reads never touch the writer's.
+        """
         await self.wait_started()
         if self._fd is None:
             raise FillError("fill has no data")
-        self._acquire()
-        fd = self._fd
+        return os.fdopen(os.dup(self._fd), "rb", buffering=0)
+
+    async def spans(self) -> AsyncGenerator[tuple[int, int]]:
+        """(offset, length) of each run of bytes that may be sent, as they arrive.
+
+        Raises ``FillError`` if the fill fails before the last byte was released.
+        """
         offset = 0
-        try:
-            while True:
-                progress = self._progress
-                verified = self.done and self.error is None
-                limit = self.written if verified else self.written - 1
-                if offset < limit:
-                    length = min(limit - offset, chunk_size)
-                    data = await asyncio.to_thread(os.pread, fd, length, offset)
-                    if not data:
-                        raise FillError("cache file shrank under a reader")
-                    offset += len(data)
+        while True:
+            progress = self._progress
+            verified = self.verified
+            limit = self.written if verified else self.written - 1
+            if offset < limit:
+                yield offset, limit - offset
+                offset = limit
+                continue
+            if verified:
+                return
+            if self.done:
+                error = self.error or FillError("download ended unverified")
+                raise FillError(str(error)) from error
+            await progress.wait()
+
+    async def read(self, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """The file's bytes, as they arrive; raises ``FillError`` if the fill fails."""
+        with await self.open_reader() as reader:
+            async for offset, length in self.spans():
+                async for data in read_span(reader, offset, length, chunk_size):
                     yield data
-                    continue
-                if self.done:
-                    if self.error is not None:
-                        raise FillError(str(self.error)) from self.error
-                    return
-                await progress.wait()
-        finally:
-            self._release_fd()
 
 
-def _write_chunk(fd: int, data: bytes, digest: hashlib._Hash) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    digest.update(data)
+async def read_span(
+    reader: BinaryIO, offset: int, length: int, chunk_size: int = CHUNK_SIZE
+) -> AsyncIterator[bytes]:
+    """``length`` bytes from ``offset`` of a filling file, in chunks read in a thread."""
+    fd, end = reader.fileno(), offset + length
+    while offset < end:
+        data = await asyncio.to_thread(os.pread, fd, min(end - offset, chunk_size), offset)
+        if not data:
+            raise FillError("cache file shrank under a reader")
+        offset += len(data)
+        yield data
+
+
+def _write_batch(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
+    for data in batch:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            offset += written
+            view = view[written:]
+        digest.update(data)
+
+
+#: Received bytes held while the previous batch is being written; beyond this the download
+#: waits for the disk (bounded memory per fill).
+SPOOL_LIMIT = 4 * CHUNK_SIZE
+
+
+class _Spooler:
+    """Writes a fill's chunks to its file in a thread, one batch per hop.
+
+    Whatever arrives while a batch is being written becomes the next batch: a slow upstream's
+    bytes reach readers at once, a fast one's go in few large hops, and chunks are never joined
+    (copied) on the event loop.
+    """
+
+    def __init__(
+        self, fill: Fill, fd: int, digest: hashlib._Hash, on_written: Callable[[int], None]
+    ) -> None:
+        self._fill = fill
+        self._fd = fd
+        self._digest = digest
+        self._on_written = on_written
+        self._batch: list[bytes] = []
+        self._size = 0
+        self._writing: asyncio.Task[None] | None = None
+
+    async def put(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._size += len(chunk)
+        writing = self._writing
+        if writing is None or writing.done():
+            if writing is not None:
+                writing.result()  # a failed write fails the fill
+            self._writing = asyncio.create_task(self._drain())
+        elif self._size >= SPOOL_LIMIT:
+            await asyncio.shield(writing)
+
+    async def _drain(self) -> None:
+        fill = self._fill
+        while self._batch:
+            batch, size = self._batch, self._size
+            self._batch, self._size = [], 0
+            await asyncio.to_thread(_write_batch, self._fd, batch, fill.written, self._digest)
+            fill.written += size
+            self._on_written(size)
+            fill._notify()
+
+    async def close(self) -> None:
+        """Wait for the running write, then write what is left (unless the fill failed)."""
+        writing = self._writing
+        if writing is not None:
+            # Shielded: even when the fill is being cancelled, the thread must finish first.
+            await asyncio.shield(writing)
+        if self._batch:
+            await self._drain()
 
 
 class FillManager:
@@ -173,14 +252,17 @@ class FillManager:
                     victims = self.store.reserve(download.size)
                     if victims is not None:
                         reserved = download.size
-                        await asyncio.to_thread(self.store.delete_blobs, victims)
+                        if victims:
+                            await asyncio.to_thread(self.store.delete_blobs, victims)
                 fill.headers_ready.set()
-                fd = fill._fd
-                async for chunk in download.chunks():
-                    await asyncio.to_thread(_write_chunk, fd, chunk, digest)
-                    fill.written += len(chunk)
-                    self.upstream_bytes += len(chunk)
-                    fill._notify()
+                spooler = _Spooler(fill, fill._fd, digest, self._count)
+                try:
+                    async for chunk in download.chunks():
+                        await spooler.put(chunk)
+                finally:
+                    # Also on failure or cancellation: the descriptor is closed below, and a
+                    # write still running in its thread must not outlive it.
+                    await spooler.close()
             sha = digest.hexdigest()
             if fill.expected_sha256 is not None and sha != fill.expected_sha256:
                 self.hash_mismatches += 1
@@ -193,7 +275,8 @@ class FillManager:
                 victims = self.store.reserve(fill.written)
                 if victims is not None:
                     reserved = fill.written
-                    await asyncio.to_thread(self.store.delete_blobs, victims)
+                    if victims:
+                        await asyncio.to_thread(self.store.delete_blobs, victims)
             if reserved:
                 await asyncio.to_thread(
                     self.store.admit_file,
@@ -225,16 +308,22 @@ class FillManager:
             self._fills.pop(fill.key, None)
             if reserved:
                 self.store.release(reserved)
+            # The last byte goes out once the file is in the store as well, so that a client
+            # that saw a complete body finds it cached on its next request.
+            fill.verified = fill.error is None
             fill.done = True
             fill.headers_ready.set()
             fill.finished.set()
             fill._notify()
-            fill._release_fd()
+            fill._close_fd()
             if on_done is not None:
                 on_done(fill)
             if not fill.cached:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(fill.tmp_path.unlink)
+
+    def _count(self, size: int) -> None:
+        self.upstream_bytes += size
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -166,9 +166,12 @@ async def stream_file(
     truncate: bool = False,
     slow: SlowControl | None = None,
     content_type: str = "application/octet-stream",
+    chunked: bool = False,
 ) -> web.StreamResponse:
     """Stream ``path[start:end]`` with an exact Content-Length.
 
+    ``chunked``: no Content-Length, chunked transfer encoding (as servers that compress or
+    generate on the fly answer).
     ``truncate``: announce the full length but abort the connection after half.
     ``slow``: small chunks with delays (and an optional hold after the first).
     HEAD requests get headers only.
@@ -178,7 +181,10 @@ async def stream_file(
     length = max(stop - start, 0)
     resp = web.StreamResponse(status=status, headers=headers or {})
     resp.content_type = content_type
-    resp.content_length = length
+    if chunked:
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = length
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp

@@ -109,6 +109,8 @@ class FakeSimpleIndex(FakeServer):
         self.delay: float = 0.0
         self.wrong_hash: set[str] = set()
         self.slow_file: set[str] = set()
+        #: Filenames answered with chunked transfer encoding (no Content-Length).
+        self.chunked: set[str] = set()
         self.slow = SlowControl()
         self.truncate: set[str] = set()
         self.cache_control: str = "max-age=600"
@@ -346,4 +348,5 @@ class FakeSimpleIndex(FakeServer):
             headers=headers,
             truncate=filename in self.truncate,
             slow=self.slow if filename in self.slow_file else None,
+            chunked=filename in self.chunked,
         )
