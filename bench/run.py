@@ -373,6 +373,10 @@ class Bench:
         return out["clients"], peak[0]
 
     def measure(self, key: str, t: tg.Target, fn: Callable[[], None]) -> None:
+        if not self.quick:
+            waited = tg.settle()
+            if waited > 2:
+                log(f"  waited {waited:.1f}s for the machine to go quiet before {t.name} {key}")
         try:
             fn()
         except Exception as e:
@@ -821,6 +825,20 @@ def versions() -> str:
     return out + ", " + nv.stderr.strip().replace("nginx version: ", "")
 
 
+#: Hand-written analysis below this heading in RESULTS.md survives a new run.
+NOTES_HEADING = "## What was changed for speed"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of an existing results file, to append after the new table."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(NOTES_HEADING)
+    return "\n" + old[at:] if at >= 0 else ""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced set, < 2 minutes")
@@ -887,7 +905,7 @@ def main() -> int:
     text = "\n".join(header + starts + checks) + "\n"
     print(text)
     out = WORK / "RESULTS-quick.md" if args.quick else BENCH / "RESULTS.md"
-    out.write_text(text)
+    out.write_text(text + kept_notes(out))
     log(f"wrote {out} ({elapsed:.0f}s)")
     missing = bench.missing_cells(args.targets)
     required_checks = [c for c in bench.res.check_failures

@@ -108,6 +108,32 @@ def tail(log: Path, n: int = 200) -> str:
     return f"{(lines or ['(empty log)'])[-1][-n:]} (log: {log.name})"
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def settle(max_wait: float = 15.0, window: float = 0.25, quiet: float = 0.15) -> float:
+    """Wait until the machine is nearly idle; return the seconds waited.
+
+    A slow target keeps working on the requests a load generator left in flight after its
+    window ended (devpi-server answers a 2,000-file page in seconds); whichever target is
+    measured next would share the two cores with that backlog. Waiting for quiet keeps one
+    target's leftovers out of the next one's figures.
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait:
+        b0, t0 = _cpu_jiffies()
+        time.sleep(window)
+        b1, t1 = _cpu_jiffies()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) < quiet:
+            break
+    return time.monotonic() - start
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and all its descendants (from /proc)."""
     children: dict[int, list[int]] = {}

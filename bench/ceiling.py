@@ -1,0 +1,150 @@
+"""What aiohttp itself reaches on this machine: the ceiling under nightproxy's page figures.
+
+Fetches the warm pages of the benchmark's scenarios from a running server (normally the
+nightproxy that ``run.py`` started), serves exactly those bytes and headers from a bare aiohttp
+handler (no routing work, no logging, no metrics), and measures it with the same wrk command as
+``run.py``, next to the reference server when one is given:
+
+    python bench/ceiling.py --source http://127.0.0.1:PORT --reference http://127.0.0.1:PORT2 \\
+        [--processes 2] [--reps 5]
+
+``--processes 2`` runs two such servers on one port (SO_REUSEPORT), as many as the machine has
+cores. A figure nightproxy cannot beat is a property of the framework and the machine, not
+something left undone in nightproxy; this script is how that claim is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import multiprocessing
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ACCEPT_JSON = "application/vnd.pypi.simple.v1+json"
+#: (label, path, request headers), as run.py's page scenarios ask.
+CASES = [
+    ("2,000-file page HTML", "/simple/bigproj/", {"Accept": "text/html"}),
+    ("2,000-file page JSON", "/simple/bigproj/", {"Accept": ACCEPT_JSON}),
+    (
+        "2,000-file page JSON+gzip",
+        "/simple/bigproj/",
+        {"Accept": ACCEPT_JSON, "Accept-Encoding": "gzip, deflate, br"},
+    ),
+    ("one-file page HTML", "/simple/onefile/", {"Accept": "text/html"}),
+]
+KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Vary", "Cache-Control")
+
+
+def fetch(url: str, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """The raw (still encoded) body and the representation headers of one GET."""
+    req = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body = resp.read()
+        kept = {k: resp.headers[k] for k in KEPT_HEADERS if resp.headers.get(k)}
+    if kept.get("Content-Encoding") == "gzip":
+        gzip.decompress(body)  # it really is what it says
+    return body, kept
+
+
+Pages = dict[str, tuple[bytes, dict[str, str]]]
+
+
+def variant(path: str, accept: str, accept_encoding: str) -> str:
+    """The key of one representation of one page."""
+    if ACCEPT_JSON not in accept:
+        return f"{path}|html"
+    return f"{path}|json-gz" if "gzip" in accept_encoding else f"{path}|json"
+
+
+def serve(port: int, pages: Pages) -> None:
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        h = request.headers
+        key = variant(request.path, h.get("Accept", ""), h.get("Accept-Encoding", ""))
+        body, headers = pages[key]
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None)
+
+
+def wrk(url: str, headers: dict[str, str], seconds: int) -> float:
+    argv = ["wrk", "-t", "2", "-c", "32", "-d", f"{seconds}s"]
+    for k, v in headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"cannot parse wrk output: {out[:200]!r}")
+    return float(m.group(1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", required=True, help="server whose page bytes are served")
+    ap.add_argument("--reference", help="server measured alongside (nginx's reference port)")
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=3)
+    args = ap.parse_args()
+
+    pages: Pages = {}
+    for _label, path, headers in CASES:
+        key = variant(path, headers["Accept"], headers.get("Accept-Encoding", ""))
+        pages[key] = fetch(args.source.rstrip("/") + path, headers)
+
+    port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=serve, args=(port, pages), daemon=True) for _ in range(args.processes)
+    ]
+    for proc in procs:
+        proc.start()
+    bare = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            fetch(bare + "/simple/onefile/", {"Accept": "text/html"})
+            break
+        except OSError:
+            time.sleep(0.1)
+    servers = {"bare aiohttp": bare, "source": args.source.rstrip("/")}
+    if args.reference:
+        servers["reference"] = args.reference.rstrip("/")
+    try:
+        rows = []
+        for label, path, headers in CASES:
+            got: dict[str, list[float]] = {name: [] for name in servers}
+            for _ in range(args.reps):
+                for name, base in servers.items():  # interleaved, like run.py
+                    got[name].append(wrk(base + path, headers, args.seconds))
+            rows.append((label, {name: statistics.median(v) for name, v in got.items()}))
+    finally:
+        for proc in procs:
+            proc.terminate()
+    names = list(servers)
+    print(f"processes for the bare server: {args.processes}; wrk -t2 -c32, median of {args.reps}")
+    print("| scenario (c=32, req/s) | " + " | ".join(names) + " | bare / reference |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for label, med in rows:
+        ratio = f"{med['bare aiohttp'] / med['reference']:.2f}x" if "reference" in med else "—"
+        cells = " | ".join(f"{med[n]:,.0f}" for n in names)
+        print(f"| {label} | {cells} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
