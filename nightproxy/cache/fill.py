@@ -308,19 +308,23 @@ class FillManager:
             self._fills.pop(fill.key, None)
             if reserved:
                 self.store.release(reserved)
-            # The last byte goes out once the file is in the store as well, so that a client
-            # that saw a complete body finds it cached on its next request.
-            fill.verified = fill.error is None
-            fill.done = True
-            fill.headers_ready.set()
-            fill.finished.set()
-            fill._notify()
-            fill._close_fd()
-            if on_done is not None:
-                on_done(fill)
-            if not fill.cached:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(fill.tmp_path.unlink)
+            try:
+                if not fill.cached:
+                    # Gone before anyone hears how the fill ended: a client told of a failure
+                    # must not find its leftovers (readers keep their own descriptors).
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(fill.tmp_path.unlink)
+            finally:
+                # The last byte goes out once the file is in the store as well, so that a
+                # client that saw a complete body finds it cached on its next request.
+                fill.verified = fill.error is None
+                fill.done = True
+                fill.headers_ready.set()
+                fill.finished.set()
+                fill._notify()
+                fill._close_fd()
+                if on_done is not None:
+                    on_done(fill)
 
     def _count(self, size: int) -> None:
         self.upstream_bytes += size
