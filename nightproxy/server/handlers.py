@@ -44,11 +44,12 @@ def setup_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/simple", _add_slash)
     r.add_get("/simple/", index_page)
-    r.add_get("/simple/{project}", _add_slash)
+    # The page first: aiohttp tries a prefix's resources in order, one regex each.
     r.add_get("/simple/{project}/", project_page)
+    r.add_get("/simple/{project}", _add_slash)
     r.add_get("/as-of/{as_of}/simple/", index_page)
-    r.add_get("/as-of/{as_of}/simple/{project}", _add_slash)
     r.add_get("/as-of/{as_of}/simple/{project}/", project_page)
+    r.add_get("/as-of/{as_of}/simple/{project}", _add_slash)
     r.add_get("/files/{project}/{key}/{filename}", file_handler)
     r.add_get("/as-of/{as_of}/files/{project}/{key}/{filename}", file_handler)
 
