@@ -8,8 +8,10 @@ not about timing.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -165,4 +167,34 @@ async def test_late_joiner_gets_the_whole_file_from_the_start(
         await asyncio.wait_for(early.read(), WAIT)
     finally:
         early.release()
+    assert upstream_gets(held, wheel) == 1
+
+
+async def test_followers_get_exact_bytes_where_the_cache_cannot_sendfile(
+    held: FakeSimpleIndex,
+    wheel: Path,
+    url: URL,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a cache file system without ``sendfile`` (the call fails), clients following one
+    download are served by positioned reads instead: every body is exact and complete, though
+    they all read through descriptors that share one file offset."""
+
+    def no_sendfile(*_args: object) -> int:
+        raise OSError(errno.EINVAL, "sendfile not supported here")
+
+    monkeypatch.setattr(os, "sendfile", no_sendfile)
+    expected = wheel.read_bytes()
+    responses = await asyncio.gather(*(http.get(url) for _ in range(4)))
+    try:
+        firsts = await asyncio.gather(*(first_bytes(r) for r in responses))
+        held.slow.release.set()
+        rests = await asyncio.gather(*(asyncio.wait_for(r.read(), WAIT) for r in responses))
+    finally:
+        for resp in responses:
+            resp.release()
+    assert [first + rest == expected for first, rest in zip(firsts, rests, strict=True)] == [
+        True
+    ] * 4
     assert upstream_gets(held, wheel) == 1

@@ -74,9 +74,12 @@ class Fill:
             raise FillError(str(self.error)) from self.error
 
     async def open_reader(self) -> BinaryIO:
-        """A file object of its own on the bytes being filled, for ``spans`` (close it).
+        """A file object on the bytes being filled, for ``spans`` (close it).
 
-        Its own descriptor: positions moved by ``sendfile`` or reads never touch the writer's.
+        A duplicate descriptor, so the rename into the store and the writer closing its own do
+        not disturb the reader. It shares the file offset with the writer and every other
+        reader: read it only at explicit positions (``os.sendfile`` with an offset, ``pread``),
+        never by seeking.
         """
         await self.wait_started()
         if self._fd is None:
@@ -104,13 +107,6 @@ class Fill:
                 raise FillError(str(error)) from error
             await progress.wait()
 
-    async def read(self, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """The file's bytes, as they arrive; raises ``FillError`` if the fill fails."""
-        with await self.open_reader() as reader:
-            async for offset, length in self.spans():
-                async for data in read_span(reader, offset, length, chunk_size):
-                    yield data
-
 
 async def read_span(
     reader: BinaryIO, offset: int, length: int, chunk_size: int = CHUNK_SIZE
@@ -125,19 +121,43 @@ async def read_span(
         yield data
 
 
+#: Buffers per vectored write (the system's limit).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
 def _write_batch(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
-    for data in batch:
-        view = memoryview(data)
+    for start in range(0, len(batch), _IOV_MAX):
+        part = batch[start : start + _IOV_MAX]
+        total = sum(map(len, part))
+        written = os.pwritev(fd, part, offset)
+        if written < total:
+            _pwrite_rest(fd, part, offset, written)
+        offset += total
+        for data in part:
+            digest.update(data)
+
+
+def _pwrite_rest(fd: int, part: list[bytes], offset: int, done: int) -> None:
+    """Finish a short vectored write: the bytes of ``part`` after its first ``done``."""
+    position = offset + done
+    for data in part:
+        if done >= len(data):
+            done -= len(data)
+            continue
+        view = memoryview(data)[done:]
+        done = 0
         while view:
-            written = os.pwrite(fd, view, offset)
-            offset += written
+            written = os.pwrite(fd, view, position)
+            position += written
             view = view[written:]
-        digest.update(data)
 
 
 #: Received bytes held while the previous batch is being written; beyond this the download
 #: waits for the disk (bounded memory per fill).
 SPOOL_LIMIT = 4 * CHUNK_SIZE
+#: What a held chunk costs beyond its bytes (object and list slot), counted against the limit
+#: so that an upstream sending tiny chunks cannot make the batch a list of millions.
+CHUNK_OVERHEAD = 64
 
 
 class _Spooler:
@@ -157,35 +177,49 @@ class _Spooler:
         self._on_written = on_written
         self._batch: list[bytes] = []
         self._size = 0
+        self._held = 0
         self._writing: asyncio.Task[None] | None = None
 
     async def put(self, chunk: bytes) -> None:
         self._batch.append(chunk)
         self._size += len(chunk)
+        self._held += len(chunk) + CHUNK_OVERHEAD
         writing = self._writing
         if writing is None or writing.done():
             if writing is not None:
                 writing.result()  # a failed write fails the fill
             self._writing = asyncio.create_task(self._drain())
-        elif self._size >= SPOOL_LIMIT:
+        elif self._held >= SPOOL_LIMIT:
             await asyncio.shield(writing)
 
     async def _drain(self) -> None:
         fill = self._fill
         while self._batch:
             batch, size = self._batch, self._size
-            self._batch, self._size = [], 0
+            self._batch, self._size, self._held = [], 0, 0
             await asyncio.to_thread(_write_batch, self._fd, batch, fill.written, self._digest)
             fill.written += size
             self._on_written(size)
             fill._notify()
 
     async def close(self) -> None:
-        """Wait for the running write, then write what is left (unless the fill failed)."""
+        """Wait for the running write, then write what is left (unless the fill failed).
+
+        Returns only once no thread writes to the descriptor any more, even when the fill is
+        cancelled meanwhile (the cancellation is passed on afterwards): the caller closes the
+        descriptor next, and a write landing after that could go to whatever file reuses it.
+        """
         writing = self._writing
         if writing is not None:
-            # Shielded: even when the fill is being cancelled, the thread must finish first.
-            await asyncio.shield(writing)
+            cancelled = False
+            while not writing.done():
+                try:
+                    await asyncio.shield(writing)
+                except asyncio.CancelledError:
+                    cancelled = True
+            if cancelled:
+                raise asyncio.CancelledError
+            writing.result()
         if self._batch:
             await self._drain()
 

@@ -278,8 +278,9 @@ async def _stream_fill(request: web.Request, fill: Fill) -> web.StreamResponse:
                 await _sendfile_spans(request, response, fill, reader)
             else:
                 # No length: aiohttp frames the body in chunks, so it goes through writes.
-                async for chunk in fill.read():
-                    await response.write(chunk)
+                async for offset, length in fill.spans():
+                    async for data in read_span(reader, offset, length):
+                        await response.write(data)
         except FillError:
             # Headers are gone: the only honest signal left is to cut the connection, so the
             # client sees a short read rather than a complete-looking, unverified body.
@@ -297,17 +298,26 @@ async def _sendfile_spans(
     through Python, no thread hop per chunk), as ``web.FileResponse`` does for whole files."""
     loop = asyncio.get_running_loop()
     transport = request.transport
+    native = True
     spans = fill.spans()
     try:
         async for offset, length in spans:
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("client went away")
-            try:
-                await loop.sendfile(transport, reader, offset, length)
-            except NotImplementedError:
-                # A transport without sendfile (TLS, another event loop): copy the span.
-                async for data in read_span(reader, offset, length):
-                    await response.write(data)
+            if native:
+                try:
+                    # No asyncio fallback: it seeks, and the reader shares its file offset
+                    # with the writer and every other reader of this fill.
+                    sent = await loop.sendfile(transport, reader, offset, length, fallback=False)
+                except (NotImplementedError, RuntimeError):
+                    # TLS, another event loop, a file system without sendfile: copy instead.
+                    native = False
+                else:
+                    if sent != length:
+                        raise FillError(f"cache file ended {length - sent} bytes short")
+                    continue
+            async for data in read_span(reader, offset, length):
+                await response.write(data)
     finally:
         await spans.aclose()
 
