@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import multiprocessing
-import re
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
+
+from run import run_wrk
+from targets import free_port
 
 ACCEPT_JSON = "application/vnd.pypi.simple.v1+json"
 #: (label, path, request headers), as run.py's page scenarios ask.
@@ -76,23 +76,6 @@ def serve(port: int, pages: Pages) -> None:
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None)
 
 
-def wrk(url: str, headers: dict[str, str], seconds: int) -> float:
-    argv = ["wrk", "-t", "2", "-c", "32", "-d", f"{seconds}s"]
-    for k, v in headers.items():
-        argv += ["-H", f"{k}: {v}"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m:
-        raise RuntimeError(f"cannot parse wrk output: {out[:200]!r}")
-    return float(m.group(1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", required=True, help="server whose page bytes are served")
@@ -130,7 +113,7 @@ def main() -> int:
             got: dict[str, list[float]] = {name: [] for name in servers}
             for _ in range(args.reps):
                 for name, base in servers.items():  # interleaved, like run.py
-                    got[name].append(wrk(base + path, headers, args.seconds))
+                    got[name].append(run_wrk(base + path, headers, 32, args.seconds)["rps"])
             rows.append((label, {name: statistics.median(v) for name, v in got.items()}))
     finally:
         for proc in procs:

@@ -177,26 +177,24 @@ class _Spooler:
         self._on_written = on_written
         self._batch: list[bytes] = []
         self._size = 0
-        self._held = 0
         self._writing: asyncio.Task[None] | None = None
 
     async def put(self, chunk: bytes) -> None:
         self._batch.append(chunk)
         self._size += len(chunk)
-        self._held += len(chunk) + CHUNK_OVERHEAD
         writing = self._writing
         if writing is None or writing.done():
             if writing is not None:
                 writing.result()  # a failed write fails the fill
             self._writing = asyncio.create_task(self._drain())
-        elif self._held >= SPOOL_LIMIT:
+        elif self._size + CHUNK_OVERHEAD * len(self._batch) >= SPOOL_LIMIT:
             await asyncio.shield(writing)
 
     async def _drain(self) -> None:
         fill = self._fill
         while self._batch:
             batch, size = self._batch, self._size
-            self._batch, self._size, self._held = [], 0, 0
+            self._batch, self._size = [], 0
             await asyncio.to_thread(_write_batch, self._fd, batch, fill.written, self._digest)
             fill.written += size
             self._on_written(size)
