@@ -12,6 +12,7 @@ from aiohttp import web
 
 from nightproxy import __version__
 from nightproxy.cache.fill import FillManager
+from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
@@ -91,8 +92,10 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.UPSTREAMS] = upstreams
     app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE])
     app[keys.FILLS] = FillManager(app[keys.STORE])
+    app[keys.REMOTE_METADATA] = RemoteMetadata()
     app[keys.METRICS].bind(app[keys.STORE], app[keys.FILLS], app[keys.INDEX])
     yield
+    await app[keys.REMOTE_METADATA].close()
     await app[keys.FILLS].drain(timeout=DRAIN_TIMEOUT)
     await app[keys.INDEX].close()
     for upstream in upstreams.values():

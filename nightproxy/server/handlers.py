@@ -31,6 +31,7 @@ from nightproxy.model import PublishedFile
 from nightproxy.server import keys
 from nightproxy.server.ops import setup_ops_routes
 from nightproxy.upstreams.base import Download
+from nightproxy.upstreams.http import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,9 @@ def _start_fill(
     index = app[keys.INDEX]
 
     def done(fill: Fill) -> None:
+        if fill.cached:
+            # Stored and verified: metadata now comes from the wheel on disk.
+            app[keys.REMOTE_METADATA].forget(key)
         if fill.cached and source.sha256 is None:
             # The page can now publish the hash we verified ourselves.
             index.invalidate(project)
@@ -402,7 +406,8 @@ async def _metadata_handler(
     dist = parse_dist_filename(wheel)
     if dist is None or dist.project != project or not wheel.endswith(".whl"):
         raise web.HTTPNotFound(text="no such metadata\n")
-    store = request.app[keys.STORE]
+    app = request.app
+    store = app[keys.STORE]
     mkey = metadata_key(key)
     sha = await _cached(store, mkey, wheel + METADATA_SUFFIX)
     if sha is not None:
@@ -410,44 +415,86 @@ async def _metadata_handler(
     pub = await _find_file(request, project, key)
     if pub is None or pub.filename != wheel:
         raise web.HTTPNotFound(text=f"{wheel} is not listed by any upstream of {project}\n")
-    sha = await _fill_metadata(request.app, project, key, pub)
+    sha = await _upstream_metadata(app, project, key, pub)
+    if sha is None and store.resolve(key) is None and app[keys.FILLS].get(key) is None:
+        # Neither the wheel nor its download is here: a few byte ranges beat the whole wheel.
+        ranged = await _ranged_metadata(app, key, pub)
+        if ranged is not None:
+            data, cache = ranged
+            return web.Response(
+                body=data,
+                headers={
+                    "Content-Type": METADATA_TYPE,
+                    "Cache-Control": FILE_CACHE_CONTROL,
+                    "X-Nightproxy-Cache": cache,
+                },
+            )
+    if sha is None:
+        sha = await _extracted_metadata(app, project, key, pub)
     return _serve_cached(request, sha, content_type=METADATA_TYPE)
 
 
-async def _fill_metadata(
+async def _upstream_metadata(
+    app: web.Application, project: NormalizedName, key: str, pub: PublishedFile
+) -> str | None:
+    """Fetch the feed's own PEP 658 file (verified) into the store; its digest, or None."""
+    source = pub.source
+    if source.core_metadata is False:
+        return None
+    store = app[keys.STORE]
+    mkey = metadata_key(key)
+    upstream = app[keys.UPSTREAMS][source.upstream]
+    expected = (
+        source.core_metadata.get("sha256") if not isinstance(source.core_metadata, bool) else None
+    )
+
+    def opener() -> AbstractAsyncContextManager[Download]:
+        opened = upstream.open_metadata(source)
+        assert opened is not None
+        return opened
+
+    fill = app[keys.FILLS].start(
+        mkey,
+        opener,
+        expected_sha256=expected,
+        filename=source.filename + METADATA_SUFFIX,
+        upstream=source.upstream,
+    )
+    await fill.finished.wait()
+    sha = store.resolve(mkey)
+    if sha is not None:
+        app[keys.INDEX].invalidate(project)
+        return sha
+    log.info("metadata of %s not available upstream; extracting it", source.filename)
+    return None
+
+
+async def _ranged_metadata(
+    app: web.Application, key: str, pub: PublishedFile
+) -> tuple[bytes, str] | None:
+    """METADATA read by byte ranges (held in memory) and whether it was held; None: no ranges."""
+    remote = app[keys.REMOTE_METADATA]
+    held = remote.held(key)
+    if held is not None:
+        return held, "hit"
+    source = pub.source
+    reader = app[keys.UPSTREAMS][source.upstream].range_reader(source)
+    if reader is None:
+        return None
+    try:
+        data = await remote.read(key, reader, source.filename)
+    except UpstreamError as exc:
+        raise web.HTTPBadGateway(text=f"{exc}\n") from None
+    return None if data is None else (data, "miss")
+
+
+async def _extracted_metadata(
     app: web.Application, project: NormalizedName, key: str, pub: PublishedFile
 ) -> str:
-    """Fetch (verified) or extract a wheel's METADATA into the store; return its digest."""
+    """Extract METADATA from the (downloaded, verified) wheel into the store; its digest."""
     store = app[keys.STORE]
-    fills = app[keys.FILLS]
     mkey = metadata_key(key)
     source = pub.source
-    upstream = app[keys.UPSTREAMS][source.upstream]
-    if source.core_metadata is not False:
-        expected = (
-            source.core_metadata.get("sha256")
-            if not isinstance(source.core_metadata, bool)
-            else None
-        )
-
-        def opener() -> AbstractAsyncContextManager[Download]:
-            opened = upstream.open_metadata(source)
-            assert opened is not None
-            return opened
-
-        fill = fills.start(
-            mkey,
-            opener,
-            expected_sha256=expected,
-            filename=source.filename + METADATA_SUFFIX,
-            upstream=source.upstream,
-        )
-        await fill.finished.wait()
-        sha = store.resolve(mkey)
-        if sha is not None:
-            app[keys.INDEX].invalidate(project)
-            return sha
-        log.info("metadata of %s not available upstream; extracting it", source.filename)
     wheel_sha = store.resolve(key)
     if wheel_sha is None:
         fill = _start_fill(app, project, key, pub)

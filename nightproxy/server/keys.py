@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from nightproxy.cache.fill import FillManager
+from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
@@ -19,3 +20,4 @@ STORE = web.AppKey("store", CacheStore)
 FILLS = web.AppKey("fills", FillManager)
 INDEX = web.AppKey("index", IndexService)
 METRICS = web.AppKey("metrics", Metrics)
+REMOTE_METADATA = web.AppKey("remote_metadata", RemoteMetadata)

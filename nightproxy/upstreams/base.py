@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -31,6 +31,20 @@ class NotFound:
 
 
 FetchResult = ProjectPage | NotModified | NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class RangeBody:
+    """Bytes ``start`` to ``start + len(data)`` of an upstream file of ``total`` bytes."""
+
+    start: int
+    data: bytes
+    total: int
+
+
+#: Reads ``length`` bytes at ``start`` (``None``: the last ``length`` bytes) of one file. None
+#: back when the upstream does not answer ranges, or the file changed between two reads.
+RangeFetch = Callable[[int | None, int], Awaitable[RangeBody | None]]
 
 
 class Download(abc.ABC):
@@ -115,6 +129,10 @@ class Upstream(abc.ABC):
 
     def open_metadata(self, file: DistFile) -> AbstractAsyncContextManager[Download] | None:
         """Open the file's PEP 658 metadata where the feed publishes it, else None."""
+        return None
+
+    def range_reader(self, file: DistFile) -> RangeFetch | None:
+        """Byte-range reads of one file, where the feed may answer them, else None."""
         return None
 
     async def close(self) -> None:

@@ -35,9 +35,11 @@ from nightproxy.upstreams.base import (
     FetchResult,
     HttpDownload,
     NotFound,
+    RangeFetch,
     Upstream,
 )
 from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request
+from nightproxy.upstreams.ranges import HttpRangeReader
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 #: A listing is read page by page; a runaway continuation loop must still end.
@@ -196,6 +198,17 @@ class S3Upstream(Upstream):
 
     def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
         return self._open(file.url)
+
+    def range_reader(self, file: DistFile) -> RangeFetch | None:
+        return HttpRangeReader(
+            self.session,
+            self.name,
+            file.url,
+            credentials=self.credentials,
+            timeout=self.page_timeout,
+            signed_headers=lambda url: self._signed_headers("GET", url),
+            encoded=True,
+        )
 
     @asynccontextmanager
     async def _open(self, url: str) -> AsyncIterator[Download]:

@@ -19,6 +19,7 @@ from nightproxy.upstreams.base import (
     HttpDownload,
     NotFound,
     NotModified,
+    RangeFetch,
     Upstream,
 )
 from nightproxy.upstreams.http import (
@@ -29,6 +30,7 @@ from nightproxy.upstreams.http import (
     request,
     split_userinfo,
 )
+from nightproxy.upstreams.ranges import HttpRangeReader
 
 PAGE_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
@@ -196,6 +198,15 @@ class HttpIndexUpstream(Upstream):
             return None
         # PEP 658: the metadata lives at the file URL (without fragment) plus ".metadata".
         return self._open(file.url + ".metadata")
+
+    def range_reader(self, file: DistFile) -> RangeFetch | None:
+        return HttpRangeReader(
+            self.session,
+            self.name,
+            file.url,
+            credentials=self.credentials,
+            timeout=self.page_timeout,
+        )
 
 
 class SimpleUpstream(HttpIndexUpstream):

@@ -1,0 +1,454 @@
+"""Reading a wheel's METADATA by byte ranges, for feeds that publish no PEP 658 files.
+
+The rules (sparse file, range planning, Content-Range parsing) are checked without a network,
+with Hypothesis; the range reader and the ``.metadata`` route against real HTTP servers that
+answer ranges the way a blob host, a bucket, or a server that ignores them does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from nightproxy.cache.metadata import (
+    MAX_RANGE_REQUESTS,
+    TAIL_BYTES,
+    SparseFile,
+    read_remote_metadata,
+)
+from nightproxy.upstreams.base import RangeBody
+from nightproxy.upstreams.http import Credentials
+from nightproxy.upstreams.ranges import HttpRangeReader, parse_content_range
+from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy
+from tests.fakes import FakeAzureFeed, FakeBlobHost, FakeSimpleIndex
+from tests.wheels import build_wheel, wheel_metadata
+
+PAT = "range-pat-SENTINEL-5550123"
+FILENAME = "demo-1.0.dev0-py3-none-any.whl"
+
+
+# -- pure rules ---------------------------------------------------------------------------------
+
+
+def make_archive(
+    *, metadata: bytes, fillers: int, big: int, metadata_last: bool, comment: int, seed: int
+) -> bytes:
+    """A wheel-shaped zip: METADATA first or last, ``fillers`` small members, one ``big``
+    incompressible member, and an archive comment of ``comment`` bytes."""
+    rng = __import__("random").Random(seed)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        if not metadata_last:
+            archive.writestr("demo-1.0.dev0.dist-info/METADATA", metadata)
+        for i in range(fillers):
+            archive.writestr(f"demo/m{i:04d}.py", f"x = {i}\n" * (i % 7))
+        if big:
+            archive.writestr("demo/big.bin", rng.randbytes(big), zipfile.ZIP_STORED)
+        if metadata_last:
+            archive.writestr("demo-1.0.dev0.dist-info/METADATA", metadata)
+        archive.comment = b"c" * comment
+    return buf.getvalue()
+
+
+class MemoryRanges:
+    """A range fetch over bytes in memory that records what was asked."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.calls: list[tuple[int | None, int]] = []
+
+    async def __call__(self, start: int | None, length: int) -> RangeBody | None:
+        self.calls.append((start, length))
+        total = len(self.data)
+        first = max(total - length, 0) if start is None else start
+        return RangeBody(start=first, data=self.data[first : first + length], total=total)
+
+    @property
+    def fetched(self) -> int:
+        return sum(min(length, len(self.data)) for _start, length in self.calls)
+
+
+metadata_texts = st.binary(min_size=1, max_size=20_000).map(
+    lambda b: b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0.dev0\n\n" + b
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    metadata=metadata_texts,
+    fillers=st.integers(0, 400),
+    big=st.sampled_from([0, 1000, 200_000, 1_500_000]),
+    metadata_last=st.booleans(),
+    comment=st.sampled_from([0, 10, 65_535]),
+    seed=st.integers(0, 2**16),
+)
+def test_range_reads_return_exactly_the_member_zipfile_reads(
+    metadata: bytes, fillers: int, big: int, metadata_last: bool, comment: int, seed: int
+) -> None:
+    """Whatever the layout (member order, central directory size, archive comment), the
+    metadata read by ranges is byte for byte the METADATA member, in a bounded number of
+    requests, and a big wheel is never read whole."""
+    data = make_archive(
+        metadata=metadata,
+        fillers=fillers,
+        big=big,
+        metadata_last=metadata_last,
+        comment=comment,
+        seed=seed,
+    )
+    fetch = MemoryRanges(data)
+    got = asyncio.run(read_remote_metadata(fetch, FILENAME))
+    assert got == metadata
+    assert len(fetch.calls) <= MAX_RANGE_REQUESTS + 1
+    if len(data) > 4 * TAIL_BYTES:
+        assert fetch.fetched < len(data) / 2
+
+
+def test_metadata_in_the_tail_takes_one_request() -> None:
+    """A wheel whose dist-info is written last (as wheel builders do) needs one range read."""
+    data = make_archive(
+        metadata=b"Name: demo\n", fillers=50, big=3_000_000, metadata_last=True, comment=0, seed=1
+    )
+    fetch = MemoryRanges(data)
+    assert asyncio.run(read_remote_metadata(fetch, FILENAME)) == b"Name: demo\n"
+    assert fetch.calls == [(None, TAIL_BYTES)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(junk=st.binary(min_size=0, max_size=300_000))
+def test_a_malformed_archive_means_download_instead(junk: bytes) -> None:
+    """Bytes that are not a wheel never raise: the answer is None (download the wheel)."""
+    assert asyncio.run(read_remote_metadata(MemoryRanges(junk), FILENAME)) is None
+
+
+def test_a_file_that_changes_size_between_reads_is_not_mixed() -> None:
+    """If a later read reports another total size, the read gives up rather than mixing
+    two files."""
+    data = make_archive(
+        metadata=b"Name: demo\n", fillers=5, big=1_000_000, metadata_last=False, comment=0, seed=2
+    )
+    calls = 0
+
+    async def fetch(start: int | None, length: int) -> RangeBody | None:
+        nonlocal calls
+        calls += 1
+        body = await MemoryRanges(data)(start, length)
+        assert body is not None
+        return body if calls == 1 else RangeBody(body.start, body.data, body.total + 1)
+
+    assert asyncio.run(read_remote_metadata(fetch, FILENAME)) is None
+    assert calls == 2
+
+
+def test_an_upstream_without_ranges_means_download_instead() -> None:
+    """A fetch that answers None (no 206) ends the attempt after one request."""
+    calls: list[int | None] = []
+
+    async def fetch(start: int | None, length: int) -> RangeBody | None:
+        calls.append(start)
+        return None
+
+    assert asyncio.run(read_remote_metadata(fetch, FILENAME)) is None
+    assert calls == [None]
+
+
+@given(
+    size=st.integers(1, 2000),
+    spans=st.lists(st.tuples(st.integers(0, 1999), st.integers(1, 400)), max_size=12),
+    probe=st.tuples(st.integers(0, 1999), st.integers(0, 500)),
+)
+def test_sparse_file_reads_what_was_added_and_names_the_first_gap(
+    size: int, spans: list[tuple[int, int]], probe: tuple[int, int]
+) -> None:
+    """Reads of present bytes return the original bytes; a read touching an absent byte
+    names exactly the first absent span."""
+    original = bytes(i % 251 for i in range(size))
+    sparse = SparseFile(size)
+    present = bytearray(size)
+    for offset, length in spans:
+        first = min(offset, size - 1)
+        stop = min(first + length, size)
+        sparse.add(first, original[first:stop])
+        present[first:stop] = b"\x01" * (stop - first)
+    start = min(probe[0], size)
+    stop = min(start + probe[1], size)
+    gap = sparse.missing(start, stop)
+    absent = [i for i in range(start, stop) if not present[i]]
+    if not absent:
+        assert gap is None
+        sparse.seek(start)
+        assert sparse.read(stop - start) == original[start:stop]
+    else:
+        assert gap is not None
+        gap_start, gap_len = gap
+        assert gap_start == absent[0]
+        assert gap_len > 0
+        assert not any(present[gap_start : gap_start + gap_len])
+        assert gap_start + gap_len == stop or present[gap_start + gap_len]
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("bytes 0-99/1000", (0, 99, 1000)),
+        ("bytes 900-999/1000", (900, 999, 1000)),
+        ("BYTES 5-5/6", (5, 5, 6)),
+        ("bytes 0-99/*", None),
+        ("bytes */1000", None),
+        ("bytes 100-99/1000", None),
+        ("bytes 0-1000/1000", None),
+        ("items 0-9/10", None),
+        ("bytes -1-9/10", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_content_range_parsing(value: str | None, parsed: tuple[int, int, int] | None) -> None:
+    """Only a complete ``bytes first-last/total`` with a known total is usable."""
+    assert parse_content_range(value) == parsed
+
+
+# -- the range reader against a real server --------------------------------------------------------
+
+
+class ChangingFile:
+    """Serves one file with ranges and a strong ETag; ``replace`` swaps its bytes, after
+    which an ``If-Range`` with the old ETag gets the whole new file (200), as RFC 9110 says."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.etag = '"v1"'
+        self.requests: list[dict[str, str]] = []
+
+    def replace(self, data: bytes) -> None:
+        self.data = data
+        self.etag = '"v2"'
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(dict(request.headers))
+        header = request.headers.get("Range", "")
+        if_range = request.headers.get("If-Range")
+        total = len(self.data)
+        if not header.startswith("bytes=") or (if_range is not None and if_range != self.etag):
+            return web.Response(body=self.data, headers={"ETag": self.etag})
+        first_s, _, last_s = header[6:].partition("-")
+        if first_s:
+            first, last = int(first_s), min(int(last_s), total - 1)
+        else:
+            first, last = max(total - int(last_s), 0), total - 1
+        return web.Response(
+            status=206,
+            body=self.data[first : last + 1],
+            headers={"ETag": self.etag, "Content-Range": f"bytes {first}-{last}/{total}"},
+        )
+
+
+@pytest.fixture
+async def changing(aiohttp_server: object) -> tuple[ChangingFile, TestServer]:
+    served = ChangingFile(os.urandom(300_000))
+    app = web.Application()
+    app.router.add_get("/f.whl", served.handle)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    return served, server
+
+
+def reader_for(session: aiohttp.ClientSession, url: str) -> HttpRangeReader:
+    return HttpRangeReader(
+        session,
+        "test",
+        url,
+        credentials=Credentials(origins=frozenset(), auth=None, headers={}),
+        timeout=aiohttp.ClientTimeout(total=10),
+    )
+
+
+async def test_range_reader_returns_the_asked_bytes_and_total(
+    changing: tuple[ChangingFile, TestServer], http: aiohttp.ClientSession
+) -> None:
+    """A suffix read and a positioned read return the bytes asked for and the file's size."""
+    served, server = changing
+    read = reader_for(http, str(server.make_url("/f.whl")))
+    tail = await read(None, 1000)
+    assert tail == RangeBody(start=299_000, data=served.data[-1000:], total=300_000)
+    middle = await read(5000, 100)
+    assert middle == RangeBody(start=5000, data=served.data[5000:5100], total=300_000)
+
+
+async def test_range_reader_refuses_a_file_replaced_between_reads(
+    changing: tuple[ChangingFile, TestServer], http: aiohttp.ClientSession
+) -> None:
+    """The second read carries ``If-Range``; a replaced file answers 200 and the reader
+    gives up instead of returning bytes of another file."""
+    served, server = changing
+    read = reader_for(http, str(server.make_url("/f.whl")))
+    assert await read(None, 1000) is not None
+    served.replace(os.urandom(300_000))
+    assert await read(0, 100) is None
+    assert served.requests[-1].get("If-Range") == '"v1"'
+
+
+# -- the .metadata route ---------------------------------------------------------------------------
+
+
+class Azure:
+    def __init__(self, feed: FakeAzureFeed, blobs: FakeBlobHost, wheel: Path) -> None:
+        self.feed = feed
+        self.blobs = blobs
+        self.wheel = wheel
+
+    def entry(self) -> dict[str, object]:
+        return {
+            "name": "ort",
+            "kind": "azure",
+            "url": self.feed.index_url,
+            "username": "x",
+            "password": PAT,
+        }
+
+
+@pytest.fixture
+async def azure(start_fake: StartFake, tmp_path: Path) -> Azure:
+    """An Azure-style feed (no PEP 658) whose blob host answers ranges; a 3 MB wheel."""
+    blobs = await start_fake(FakeBlobHost())
+    feed = await start_fake(FakeAzureFeed("anyone", PAT, blobs))
+    wheel = build_wheel(
+        tmp_path / "w",
+        "ort-nightly",
+        "1.20.0.dev20261120001",
+        requires_dist=["numpy>=2"],
+        payload_size=3_000_000,
+    )
+    feed.add_file("ort-nightly", wheel)
+    return Azure(feed, blobs, wheel)
+
+
+async def metadata_url(
+    http: aiohttp.ClientSession, proxy: TestServer
+) -> tuple[URL, dict[str, object]]:
+    page_url = proxy.make_url("/simple/ort-nightly/")
+    async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
+        assert resp.status == 200
+        entry = json.loads(await resp.text())["files"][0]
+    return page_url.join(URL(entry["url"] + ".metadata")), entry
+
+
+async def test_metadata_of_a_feed_without_pep658_is_read_by_ranges(
+    azure: Azure,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """``.metadata`` of a wheel on a feed without PEP 658 comes from a few byte ranges of the
+    wheel at the blob host: the right bytes, and far fewer than the wheel."""
+    proxy = await start_proxy(make_config([azure.entry()]))
+    url, _entry = await metadata_url(http, proxy)
+    async with http.get(url) as resp:
+        body = await resp.read()
+        assert resp.status == 200
+        assert resp.headers["X-Nightproxy-Cache"] == "miss"
+    assert body == wheel_metadata(azure.wheel)
+    blob_gets = [r for r in azure.blobs.requests if r.method == "GET"]
+    assert blob_gets, "the blob host was never asked"
+    assert all("Range" in r.headers for r in blob_gets)
+    asked = sum(
+        int(end) - int(start) + 1 if start else int(end)
+        for r in blob_gets
+        for start, _, end in [r.headers["Range"].removeprefix("bytes=").partition("-")]
+    )
+    assert asked < azure.wheel.stat().st_size / 10
+
+
+async def test_range_metadata_is_never_published_as_a_hash(
+    azure: Azure,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Metadata read by ranges is not verified against the wheel's hash, so the page keeps
+    ``core-metadata: true``; once the wheel is downloaded and verified, the page publishes
+    the hash of the metadata extracted from it."""
+    proxy = await start_proxy(make_config([azure.entry()]))
+    url, _ = await metadata_url(http, proxy)
+    async with http.get(url) as resp:
+        ranged = await resp.read()
+    _, entry = await metadata_url(http, proxy)
+    assert entry["core-metadata"] is True
+    async with http.get(url.with_name(url.name.removesuffix(".metadata"))) as resp:
+        assert resp.status == 200
+        await resp.read()
+    async with http.get(url) as resp:
+        stored = await resp.read()
+        assert resp.headers["X-Nightproxy-Cache"] == "hit"
+    _, entry = await metadata_url(http, proxy)
+    assert stored == ranged
+    assert entry["core-metadata"] == {"sha256": hashlib.sha256(stored).hexdigest()}
+
+
+async def test_concurrent_metadata_requests_share_one_range_read(
+    azure: Azure,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Eight clients asking at once cost the blob host what one client costs, and a later
+    request is answered from memory."""
+    proxy = await start_proxy(make_config([azure.entry()]))
+    url, _ = await metadata_url(http, proxy)
+
+    async def get() -> bytes:
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    bodies = await asyncio.gather(*(get() for _ in range(8)))
+    assert set(bodies) == {wheel_metadata(azure.wheel)}
+    reads = azure.blobs.count("GET")
+    async with http.get(url) as resp:
+        assert resp.headers["X-Nightproxy-Cache"] == "hit"
+        assert await resp.read() == bodies[0]
+    assert azure.blobs.count("GET") == reads
+    assert reads <= MAX_RANGE_REQUESTS + 1
+
+
+async def test_a_server_that_ignores_ranges_gets_the_wheel_downloaded_once(
+    start_fake: StartFake,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """An upstream answering a range with the whole file (200) is not read to the end for
+    nothing: the proxy falls back to one verified download and extracts METADATA from it."""
+    fake = await start_fake(FakeSimpleIndex())
+    wheel = build_wheel(tmp_path / "w", "plain", "1.0.dev1", payload_size=2_000_000)
+    fake.add_file("plain", wheel, with_metadata=False)
+    proxy = await start_proxy(
+        make_config([{"name": "up", "kind": "simple", "url": fake.url("/simple/")}])
+    )
+    page_url = proxy.make_url("/simple/plain/")
+    async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
+        entry = json.loads(await resp.text())["files"][0]
+    async with http.get(page_url.join(URL(entry["url"] + ".metadata"))) as resp:
+        assert resp.status == 200
+        assert await resp.read() == wheel_metadata(wheel)
+    ranged = [r for r in fake.requests if "Range" in r.headers]
+    whole = [
+        r
+        for r in fake.requests
+        if r.method == "GET" and r.path.endswith(".whl") and "Range" not in r.headers
+    ]
+    assert len(ranged) == 1
+    assert len(whole) == 1
