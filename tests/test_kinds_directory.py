@@ -12,8 +12,9 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from nightproxy.server import keys
 from tests.conftest import JSON_TYPE, MakeConfig, StartProxy
-from tests.wheels import build_sdist, build_wheel, sha256_file
+from tests.wheels import build_sdist, build_wheel, sha256_file, wheel_metadata
 
 MTIME = datetime(2026, 11, 20, 5, 6, 7, tzinfo=UTC)
 
@@ -160,3 +161,20 @@ async def test_unsafe_and_non_distribution_files_are_ignored(
     assert set(files) == {good.name}
     for project in ("evil", "hidden", "notes"):
         assert (await get_json(http, proxy, f"/simple/{project}/"))[0] == 404
+
+
+async def test_metadata_is_read_in_place_without_copying_the_wheel(
+    wheelhouse: Path, make_config: MakeConfig, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """``.metadata`` of a wheel in the folder is read from the wheel where it lies: the
+    right bytes, and the wheel is not copied into the cache for it."""
+    wheel = build_wheel(
+        wheelhouse, "demo", "1.1.dev20261120", requires_dist=["numpy"], payload_size=1_000_000
+    )
+    proxy = await start_proxy(make_config([entry()]))
+    files, page_url = await files_of(http, proxy, "demo")
+
+    status, body = await fetch(http, page_url.join(URL(files[wheel.name]["url"] + ".metadata")))
+
+    assert (status, body) == (200, wheel_metadata(wheel))
+    assert proxy.app[keys.STORE].file_count == 0

@@ -24,7 +24,15 @@ from packaging.utils import NormalizedName
 from nightproxy.config import UpstreamConfig
 from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.model import DistFile, ProjectPage
-from nightproxy.upstreams.base import CHUNK_SIZE, Download, FetchResult, NotFound, Upstream
+from nightproxy.upstreams.base import (
+    CHUNK_SIZE,
+    Download,
+    FetchResult,
+    NotFound,
+    RangeBody,
+    RangeFetch,
+    Upstream,
+)
 from nightproxy.upstreams.http import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,41 @@ class _FileDownload(Download):
                 yield chunk
         finally:
             await asyncio.to_thread(handle.close)
+
+
+class _LocalRanges:
+    """Positioned reads of one file of the folder; a file rewritten between two reads (a new
+    build copied over the old one) ends the reads rather than mixing the two."""
+
+    def __init__(self, upstream: DirectoryUpstream, file: DistFile) -> None:
+        self._upstream = upstream
+        self._file = file
+        self._path: Path | None = None
+        self._seen: tuple[int, int] | None = None
+
+    async def __call__(self, start: int | None, length: int) -> RangeBody | None:
+        if self._path is None:
+            projects = await self._upstream._refresh()
+            dist = parse_dist_filename(self._file.filename)
+            found = projects.get(dist.project, {}).get(self._file.filename) if dist else None
+            if found is None:
+                return None
+            self._path = found.path
+        return await asyncio.to_thread(self._read, self._path, start, length)
+
+    def _read(self, path: Path, start: int | None, length: int) -> RangeBody | None:
+        try:
+            with open(path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                seen = (stat.st_size, stat.st_mtime_ns)
+                if self._seen is not None and seen != self._seen:
+                    return None
+                self._seen = seen
+                first = max(stat.st_size - length, 0) if start is None else start
+                data = os.pread(handle.fileno(), length, first)
+        except OSError:
+            return None
+        return RangeBody(start=first, data=data, total=stat.st_size)
 
 
 def _sha256(path: Path) -> str:
@@ -160,6 +203,9 @@ class DirectoryUpstream(Upstream):
 
     def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
         return self._open(file)
+
+    def range_reader(self, file: DistFile) -> RangeFetch | None:
+        return _LocalRanges(self, file)
 
     @asynccontextmanager
     async def _open(self, file: DistFile) -> AsyncIterator[Download]:
