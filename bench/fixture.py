@@ -5,6 +5,7 @@ Layout under ``root`` (cached between runs; files are only written when missing)
     simple/index.{html,json}                      project list
     simple/<project>/index.{html,json}[.gz]       per-project pages (links carry #sha256=...)
     files/<project>/<filename>                    the distribution files
+    files/fatwheel/fatwheel-1.<r>-...whl           real 20 MB wheels, no .metadata files
     m1/simple/..., m2/simple/..., m3/simple/...   three upstreams of bigproj, 2,000 files each
     many/simple/...                               (startup scenario only) n tiny files
 
@@ -153,6 +154,39 @@ def build_wheel(name: str, version: str, requires: Iterable[str] = ()) -> bytes:
     return buf.getvalue()
 
 
+FAT_WHEEL_MB = 20
+
+
+def fat_wheel_metadata(name: str, version: str) -> bytes:
+    return (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            "Summary: nightproxy bench fixture, a big wheel\nRequires-Dist: numpy>=2\n").encode()
+
+
+def _fat_wheel(path: Path, name: str, version: str, size: int) -> None:
+    """A real wheel of about ``size`` bytes: a stored random payload, then the dist-info, in
+    the order wheel builders write them (so METADATA sits near the end of the archive)."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    dist = name.replace("-", "_")
+    distinfo = f"{dist}-{version}.dist-info"
+    with zipfile.ZipFile(tmp, "w") as zf:
+        info = zipfile.ZipInfo(f"{dist}/payload.bin", date_time=(2026, 1, 1, 0, 0, 0))
+        with zf.open(info, "w") as out:
+            left = size
+            while left:
+                n = min(left, 8 * MB)
+                out.write(os.urandom(n))
+                left -= n
+        zf.writestr(f"{distinfo}/METADATA", fat_wheel_metadata(name, version),
+                    zipfile.ZIP_DEFLATED)
+        zf.writestr(f"{distinfo}/WHEEL",
+                    b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    tmp.replace(path)
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+
+
 def _add_bytes(root: Path, project: Project, filename: str, data: bytes) -> None:
     path = root / "files" / project.name / filename
     _write_if_missing(path, data)
@@ -256,6 +290,11 @@ def build(root: Path, reps: int, big: bool, herd_mb: int) -> Fixture:
         path = root / "files" / pname / fn
         _random_file(path, size)
         proj(pname).files.append(_cached_entry(path))
+    # real big wheels without .metadata files (one per repetition: each read is cold).
+    for r in range(reps):
+        path = root / "files" / "fatwheel" / f"fatwheel-1.{r}-py3-none-any.whl"
+        _fat_wheel(path, "fatwheel", f"1.{r}", FAT_WHEEL_MB * MB)
+        proj("fatwheel").files.append(_cached_entry(path))
     write_pages(root, projects.values())
 
     # three upstreams of bigproj for the merge scenario (distinct build tags per upstream).

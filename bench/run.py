@@ -462,6 +462,9 @@ class Bench:
                      nightproxy_only=True))
         m(Metric("startup", f"start-up with {self.args.startup_files:,} cached files", "s", False,
                  nightproxy_only=True))
+        what = f"`.metadata` of a cold {fixture.FAT_WHEEL_MB} MB wheel, feed without PEP 658"
+        m(Metric("meta_ms", f"{what}: time", "ms", False, nightproxy_only=True))
+        m(Metric("meta_kb", f"{what}: KiB read upstream", "KiB", False, nightproxy_only=True))
 
     def prime(self, t: tg.Target) -> None:
         """Warm every page and file the warm scenarios use (cold pages are fetched once)."""
@@ -552,6 +555,9 @@ class Bench:
                     r.check_failed(f"nightproxy: herd made {gets} upstream GETs (want 1)")
         self.measure("herd_median", t, herd)
 
+        if name == "nightproxy":
+            self.measure("meta_ms", t, lambda: self.metadata_by_ranges(t, rep))
+
         tools = ("uv",) if self.quick else ("pip", "uv")
         for tool in tools:
             for state in ("cold", "warm"):
@@ -585,6 +591,24 @@ class Bench:
                 self.res.check_failed(f"{t.name}: {tool} install {req} failed: {msg[0][:200]}")
                 raise RuntimeError(f"install failed: {msg[0][:120]}")
             return elapsed
+
+    def metadata_by_ranges(self, t: tg.Target, rep: int) -> None:
+        """``.metadata`` of a big wheel the upstream has no ``.metadata`` for: the time, and
+        what the upstream sent for it (the wheel itself is ``FAT_WHEEL_MB``)."""
+        assert self.nginx
+        fn = f"fatwheel-1.{rep}-py3-none-any.whl"
+        url = self.file_url(t, "fatwheel", fn) + ".metadata"
+        off = self.nginx.upstream_log_size()
+        t0 = time.perf_counter()
+        status, body, _ = tg.http_get(url, timeout=120)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if status != 200 or body != fixture.fat_wheel_metadata("fatwheel", f"1.{rep}"):
+            self.res.check_failed(f"{t.name}: {fn}.metadata: HTTP {status}, {body[:80]!r}")
+            raise RuntimeError(f"{fn}.metadata: HTTP {status}")
+        time.sleep(0.3)  # let the access log catch up
+        self.res.add("meta_ms", t.name, elapsed)
+        self.res.add("meta_kb", t.name,
+                     self.nginx.upstream_bytes_since(off, f"/files/fatwheel/{fn}") / 1024)
 
     # ---- nightproxy-only
     def nightproxy_only(self) -> None:

@@ -262,6 +262,14 @@ class Nginx:
         except FileNotFoundError:
             return 0
 
+    def upstream_bytes_since(self, offset: int, needle: str) -> int:
+        """Body bytes the upstream sent for requests whose line contains ``needle``."""
+        with self.upstream_log.open("rb") as f:
+            f.seek(offset)
+            data = f.read().decode(errors="replace")
+        return sum(int(line.rsplit(" ", 1)[1]) for line in data.splitlines()
+                   if needle in line and line.rsplit(" ", 1)[1].isdigit())
+
     def upstream_gets_since(self, offset: int, needle: str) -> int:
         with self.upstream_log.open("rb") as f:
             f.seek(offset)
