@@ -123,6 +123,51 @@ async def run_installer(argv: list[str], env: dict[str, str]) -> str:
     return text
 
 
+async def pip_install(index_url: str, target: Path, tmp_path: Path, *reqs: str) -> str:
+    return await run_installer(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--isolated",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--index-url",
+            index_url,
+            "--pre",
+            "--target",
+            str(target),
+            *reqs,
+        ],
+        installer_env(tmp_path),
+    )
+
+
+async def uv_install(
+    index_url: str, target: Path, tmp_path: Path, *reqs: str, extra: tuple[str, ...] = ()
+) -> str:
+    return await run_installer(
+        [
+            "uv",
+            "pip",
+            "install",
+            "--no-cache",
+            "--python",
+            sys.executable,
+            "--index-url",
+            index_url,
+            "--prerelease=allow",
+            "--target",
+            str(target),
+            *extra,
+            *reqs,
+        ],
+        installer_env(tmp_path),
+    )
+
+
 def installed_version(target: Path, package: str) -> str:
     """``__version__`` from the installed package's ``__init__.py``."""
     namespace: dict[str, object] = {}

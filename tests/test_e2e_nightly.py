@@ -6,7 +6,6 @@ and the fakes serve from this test's event loop, which must keep running meanwhi
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeAnacondaAPI, FakeAnacondaChannel, FakeObjectStore, FakeSimpleIndex
-from tests.support import installed_version, installer_env, run_installer
+from tests.support import installed_version, pip_install, uv_install
 from tests.wheels import build_wheel, wheel_filename
 
 INSTALL_TIMEOUT = 240.0  # a bound so a hung installer fails the test instead of the run
@@ -30,51 +29,6 @@ def today() -> datetime:
 
 def nightly(days_ago: int, base: str = "1.1") -> str:
     return f"{base}.dev{today() - timedelta(days=days_ago):%Y%m%d}"
-
-
-async def pip_install(index_url: str, target: Path, tmp_path: Path, *reqs: str) -> str:
-    return await run_installer(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--isolated",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--index-url",
-            index_url,
-            "--pre",
-            "--target",
-            str(target),
-            *reqs,
-        ],
-        installer_env(tmp_path),
-    )
-
-
-async def uv_install(
-    index_url: str, target: Path, tmp_path: Path, *reqs: str, extra: tuple[str, ...] = ()
-) -> str:
-    return await run_installer(
-        [
-            "uv",
-            "pip",
-            "install",
-            "--no-cache",
-            "--python",
-            sys.executable,
-            "--index-url",
-            index_url,
-            "--prerelease=allow",
-            "--target",
-            str(target),
-            *extra,
-            *reqs,
-        ],
-        installer_env(tmp_path),
-    )
 
 
 # -- a nightly feed -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from nightproxy.upstreams.http import Credentials
 from nightproxy.upstreams.ranges import HttpRangeReader, parse_content_range
 from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy
 from tests.fakes import FakeAzureFeed, FakeBlobHost, FakeSimpleIndex
+from tests.support import installed_version, pip_install, uv_install
 from tests.wheels import build_wheel, wheel_metadata
 
 PAT = "range-pat-SENTINEL-5550123"
@@ -452,3 +453,43 @@ async def test_a_server_that_ignores_ranges_gets_the_wheel_downloaded_once(
     ]
     assert len(ranged) == 1
     assert len(whole) == 1
+
+
+# -- end to end: a resolver through the proxy on a feed without PEP 658 ---------------------------
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+async def test_resolver_rejects_a_candidate_without_downloading_it(
+    installer: str,
+    start_fake: StartFake,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    tmp_path: Path,
+) -> None:
+    """On an Azure-style feed (no PEP 658), pip and uv resolve through the proxy, reject the
+    newest nightly for its unsatisfiable dependency and install the older one: the rejected
+    wheel is only ever read by byte ranges at the blob host, never downloaded whole."""
+    blobs = await start_fake(FakeBlobHost())
+    feed = await start_fake(FakeAzureFeed("anyone", PAT, blobs))
+    old = feed.add_file("picky", build_wheel(tmp_path / "w", "picky", "3.0.dev1"))
+    new = feed.add_file(
+        "picky",
+        build_wheel(
+            tmp_path / "w", "picky", "3.0.dev2", requires_dist=["helper>=2"], payload_size=500_000
+        ),
+    )
+    feed.add_file("helper", build_wheel(tmp_path / "w", "helper", "1.0"))
+    proxy = await start_proxy(make_config([Azure(feed, blobs, new.path).entry()]))
+    index_url = str(proxy.make_url("/simple/"))
+    target = tmp_path / "target"
+    if installer == "pip":
+        await pip_install(index_url, target, tmp_path, "picky")
+    else:
+        await uv_install(index_url, target, tmp_path, "picky")
+
+    assert installed_version(target, "picky") == "3.0.dev1"
+    new_gets = [r for r in blobs.requests if r.method == "GET" and new.blob_id in r.path]
+    assert new_gets, "the rejected candidate's metadata was never read"
+    assert all("Range" in r.headers for r in new_gets)
+    old_gets = [r for r in blobs.requests if r.method == "GET" and old.blob_id in r.path]
+    assert any("Range" not in r.headers for r in old_gets)
