@@ -178,3 +178,25 @@ async def test_metadata_is_read_in_place_without_copying_the_wheel(
 
     assert (status, body) == (200, wheel_metadata(wheel))
     assert proxy.app[keys.STORE].file_count == 0
+
+
+async def test_metadata_never_comes_from_a_wheel_rebuilt_since_it_was_listed(
+    wheelhouse: Path, make_config: MakeConfig, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """A nightly rebuilt in place (same name, new bytes, the folder's mtime unchanged) after
+    the page listed it: its ``.metadata`` URL, which names the listed wheel's hash, never
+    serves the new wheel's metadata."""
+    wheel = build_wheel(wheelhouse, "demo", "1.1.dev20261120", payload_size=10_000)
+    folder_times = (wheelhouse.stat().st_atime, wheelhouse.stat().st_mtime)
+    proxy = await start_proxy(make_config([entry(ttl="1h")]))
+    files, page_url = await files_of(http, proxy, "demo")
+    rebuilt = build_wheel(
+        wheelhouse / "rebuild", "demo", "1.1.dev20261120", requires_dist=["evil-dep"]
+    )
+    rebuilt.replace(wheel)
+    os.utime(wheelhouse, folder_times)
+
+    status, body = await fetch(http, page_url.join(URL(files[wheel.name]["url"] + ".metadata")))
+
+    assert b"evil-dep" not in body
+    assert status == 502

@@ -20,7 +20,7 @@ from yarl import URL
 
 from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy
 from tests.fakes.s3 import AnonymousDenyingS3Proxy, MotoS3, moto_s3
-from tests.wheels import build_wheel, sha256_file
+from tests.wheels import build_wheel, sha256_file, wheel_metadata
 
 PRIVATE = "nightly-private"
 PUBLIC = "nightly-public"
@@ -346,3 +346,25 @@ async def test_secret_never_in_responses_or_logs(
     for text in [*seen, caplog.text]:
         assert SECRET not in text
         assert "SENTINEL" not in text
+
+
+async def test_metadata_of_a_private_object_is_read_by_signed_ranges(
+    s3: Bucketful,
+    gate: AnonymousDenyingS3Proxy,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """``.metadata`` of a wheel in a private bucket (no ``.metadata`` objects) comes from
+    SigV4-signed range reads of the object, not from downloading it."""
+    proxy = await start_proxy(make_config([entry(PRIVATE, gate.origin, signed=True)]))
+    wheel = s3.wheels["sub-proj"]
+    files, page_url = await files_of(http, proxy, "sub-proj")
+
+    async with http.get(page_url.join(URL(files[wheel.name]["url"] + ".metadata"))) as resp:
+        assert (resp.status, await resp.read()) == (200, wheel_metadata(wheel))
+
+    object_gets = [r for r in gate.requests if r.method == "GET" and wheel.name in r.path]
+    assert object_gets
+    assert all("Range" in r.headers for r in object_gets)
+    assert all(r.headers["Authorization"].startswith("AWS4-HMAC-SHA256 ") for r in object_gets)

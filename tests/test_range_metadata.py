@@ -12,8 +12,10 @@ import hashlib
 import io
 import json
 import os
+import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,13 +26,16 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from nightproxy.cache.metadata import (
+    MAX_METADATA_BYTES,
     MAX_RANGE_REQUESTS,
     TAIL_BYTES,
+    MetadataError,
     SparseFile,
+    metadata_from_archive,
     read_remote_metadata,
 )
 from nightproxy.upstreams.base import RangeBody
-from nightproxy.upstreams.http import Credentials
+from nightproxy.upstreams.http import Credentials, origin_of
 from nightproxy.upstreams.ranges import HttpRangeReader, parse_content_range
 from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy
 from tests.fakes import FakeAzureFeed, FakeBlobHost, FakeSimpleIndex
@@ -113,7 +118,7 @@ def test_range_reads_return_exactly_the_member_zipfile_reads(
     fetch = MemoryRanges(data)
     got = asyncio.run(read_remote_metadata(fetch, FILENAME))
     assert got == metadata
-    assert len(fetch.calls) <= MAX_RANGE_REQUESTS + 1
+    assert len(fetch.calls) <= MAX_RANGE_REQUESTS
     if len(data) > 4 * TAIL_BYTES:
         assert fetch.fetched < len(data) / 2
 
@@ -166,6 +171,28 @@ def test_an_upstream_without_ranges_means_download_instead() -> None:
     assert calls == [None]
 
 
+def lying_archive(real_size: int, claimed_size: int) -> bytes:
+    """A wheel whose METADATA inflates to ``real_size`` bytes while its local and central
+    headers both claim ``claimed_size`` (the shape of a zip bomb)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("demo-1.0.dev0.dist-info/METADATA", bytes(real_size))
+    data = bytearray(buf.getvalue())
+    struct.pack_into("<I", data, 22, claimed_size)  # local header: uncompressed size
+    central = data.rindex(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, claimed_size)
+    return bytes(data)
+
+
+def test_a_metadata_member_lying_about_its_size_is_refused_within_the_limit() -> None:
+    """A member that inflates far past the size it declares is cut off at the metadata size
+    limit and refused, never inflated whole into memory."""
+    data = lying_archive(MAX_METADATA_BYTES * 2, 100)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive, pytest.raises(MetadataError):
+        metadata_from_archive(archive, FILENAME)
+    assert asyncio.run(read_remote_metadata(MemoryRanges(data), FILENAME)) is None
+
+
 @given(
     size=st.integers(1, 2000),
     spans=st.lists(st.tuples(st.integers(0, 1999), st.integers(1, 400)), max_size=12),
@@ -213,6 +240,8 @@ def test_sparse_file_reads_what_was_added_and_names_the_first_gap(
         ("bytes 0-1000/1000", None),
         ("items 0-9/10", None),
         ("bytes -1-9/10", None),
+        ("bytes \u00b2-5/10", None),
+        ("bytes 0-5/" + "9" * 5000, None),
         ("", None),
         (None, None),
     ],
@@ -372,21 +401,36 @@ async def test_metadata_of_a_feed_without_pep658_is_read_by_ranges(
     assert asked < azure.wheel.stat().st_size / 10
 
 
-async def test_range_metadata_is_never_published_as_a_hash(
+async def test_range_metadata_is_not_published_as_a_hash_nor_cached_by_clients(
     azure: Azure,
     make_config: MakeConfig,
     start_proxy: StartProxy,
     http: aiohttp.ClientSession,
 ) -> None:
-    """Metadata read by ranges is not verified against the wheel's hash, so the page keeps
-    ``core-metadata: true``; once the wheel is downloaded and verified, the page publishes
-    the hash of the metadata extracted from it."""
+    """Metadata read by ranges is not verified against the wheel's hash: the page keeps
+    ``core-metadata: true`` and the response tells clients not to keep it."""
+    proxy = await start_proxy(make_config([azure.entry()]))
+    url, _ = await metadata_url(http, proxy)
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Cache-Control"] == "no-cache"
+    _, entry = await metadata_url(http, proxy)
+    assert entry["core-metadata"] is True
+
+
+async def test_once_the_wheel_is_stored_its_metadata_hash_is_published(
+    azure: Azure,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """After the wheel itself is downloaded and verified, ``.metadata`` is extracted from it
+    and served from the store (the same bytes the ranges gave), and the page publishes its
+    sha256."""
     proxy = await start_proxy(make_config([azure.entry()]))
     url, _ = await metadata_url(http, proxy)
     async with http.get(url) as resp:
         ranged = await resp.read()
-    _, entry = await metadata_url(http, proxy)
-    assert entry["core-metadata"] is True
     async with http.get(url.with_name(url.name.removesuffix(".metadata"))) as resp:
         assert resp.status == 200
         await resp.read()
@@ -403,10 +447,19 @@ async def test_concurrent_metadata_requests_share_one_range_read(
     make_config: MakeConfig,
     start_proxy: StartProxy,
     http: aiohttp.ClientSession,
+    tmp_path: Path,
 ) -> None:
-    """Eight clients asking at once cost the blob host what one client costs, and a later
-    request is answered from memory."""
+    """Eight clients asking at once cost the blob host what one client costs."""
     proxy = await start_proxy(make_config([azure.entry()]))
+    url, _ = await metadata_url(http, proxy)
+    async with http.get(url) as resp:
+        await resp.read()
+    one_client = azure.blobs.count("GET")
+    azure.blobs.clear_log()
+    # A second proxy with a cache of its own, so nothing is held yet.
+    proxy = await start_proxy(
+        make_config([azure.entry()], cache={"dir": str(tmp_path / "second-cache")})
+    )
     url, _ = await metadata_url(http, proxy)
 
     async def get() -> bytes:
@@ -416,12 +469,125 @@ async def test_concurrent_metadata_requests_share_one_range_read(
 
     bodies = await asyncio.gather(*(get() for _ in range(8)))
     assert set(bodies) == {wheel_metadata(azure.wheel)}
+    assert azure.blobs.count("GET") == one_client
+
+
+async def test_metadata_read_by_ranges_is_then_answered_from_memory(
+    azure: Azure,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A second request for the same ``.metadata`` costs the upstream nothing."""
+    proxy = await start_proxy(make_config([azure.entry()]))
+    url, _ = await metadata_url(http, proxy)
+    async with http.get(url) as resp:
+        first = await resp.read()
     reads = azure.blobs.count("GET")
     async with http.get(url) as resp:
         assert resp.headers["X-Nightproxy-Cache"] == "hit"
-        assert await resp.read() == bodies[0]
+        assert await resp.read() == first
     assert azure.blobs.count("GET") == reads
-    assert reads <= MAX_RANGE_REQUESTS + 1
+
+
+class CutRanges:
+    """A simple index of one wheel whose server cuts every range answer short (full
+    Content-Length, then the connection drops) but sends whole files intact."""
+
+    def __init__(self, wheel: Path) -> None:
+        self.wheel = wheel
+        self.data = wheel.read_bytes()
+        self.ranged = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/simple/{project}/", self.page)
+        app.router.add_get("/files/{name}", self.file)
+        return app
+
+    async def page(self, request: web.Request) -> web.Response:
+        digest = hashlib.sha256(self.data).hexdigest()
+        name = self.wheel.name
+        return web.Response(
+            text=f'<a href="../../files/{name}#sha256={digest}">{name}</a>',
+            content_type="text/html",
+        )
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        if "Range" not in request.headers:
+            return web.Response(body=self.data)
+        self.ranged += 1
+        total = len(self.data)
+        first = total - 131072
+        response = web.StreamResponse(
+            status=206, headers={"Content-Range": f"bytes {first}-{total - 1}/{total}"}
+        )
+        response.content_length = total - first
+        await response.prepare(request)
+        await response.write(self.data[first : first + 1000])
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+
+async def test_a_range_read_cut_short_falls_back_to_the_download(
+    aiohttp_server: Any,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """An upstream that drops range answers half-way still gets its ``.metadata`` served:
+    from one verified download of the wheel, not a 502."""
+    wheel = build_wheel(tmp_path / "w", "cut", "1.0.dev1", payload_size=400_000)
+    cut = CutRanges(wheel)
+    server = await aiohttp_server(cut.app())
+    proxy = await start_proxy(
+        make_config([{"name": "up", "kind": "simple", "url": str(server.make_url("/simple/"))}])
+    )
+    page_url = proxy.make_url("/simple/cut/")
+    async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
+        entry = json.loads(await resp.text())["files"][0]
+    async with http.get(page_url.join(URL(entry["url"] + ".metadata"))) as resp:
+        assert (resp.status, await resp.read()) == (200, wheel_metadata(wheel))
+    assert cut.ranged == 1
+
+
+async def test_signing_headers_never_follow_a_redirect_to_another_host(
+    aiohttp_server: Any, http: aiohttp.ClientSession
+) -> None:
+    """Request signing (SigV4 for S3) is asked for per hop and only for the upstream's own
+    origin: a redirect target on another host never sees it."""
+    seen: dict[str, dict[str, str]] = {}
+
+    async def target(request: web.Request) -> web.Response:
+        seen["target"] = dict(request.headers)
+        return web.Response(status=206, body=b"x", headers={"Content-Range": "bytes 9-9/10"})
+
+    target_app = web.Application()
+    target_app.router.add_get("/obj", target)
+    target_server = await aiohttp_server(target_app)
+
+    async def origin(request: web.Request) -> web.Response:
+        seen["origin"] = dict(request.headers)
+        raise web.HTTPTemporaryRedirect(str(target_server.make_url("/obj")))
+
+    origin_app = web.Application()
+    origin_app.router.add_get("/obj", origin)
+    origin_server = await aiohttp_server(origin_app)
+    url = str(origin_server.make_url("/obj"))
+    reader = HttpRangeReader(
+        http,
+        "test",
+        url,
+        credentials=Credentials(origins=frozenset({origin_of(url)}), auth=None, headers={}),
+        timeout=aiohttp.ClientTimeout(total=10),
+        signer=lambda _url: {"Authorization": "AWS4-HMAC-SHA256 Credential=AKIASENTINEL/x"},
+    )
+
+    assert await reader(None, 1) == RangeBody(start=9, data=b"x", total=10)
+    assert "AKIASENTINEL" in seen["origin"]["Authorization"]
+    assert "Authorization" not in seen["target"]
 
 
 async def test_a_server_that_ignores_ranges_gets_the_wheel_downloaded_once(

@@ -25,9 +25,14 @@ TAIL_BYTES = 128 * 1024
 #: The smallest later read: a member's local header is followed by its data, so asking for a
 #: little more than the header saves a round trip.
 MIN_FETCH = 64 * 1024
-#: Past this many bytes or requests, downloading the wheel is the better deal.
-MAX_RANGE_BYTES = 32 * 1024 * 1024
+#: Past this many bytes or requests, downloading the wheel is the better deal. The biggest
+#: wheels' central directories (tens of thousands of members) take a few MiB.
+MAX_RANGE_BYTES = 8 * 1024 * 1024
 MAX_RANGE_REQUESTS = 6
+#: Members listed in the end record above which the archive is not parsed from ranges: each
+#: costs a ``ZipInfo`` in memory, and no real wheel comes close.
+MAX_MEMBERS = 100_000
+_END_RECORD = b"PK\x05\x06"
 
 
 class MetadataError(ValueError):
@@ -87,7 +92,12 @@ def metadata_from_archive(archive: zipfile.ZipFile, filename: str) -> bytes:
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     if info.file_size > MAX_METADATA_BYTES:
         raise MetadataError("METADATA too large")
-    return archive.read(info)
+    # Bounded: the sizes in the directory are the archive's word, and a bomb lies about them.
+    with archive.open(info) as member:
+        data = member.read(MAX_METADATA_BYTES + 1)
+    if len(data) > MAX_METADATA_BYTES:
+        raise MetadataError("METADATA too large")
+    return data
 
 
 # -- by byte ranges ---------------------------------------------------------------------------
@@ -117,6 +127,8 @@ class SparseFile(io.RawIOBase):
 
     def add(self, start: int, data: bytes) -> None:
         """Keep ``data`` at ``start``, merging it with the spans it touches."""
+        if not data:
+            return
         end = start + len(data)
         i = bisect.bisect_left(self._starts, start)
         # Swallow a left neighbour that reaches ``start``.
@@ -200,34 +212,45 @@ def _as_binary(raw: SparseFile) -> IO[bytes]:
     return raw  # type: ignore[return-value]  # a RawIOBase is what ZipFile reads from
 
 
+def _too_many_members(tail: bytes) -> bool:
+    """Whether the end record in ``tail`` lists more members than any wheel has."""
+    at = tail.rfind(_END_RECORD)
+    if at < 0 or at + 22 > len(tail):
+        return False  # zipfile will say what is wrong
+    (members,) = struct.unpack_from("<H", tail, at + 10)
+    # 0xFFFF defers to the zip64 record; MAX_RANGE_BYTES bounds that case.
+    return bool(members != 0xFFFF and members > MAX_MEMBERS)
+
+
 async def read_remote_metadata(fetch: RangeFetch, filename: str) -> bytes | None:
     """A wheel's METADATA read from its upstream in a few byte ranges, or None.
 
-    None means "download the wheel instead": the upstream ignores ranges, the file changed
-    between two reads, or the archive would need too many bytes or requests. A malformed
-    archive is None too: the full, hash-verified download then gives the definitive answer.
-    The member's CRC-32 is checked; the wheel's own hash cannot be, which is why callers
-    keep what this returns out of the content-addressed store.
+    None means "download the wheel instead": the upstream ignores ranges, the file is not the
+    one listed or changed between two reads, or the archive would need too many bytes or
+    requests. A malformed archive is None too: the full, hash-verified download then gives the
+    definitive answer. The member's CRC-32 is checked; the wheel's own hash cannot be, which
+    is why callers keep what this returns out of the content-addressed store.
     """
     first = await fetch(None, TAIL_BYTES)
-    if first is None:
+    if first is None or _too_many_members(first.data):
         return None
     sparse = SparseFile(first.total)
     sparse.add(first.start, first.data)
     fetched = len(first.data)
-    for _ in range(MAX_RANGE_REQUESTS):
+    requests = 1
+    while True:
         try:
             # Parsing a big central directory is real CPU work: off the loop.
             return await asyncio.to_thread(_metadata_from_sparse, sparse, filename)
         except _NeedBytes as need:
             length = min(max(need.length, MIN_FETCH), sparse.size - need.offset)
             fetched += length
-            if fetched > MAX_RANGE_BYTES:
+            if requests >= MAX_RANGE_REQUESTS or fetched > MAX_RANGE_BYTES:
                 return None
             body = await fetch(need.offset, length)
+            requests += 1
             if body is None or body.total != sparse.size or body.start != need.offset:
                 return None
             sparse.add(body.start, body.data)
         except MetadataError:
             return None
-    return None

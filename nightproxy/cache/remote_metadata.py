@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from cachetools import LRUCache
+from cachetools import TTLCache
 
 from nightproxy.cache.metadata import read_remote_metadata
 from nightproxy.upstreams.base import RangeFetch
@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 
 #: METADATA files are a few KiB: this holds thousands.
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+#: Held no longer than this: what was read is the upstream's word, not verified bytes.
+HOLD_SECONDS = 600.0
+#: Reads parsing at once. Each may hold a central directory of a few MiB and a thread.
+MAX_CONCURRENT_READS = 4
 
 
 class RemoteMetadata:
@@ -27,8 +31,11 @@ class RemoteMetadata:
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._held: LRUCache[str, bytes] = LRUCache(maxsize=max_bytes, getsizeof=len)
+        self._held: TTLCache[str, bytes] = TTLCache(
+            maxsize=max_bytes, ttl=HOLD_SECONDS, getsizeof=len
+        )
         self._running: dict[str, asyncio.Task[bytes | None]] = {}
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_READS)
 
     def held(self, key: str) -> bytes | None:
         return self._held.get(key)
@@ -51,7 +58,8 @@ class RemoteMetadata:
         return await asyncio.shield(task)
 
     async def _read(self, key: str, fetch: RangeFetch, filename: str) -> bytes | None:
-        data = await read_remote_metadata(fetch, filename)
+        async with self._slots:
+            data = await read_remote_metadata(fetch, filename)
         if data is None:
             log.info("metadata of %s: no usable byte ranges; downloading the wheel", filename)
         elif len(data) <= (self._held.maxsize // 4):

@@ -425,7 +425,8 @@ async def _metadata_handler(
                 body=data,
                 headers={
                     "Content-Type": METADATA_TYPE,
-                    "Cache-Control": FILE_CACHE_CONTROL,
+                    # Not verified against the wheel's hash: clients must not keep it for good.
+                    "Cache-Control": "no-cache",
                     "X-Nightproxy-Cache": cache,
                 },
             )
@@ -484,7 +485,11 @@ async def _ranged_metadata(
     try:
         data = await remote.read(key, reader, source.filename)
     except UpstreamError as exc:
-        raise web.HTTPBadGateway(text=f"{exc}\n") from None
+        # A cut or slow range read says little about a whole download: try that instead.
+        log.info(
+            "metadata of %s by byte ranges failed (%s); downloading the wheel", source.filename, exc
+        )
+        return None
     return None if data is None else (data, "miss")
 
 

@@ -70,24 +70,29 @@ class _LocalRanges:
         self._upstream = upstream
         self._file = file
         self._path: Path | None = None
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int, int] | None = None
+        self._listed: tuple[int, int] = (-1, -1)
 
     async def __call__(self, start: int | None, length: int) -> RangeBody | None:
         if self._path is None:
             projects = await self._upstream._refresh()
             dist = parse_dist_filename(self._file.filename)
             found = projects.get(dist.project, {}).get(self._file.filename) if dist else None
-            if found is None:
+            if found is None or found.size != self._file.size:
                 return None
             self._path = found.path
+            self._listed = (found.size, found.mtime_ns)
         return await asyncio.to_thread(self._read, self._path, start, length)
 
     def _read(self, path: Path, start: int | None, length: int) -> RangeBody | None:
         try:
             with open(path, "rb") as handle:
                 stat = os.fstat(handle.fileno())
-                seen = (stat.st_size, stat.st_mtime_ns)
-                if self._seen is not None and seen != self._seen:
+                seen = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                # The file as it was hashed for the page, and the same file on every read.
+                if (stat.st_size, stat.st_mtime_ns) != self._listed or (
+                    self._seen is not None and seen != self._seen
+                ):
                     return None
                 self._seen = seen
                 first = max(stat.st_size - length, 0) if start is None else start

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
@@ -93,8 +93,11 @@ class Credentials:
     auth: str | None = field(repr=False)
     headers: Mapping[str, str] = field(repr=False)
 
+    def covers(self, url: str) -> bool:
+        return origin_of(url) in self.origins
+
     def for_url(self, url: str) -> tuple[str | None, Mapping[str, str]]:
-        if origin_of(url) in self.origins:
+        if self.covers(url):
             return self.auth, self.headers
         return None, {}
 
@@ -120,8 +123,12 @@ async def request(
     follow_redirects: bool = True,
     encoded: bool = False,
     read_bufsize: int | None = None,
+    signer: Callable[[str], Mapping[str, str]] | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Yield the final response of ``url`` after redirects and bounded 429 retries.
+
+    ``headers`` go to every hop; ``signer`` (request signing such as SigV4) is asked for
+    headers per hop, and only for the credentials' own origins, like ``Authorization``.
 
     Transport failures and timeouts become ``UpstreamError``. Non-2xx final statuses are
     yielded as they are: the caller decides what a 404 or 304 means.
@@ -136,6 +143,8 @@ async def request(
             merged.update(headers)
         if auth is not None and "Authorization" not in merged:
             merged["Authorization"] = auth
+        if signer is not None and credentials.covers(current):
+            merged.update(signer(current))
         try:
             response = await session.request(
                 method,

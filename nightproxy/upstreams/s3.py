@@ -59,6 +59,12 @@ def _find(element: ET.Element, name: str) -> str | None:
     return found.text if found is not None else None
 
 
+def _etag_of(file: DistFile) -> str | None:
+    """The listed ETag (the change marker falls back to LastModified when there is none)."""
+    marker = file.change_marker
+    return marker if marker is not None and marker.startswith(('"', 'W/"')) else None
+
+
 class S3Upstream(Upstream):
     def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(config)
@@ -101,6 +107,9 @@ class S3Upstream(Upstream):
         signer.add_auth(aws_request)
         return {k: str(v) for k, v in aws_request.headers.items()}
 
+    def _sign_get(self, url: str) -> dict[str, str]:
+        return self._signed_headers("GET", url)
+
     def _object_url(self, key: str) -> str:
         return f"{self.base}/{quote(key, safe='/-_.~')}"
 
@@ -117,7 +126,7 @@ class S3Upstream(Upstream):
             url,
             credentials=self.credentials,
             timeout=self.page_timeout,
-            headers=self._signed_headers("GET", url),
+            signer=self._sign_get,
             encoded=True,
         ) as response:
             body = await response.read()
@@ -205,9 +214,12 @@ class S3Upstream(Upstream):
             self.name,
             file.url,
             credentials=self.credentials,
-            timeout=self.page_timeout,
-            signed_headers=lambda url: self._signed_headers("GET", url),
+            timeout=self.file_timeout,
+            signer=self._sign_get,
             encoded=True,
+            expected_size=file.size,
+            # The listing's ETag is the object's: a replaced object shows a new one.
+            expected_etag=_etag_of(file),
         )
 
     @asynccontextmanager
@@ -220,7 +232,8 @@ class S3Upstream(Upstream):
             credentials=self.credentials,
             timeout=self.file_timeout,
             read_bufsize=FILE_READ_BUFFER,
-            headers={"Accept-Encoding": "identity", **self._signed_headers("GET", url)},
+            headers={"Accept-Encoding": "identity"},
+            signer=self._sign_get,
             encoded=True,
         ) as response:
             if response.status != 200:

@@ -205,7 +205,8 @@ class HttpIndexUpstream(Upstream):
             self.name,
             file.url,
             credentials=self.credentials,
-            timeout=self.page_timeout,
+            timeout=self.file_timeout,
+            expected_size=file.size,
         )
 
 
