@@ -200,3 +200,35 @@ async def test_metadata_never_comes_from_a_wheel_rebuilt_since_it_was_listed(
 
     assert b"evil-dep" not in body
     assert status == 502
+
+
+def same_size_rebuild(wheel: Path, dest: Path) -> Path:
+    """A rebuild of ``demo 1.1.dev20261120`` depending on an ``evil-*`` project, of exactly
+    ``wheel``'s size (deflate output varies by a byte or two, so a few names are tried)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for first in letters:
+        for second in letters:
+            rebuilt = build_wheel(
+                dest, "demo", "1.1.dev20261120", requires_dist=[f"evil-{first}{second}p"]
+            )
+            if rebuilt.stat().st_size == wheel.stat().st_size:
+                return rebuilt
+    raise AssertionError("no same-size rebuild found")
+
+
+async def test_metadata_never_comes_from_a_same_size_rebuild_renamed_in(
+    wheelhouse: Path, make_config: MakeConfig, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """A rebuild of the same size renamed over the listed wheel (the folder rescanned): the
+    old ``.metadata`` URL, which names the listed wheel's hash, never serves the rebuild's
+    metadata."""
+    wheel = build_wheel(wheelhouse, "demo", "1.1.dev20261120", requires_dist=["good-dep"])
+    proxy = await start_proxy(make_config([entry(ttl="1h")]))
+    files, page_url = await files_of(http, proxy, "demo")
+    rebuilt = same_size_rebuild(wheel, wheelhouse.parent / "rebuild")
+    rebuilt.replace(wheel)
+
+    status, body = await fetch(http, page_url.join(URL(files[wheel.name]["url"] + ".metadata")))
+
+    assert b"Requires-Dist: evil-" not in body
+    assert status == 502

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from nightproxy.cache.metadata import (
+    MAX_CENTRAL_DIRECTORY,
     MAX_METADATA_BYTES,
     MAX_RANGE_REQUESTS,
     TAIL_BYTES,
@@ -34,6 +35,7 @@ from nightproxy.cache.metadata import (
     metadata_from_archive,
     read_remote_metadata,
 )
+from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.upstreams.base import RangeBody
 from nightproxy.upstreams.http import Credentials, origin_of
 from nightproxy.upstreams.ranges import HttpRangeReader, parse_content_range
@@ -191,6 +193,78 @@ def test_a_metadata_member_lying_about_its_size_is_refused_within_the_limit() ->
     with zipfile.ZipFile(io.BytesIO(data)) as archive, pytest.raises(MetadataError):
         metadata_from_archive(archive, FILENAME)
     assert asyncio.run(read_remote_metadata(MemoryRanges(data), FILENAME)) is None
+
+
+def test_a_metadata_member_in_an_unbounded_compression_is_refused() -> None:
+    """Wheels use stored or deflated members; a bzip2 or lzma METADATA (whose inflation
+    ``zipfile`` cannot bound) is refused, and by ranges means download instead."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("demo-1.0.dev0.dist-info/METADATA", b"Name: demo\n")
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as archive, pytest.raises(MetadataError):
+        metadata_from_archive(archive, FILENAME)
+    assert asyncio.run(read_remote_metadata(MemoryRanges(buf.getvalue()), FILENAME)) is None
+
+
+def test_a_central_directory_announced_too_big_is_not_read_by_ranges() -> None:
+    """An end record announcing a central directory over the limit ends the attempt after
+    the first request: no more ranges, no parse."""
+    data = bytearray(
+        make_archive(
+            metadata=b"Name: demo\n", fillers=3, big=0, metadata_last=True, comment=0, seed=3
+        )
+    )
+    end = data.rindex(b"PK\x05\x06")
+    struct.pack_into("<I", data, end + 12, MAX_CENTRAL_DIRECTORY + 1)
+    fetch = MemoryRanges(bytes(data))
+    assert asyncio.run(read_remote_metadata(fetch, FILENAME)) is None
+    assert len(fetch.calls) == 1
+
+
+def test_a_feed_answering_ranges_in_dribbles_costs_a_bounded_number_of_requests() -> None:
+    """An upstream that answers every range with a few bytes only is given up on after
+    ``MAX_RANGE_REQUESTS`` requests (the wheel is then downloaded)."""
+    data = make_archive(
+        metadata=b"Name: demo\n", fillers=3, big=500_000, metadata_last=False, comment=0, seed=4
+    )
+    whole = MemoryRanges(data)
+    calls = 0
+
+    async def dribble(start: int | None, length: int) -> RangeBody | None:
+        nonlocal calls
+        calls += 1
+        body = await whole(start, length)
+        assert body is not None
+        if start is None:
+            return body
+        return RangeBody(body.start, body.data[:4], body.total)
+
+    assert asyncio.run(read_remote_metadata(dribble, FILENAME)) is None
+    assert calls == MAX_RANGE_REQUESTS
+
+
+async def test_a_hung_range_read_gives_way_to_the_download_and_frees_its_slot() -> None:
+    """A range read that never finishes (an upstream trickling bytes) ends at the deadline
+    with "download instead", and frees its slot: a read queued behind it is held no longer
+    than the deadline, and later reads get the slot."""
+    remote = RemoteMetadata(slots=1, deadline=0.2)
+    data = make_archive(
+        metadata=b"Name: demo\n", fillers=3, big=0, metadata_last=True, comment=0, seed=5
+    )
+
+    async def hang(start: int | None, length: int) -> RangeBody | None:
+        await asyncio.Event().wait()
+        return None
+
+    async with asyncio.timeout(30):  # a guard against hanging the suite, not a speed check
+        hung, other = await asyncio.gather(
+            remote.read("hung", hang, FILENAME),
+            remote.read("other", MemoryRanges(data), FILENAME),
+        )
+    assert hung is None
+    assert other in (None, b"Name: demo\n")
+    assert await remote.read("later", MemoryRanges(data), FILENAME) == b"Name: demo\n"
+    await remote.close()
 
 
 @given(

@@ -29,10 +29,12 @@ MIN_FETCH = 64 * 1024
 #: wheels' central directories (tens of thousands of members) take a few MiB.
 MAX_RANGE_BYTES = 8 * 1024 * 1024
 MAX_RANGE_REQUESTS = 6
-#: Members listed in the end record above which the archive is not parsed from ranges: each
-#: costs a ``ZipInfo`` in memory, and no real wheel comes close.
-MAX_MEMBERS = 100_000
+#: A central directory larger than this is not parsed from ranges: each entry costs a
+#: ``ZipInfo`` in memory. The biggest real wheels' directories take one or two MiB.
+MAX_CENTRAL_DIRECTORY = 4 * 1024 * 1024
 _END_RECORD = b"PK\x05\x06"
+#: Wheels use these; bzip2 and lzma members inflate without a bound in ``zipfile``.
+_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 
 
 class MetadataError(ValueError):
@@ -92,6 +94,8 @@ def metadata_from_archive(archive: zipfile.ZipFile, filename: str) -> bytes:
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     if info.file_size > MAX_METADATA_BYTES:
         raise MetadataError("METADATA too large")
+    if info.compress_type not in _COMPRESSIONS:
+        raise MetadataError(f"METADATA compressed with method {info.compress_type}")
     # Bounded: the sizes in the directory are the archive's word, and a bomb lies about them.
     with archive.open(info) as member:
         data = member.read(MAX_METADATA_BYTES + 1)
@@ -212,14 +216,14 @@ def _as_binary(raw: SparseFile) -> IO[bytes]:
     return raw  # type: ignore[return-value]  # a RawIOBase is what ZipFile reads from
 
 
-def _too_many_members(tail: bytes) -> bool:
-    """Whether the end record in ``tail`` lists more members than any wheel has."""
+def _directory_too_big(tail: bytes) -> bool:
+    """Whether the end record in ``tail`` announces a central directory too big to parse."""
     at = tail.rfind(_END_RECORD)
     if at < 0 or at + 22 > len(tail):
         return False  # zipfile will say what is wrong
-    (members,) = struct.unpack_from("<H", tail, at + 10)
-    # 0xFFFF defers to the zip64 record; MAX_RANGE_BYTES bounds that case.
-    return bool(members != 0xFFFF and members > MAX_MEMBERS)
+    (size,) = struct.unpack_from("<I", tail, at + 12)
+    # 0xFFFFFFFF defers to the zip64 record; MAX_RANGE_BYTES bounds that case.
+    return bool(size != 0xFFFFFFFF and size > MAX_CENTRAL_DIRECTORY)
 
 
 async def read_remote_metadata(fetch: RangeFetch, filename: str) -> bytes | None:
@@ -232,7 +236,7 @@ async def read_remote_metadata(fetch: RangeFetch, filename: str) -> bytes | None
     is why callers keep what this returns out of the content-addressed store.
     """
     first = await fetch(None, TAIL_BYTES)
-    if first is None or _too_many_members(first.data):
+    if first is None or _directory_too_big(first.data):
         return None
     sparse = SparseFile(first.total)
     sparse.add(first.start, first.data)

@@ -17,8 +17,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 #: Held no longer than this: what was read is the upstream's word, not verified bytes.
 HOLD_SECONDS = 600.0
-#: Reads parsing at once. Each may hold a central directory of a few MiB and a thread.
-MAX_CONCURRENT_READS = 4
+#: Reads at once. Each may hold a central directory of a few MiB and a thread.
+MAX_CONCURRENT_READS = 8
+#: A read (its wait for a slot included) that takes longer gives way to the download: an
+#: upstream trickling bytes must not hold slots that other wheels' reads need.
+READ_DEADLINE = 30.0
 
 
 class RemoteMetadata:
@@ -30,12 +33,19 @@ class RemoteMetadata:
     metadata is extracted from it and stored as usual.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        slots: int = MAX_CONCURRENT_READS,
+        deadline: float = READ_DEADLINE,
+    ) -> None:
         self._held: TTLCache[str, bytes] = TTLCache(
             maxsize=max_bytes, ttl=HOLD_SECONDS, getsizeof=len
         )
         self._running: dict[str, asyncio.Task[bytes | None]] = {}
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_READS)
+        self._slots = asyncio.Semaphore(slots)
+        self._deadline = deadline
 
     def held(self, key: str) -> bytes | None:
         return self._held.get(key)
@@ -58,8 +68,12 @@ class RemoteMetadata:
         return await asyncio.shield(task)
 
     async def _read(self, key: str, fetch: RangeFetch, filename: str) -> bytes | None:
-        async with self._slots:
-            data = await read_remote_metadata(fetch, filename)
+        try:
+            async with asyncio.timeout(self._deadline), self._slots:
+                data = await read_remote_metadata(fetch, filename)
+        except TimeoutError:
+            log.info("metadata of %s: byte ranges too slow; downloading the wheel", filename)
+            return None
         if data is None:
             log.info("metadata of %s: no usable byte ranges; downloading the wheel", filename)
         elif len(data) <= (self._held.maxsize // 4):

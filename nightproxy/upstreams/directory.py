@@ -78,7 +78,9 @@ class _LocalRanges:
             projects = await self._upstream._refresh()
             dist = parse_dist_filename(self._file.filename)
             found = projects.get(dist.project, {}).get(self._file.filename) if dist else None
-            if found is None or found.size != self._file.size:
+            # The file hashed for the page, not one renamed in since with the same size.
+            hashed = self._upstream.hashed(found)
+            if found is None or hashed is None or hashed != self._file.sha256:
                 return None
             self._path = found.path
             self._listed = (found.size, found.mtime_ns)
@@ -166,6 +168,12 @@ class DirectoryUpstream(Upstream):
                 self._projects = await asyncio.to_thread(self._scan)
                 self._signature = signature
             return self._projects
+
+    def hashed(self, found: _Found | None) -> str | None:
+        """The sha256 computed for this exact file (path, size, mtime), if any was."""
+        if found is None:
+            return None
+        return self._hashes.get((found.path, found.size, found.mtime_ns))
 
     def _hash_all(self, found: list[_Found]) -> list[str]:
         out = []

@@ -187,7 +187,9 @@ class S3Upstream(Upstream):
             url=self._object_url(key),
             upstream=self.name,
             hashes=MappingProxyType({}),
-            size=int(size_text) if size_text and size_text.isdigit() else None,
+            size=int(size_text)
+            if size_text and size_text.isascii() and size_text.isdigit()
+            else None,
             upload_time=parse_upload_time(modified),
             change_marker=etag or modified,
         )
