@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from nightproxy.cache.metadata import (
@@ -733,3 +734,59 @@ async def test_resolver_rejects_a_candidate_without_downloading_it(
     assert all("Range" in r.headers for r in new_gets)
     old_gets = [r for r in blobs.requests if r.method == "GET" and old.blob_id in r.path]
     assert any("Range" not in r.headers for r in old_gets)
+
+
+async def test_metrics_count_range_reads_and_their_bytes(
+    azure: Azure,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """``/metrics`` counts metadata read by ranges and the bytes those reads fetched: what
+    the blob host sent for them, a fraction of the wheel."""
+    proxy = await start_proxy(make_config([azure.entry()]))
+    url, _ = await metadata_url(http, proxy)
+    async with http.get(url) as resp:
+        assert resp.status == 200
+    async with http.get(proxy.make_url("/metrics")) as resp:
+        text = await resp.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("nightproxy_metadata_range_reads_total", (("outcome", "read"),))] == 1
+    assert samples[("nightproxy_metadata_range_reads_total", (("outcome", "download"),))] == 0
+    fetched = samples[("nightproxy_metadata_range_bytes_total", ())]
+    assert 0 < fetched < azure.wheel.stat().st_size / 10
+
+
+async def test_metrics_count_a_range_read_that_gave_way_to_the_download(
+    start_fake: StartFake,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """A feed that ignores ranges shows up in ``/metrics`` as a read that gave way to a
+    download."""
+    fake = await start_fake(FakeSimpleIndex())
+    wheel = build_wheel(tmp_path / "w", "plain", "1.0.dev1")
+    fake.add_file("plain", wheel, with_metadata=False)
+    proxy = await start_proxy(
+        make_config([{"name": "up", "kind": "simple", "url": fake.url("/simple/")}])
+    )
+    page_url = proxy.make_url("/simple/plain/")
+    async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
+        entry = json.loads(await resp.text())["files"][0]
+    async with http.get(page_url.join(URL(entry["url"] + ".metadata"))) as resp:
+        assert resp.status == 200
+    async with http.get(proxy.make_url("/metrics")) as resp:
+        text = await resp.text()
+    outcomes = {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "nightproxy_metadata_range_reads_total"
+    }
+    assert outcomes == {"read": 0, "download": 1}

@@ -9,7 +9,7 @@ import logging
 from cachetools import TTLCache
 
 from nightproxy.cache.metadata import read_remote_metadata
-from nightproxy.upstreams.base import RangeFetch
+from nightproxy.upstreams.base import RangeBody, RangeFetch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ class RemoteMetadata:
         self._running: dict[str, asyncio.Task[bytes | None]] = {}
         self._slots = asyncio.Semaphore(slots)
         self._deadline = deadline
+        #: What the byte-range reads did, for metrics: METADATA read, reads that gave way to
+        #: a download, and the bytes they fetched from upstreams.
+        self.reads = 0
+        self.fallbacks = 0
+        self.range_bytes = 0
 
     def held(self, key: str) -> bytes | None:
         return self._held.get(key)
@@ -68,12 +73,25 @@ class RemoteMetadata:
         return await asyncio.shield(task)
 
     async def _read(self, key: str, fetch: RangeFetch, filename: str) -> bytes | None:
+        async def counted(start: int | None, length: int) -> RangeBody | None:
+            body = await fetch(start, length)
+            if body is not None:
+                self.range_bytes += len(body.data)
+            return body
+
+        data: bytes | None = None
         try:
             async with asyncio.timeout(self._deadline), self._slots:
-                data = await read_remote_metadata(fetch, filename)
+                data = await read_remote_metadata(counted, filename)
         except TimeoutError:
             log.info("metadata of %s: byte ranges too slow; downloading the wheel", filename)
             return None
+        finally:
+            # Counted here, not where the error is handled: a failed read is a fallback too.
+            if data is None:
+                self.fallbacks += 1
+            else:
+                self.reads += 1
         if data is None:
             log.info("metadata of %s: no usable byte ranges; downloading the wheel", filename)
         elif len(data) <= (self._held.maxsize // 4):

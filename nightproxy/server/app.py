@@ -93,7 +93,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE])
     app[keys.FILLS] = FillManager(app[keys.STORE])
     app[keys.REMOTE_METADATA] = RemoteMetadata()
-    app[keys.METRICS].bind(app[keys.STORE], app[keys.FILLS], app[keys.INDEX])
+    app[keys.METRICS].bind(
+        app[keys.STORE], app[keys.FILLS], app[keys.INDEX], app[keys.REMOTE_METADATA]
+    )
     yield
     await app[keys.REMOTE_METADATA].close()
     await app[keys.FILLS].drain(timeout=DRAIN_TIMEOUT)

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from nightproxy.cache.fill import FillManager
+from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.cache.store import CacheStore
 from nightproxy.index.service import IndexService
 
@@ -26,10 +27,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _LiveCollector(Collector):
-    def __init__(self, store: CacheStore, fills: FillManager, index: IndexService) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        fills: FillManager,
+        index: IndexService,
+        remote: RemoteMetadata,
+    ) -> None:
         self.store = store
         self.fills = fills
         self.index = index
+        self.remote = remote
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -63,6 +71,19 @@ class _LiveCollector(Collector):
             "nightproxy_stale_pages_served",
             "Upstream pages served from their last good copy because the upstream failed",
             value=self.index.stale_pages_served,
+        )
+        reads = CounterMetricFamily(
+            "nightproxy_metadata_range_reads",
+            "Wheel METADATA looked for by byte ranges, by outcome: read, or download instead",
+            labels=["outcome"],
+        )
+        reads.add_metric(["read"], self.remote.reads)
+        reads.add_metric(["download"], self.remote.fallbacks)
+        yield reads
+        yield CounterMetricFamily(
+            "nightproxy_metadata_range_bytes",
+            "Bytes fetched from upstreams by byte-range metadata reads",
+            value=self.remote.range_bytes,
         )
         up = GaugeMetricFamily(
             "nightproxy_upstream_up",
@@ -155,8 +176,14 @@ class Metrics:
         self.hits = 0
         self.misses = 0
 
-    def bind(self, store: CacheStore, fills: FillManager, index: IndexService) -> None:
-        self.registry.register(_LiveCollector(store, fills, index))
+    def bind(
+        self,
+        store: CacheStore,
+        fills: FillManager,
+        index: IndexService,
+        remote: RemoteMetadata,
+    ) -> None:
+        self.registry.register(_LiveCollector(store, fills, index, remote))
         index.on_upstream_request = self.observe_upstream
 
     def observe_upstream(self, upstream: str, seconds: float, ok: bool) -> None:
