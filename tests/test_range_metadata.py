@@ -26,13 +26,14 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from nightproxy.cache import metadata as metadata_module
 from nightproxy.cache.metadata import (
-    MAX_CENTRAL_DIRECTORY,
     MAX_METADATA_BYTES,
     MAX_RANGE_REQUESTS,
     TAIL_BYTES,
     MetadataError,
     SparseFile,
+    extract_metadata,
     metadata_from_archive,
     read_remote_metadata,
 )
@@ -196,28 +197,39 @@ def test_a_metadata_member_lying_about_its_size_is_refused_within_the_limit() ->
     assert asyncio.run(read_remote_metadata(MemoryRanges(data), FILENAME)) is None
 
 
-def test_a_metadata_member_in_an_unbounded_compression_is_refused() -> None:
-    """Wheels use stored or deflated members; a bzip2 or lzma METADATA (whose inflation
-    ``zipfile`` cannot bound) is refused, and by ranges means download instead."""
+def bzip2_wheel() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as archive:
         archive.writestr("demo-1.0.dev0.dist-info/METADATA", b"Name: demo\n")
-    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as archive, pytest.raises(MetadataError):
-        metadata_from_archive(archive, FILENAME)
-    assert asyncio.run(read_remote_metadata(MemoryRanges(buf.getvalue()), FILENAME)) is None
+    return buf.getvalue()
 
 
-def test_a_central_directory_announced_too_big_is_not_read_by_ranges() -> None:
+def test_a_bzip2_metadata_is_not_read_by_ranges() -> None:
+    """From ranges (bytes not covered by the wheel's hash), a METADATA in a compression whose
+    inflation ``zipfile`` cannot bound is refused: the wheel is downloaded instead."""
+    assert asyncio.run(read_remote_metadata(MemoryRanges(bzip2_wheel()), FILENAME)) is None
+
+
+def test_a_bzip2_metadata_is_read_from_a_verified_wheel(tmp_path: Path) -> None:
+    """A downloaded, verified wheel whose METADATA is bzip2-compressed (rare, but valid) still
+    has its metadata read, in small bounded steps."""
+    wheel = tmp_path / FILENAME
+    wheel.write_bytes(bzip2_wheel())
+    assert extract_metadata(wheel, FILENAME) == b"Name: demo\n"
+
+
+def test_a_central_directory_over_the_limit_is_not_read_by_ranges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An end record announcing a central directory over the limit ends the attempt after
-    the first request: no more ranges, no parse."""
-    data = bytearray(
-        make_archive(
-            metadata=b"Name: demo\n", fillers=3, big=0, metadata_last=True, comment=0, seed=3
-        )
+    the first request, even when that request already holds the whole archive."""
+    data = make_archive(
+        metadata=b"Name: demo\n", fillers=100, big=0, metadata_last=True, comment=0, seed=3
     )
     end = data.rindex(b"PK\x05\x06")
-    struct.pack_into("<I", data, end + 12, MAX_CENTRAL_DIRECTORY + 1)
-    fetch = MemoryRanges(bytes(data))
+    (directory_size,) = struct.unpack_from("<I", data, end + 12)
+    monkeypatch.setattr(metadata_module, "MAX_CENTRAL_DIRECTORY", directory_size - 1)
+    fetch = MemoryRanges(data)
     assert asyncio.run(read_remote_metadata(fetch, FILENAME)) is None
     assert len(fetch.calls) == 1
 
@@ -244,27 +256,40 @@ def test_a_feed_answering_ranges_in_dribbles_costs_a_bounded_number_of_requests(
     assert calls == MAX_RANGE_REQUESTS
 
 
-async def test_a_hung_range_read_gives_way_to_the_download_and_frees_its_slot() -> None:
-    """A range read that never finishes (an upstream trickling bytes) ends at the deadline
-    with "download instead", and frees its slot: a read queued behind it is held no longer
-    than the deadline, and later reads get the slot."""
-    remote = RemoteMetadata(slots=1, deadline=0.2)
-    data = make_archive(
+async def hang(start: int | None, length: int) -> RangeBody | None:
+    """A range fetch that never answers: an upstream trickling bytes forever."""
+    await asyncio.Event().wait()
+    return None
+
+
+def small_archive() -> bytes:
+    return make_archive(
         metadata=b"Name: demo\n", fillers=3, big=0, metadata_last=True, comment=0, seed=5
     )
 
-    async def hang(start: int | None, length: int) -> RangeBody | None:
-        await asyncio.Event().wait()
-        return None
 
+async def test_a_hung_range_read_gives_way_to_the_download_at_the_deadline() -> None:
+    """A range read that never finishes ends at the deadline with "download instead", and
+    its slot is free again: the next read gets it."""
+    remote = RemoteMetadata(slots=1, deadline=0.2)
     async with asyncio.timeout(30):  # a guard against hanging the suite, not a speed check
-        hung, other = await asyncio.gather(
-            remote.read("hung", hang, FILENAME),
-            remote.read("other", MemoryRanges(data), FILENAME),
+        assert await remote.read("hung", hang, FILENAME) is None
+        assert await remote.read("next", MemoryRanges(small_archive()), FILENAME) == (
+            b"Name: demo\n"
         )
-    assert hung is None
-    assert other in (None, b"Name: demo\n")
-    assert await remote.read("later", MemoryRanges(data), FILENAME) == b"Name: demo\n"
+    await remote.close()
+
+
+async def test_a_read_queued_behind_a_hung_one_runs_when_that_one_gives_way() -> None:
+    """With every slot held by a read that never finishes, a read queued behind it is not
+    stuck: it runs once the hung read reaches its deadline."""
+    remote = RemoteMetadata(slots=1, deadline=1.0)
+    async with asyncio.timeout(30):  # a guard against hanging the suite, not a speed check
+        hung = asyncio.create_task(remote.read("hung", hang, FILENAME))
+        await asyncio.sleep(0.5)  # the hung read holds the slot; the next one queues
+        queued = await remote.read("queued", MemoryRanges(small_archive()), FILENAME)
+        assert await hung is None
+    assert queued == b"Name: demo\n"
     await remote.close()
 
 

@@ -33,8 +33,12 @@ MAX_RANGE_REQUESTS = 6
 #: ``ZipInfo`` in memory. The biggest real wheels' directories take one or two MiB.
 MAX_CENTRAL_DIRECTORY = 4 * 1024 * 1024
 _END_RECORD = b"PK\x05\x06"
-#: Wheels use these; bzip2 and lzma members inflate without a bound in ``zipfile``.
-_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+#: What builders write. ``zipfile`` bounds inflation by the size asked for only for these:
+#: a bzip2 or lzma member inflates a whole compressed chunk per read.
+_BOUNDED = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+#: Compressed bytes per read of any other member (a bzip2 block or an lzma chunk from this
+#: little input inflates to tens of MiB at most).
+_SMALL_READ = 4096
 
 
 class MetadataError(ValueError):
@@ -66,8 +70,15 @@ def extract_metadata(wheel: Path, filename: str) -> bytes:
         raise MetadataError(f"{filename}: not a readable wheel ({exc})") from exc
 
 
-def metadata_from_archive(archive: zipfile.ZipFile, filename: str) -> bytes:
-    """Blocking. The METADATA member of an open wheel archive (CRC-checked by ``zipfile``)."""
+def metadata_from_archive(
+    archive: zipfile.ZipFile, filename: str, *, verified: bool = True
+) -> bytes:
+    """Blocking. The METADATA member of an open wheel archive (CRC-checked by ``zipfile``).
+
+    ``verified=False`` (bytes an upstream sent by ranges, not covered by the wheel's hash)
+    refuses members in compressions whose inflation cannot be bounded; the caller then
+    downloads the wheel and reads it verified.
+    """
     dist = parse_dist_filename(filename)
     if dist is None:
         raise MetadataError(f"{filename} is not a wheel filename")
@@ -81,9 +92,9 @@ def metadata_from_archive(archive: zipfile.ZipFile, filename: str) -> bytes:
         for info in candidates:
             dirname = info.filename.split("/", 1)[0][: -len(".dist-info")]
             if canonicalize_name(dirname.rsplit("-", 1)[0]) == dist.project:
-                return _read(archive, info)
+                return _read(archive, info, verified)
         if len(candidates) == 1:
-            return _read(archive, candidates[0])
+            return _read(archive, candidates[0], verified)
     except MetadataError:
         raise
     except _ZIP_ERRORS as exc:
@@ -91,17 +102,24 @@ def metadata_from_archive(archive: zipfile.ZipFile, filename: str) -> bytes:
     raise MetadataError(f"{filename}: no .dist-info/METADATA")
 
 
-def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, verified: bool) -> bytes:
     if info.file_size > MAX_METADATA_BYTES:
         raise MetadataError("METADATA too large")
-    if info.compress_type not in _COMPRESSIONS:
-        raise MetadataError(f"METADATA compressed with method {info.compress_type}")
+    step = MAX_METADATA_BYTES + 1
+    if info.compress_type not in _BOUNDED:
+        if not verified:
+            raise MetadataError(f"METADATA compressed with method {info.compress_type}")
+        step = _SMALL_READ
     # Bounded: the sizes in the directory are the archive's word, and a bomb lies about them.
+    parts: list[bytes] = []
+    size = 0
     with archive.open(info) as member:
-        data = member.read(MAX_METADATA_BYTES + 1)
-    if len(data) > MAX_METADATA_BYTES:
-        raise MetadataError("METADATA too large")
-    return data
+        while part := member.read(step):
+            parts.append(part)
+            size += len(part)
+            if size > MAX_METADATA_BYTES:
+                raise MetadataError("METADATA too large")
+    return b"".join(parts)
 
 
 # -- by byte ranges ---------------------------------------------------------------------------
@@ -209,7 +227,7 @@ def _metadata_from_sparse(sparse: SparseFile, filename: str) -> bytes:
         archive = zipfile.ZipFile(_as_binary(sparse))
     except _ZIP_ERRORS as exc:
         raise MetadataError(f"{filename}: not a readable wheel ({exc})") from exc
-    return metadata_from_archive(archive, filename)
+    return metadata_from_archive(archive, filename, verified=False)
 
 
 def _as_binary(raw: SparseFile) -> IO[bytes]:

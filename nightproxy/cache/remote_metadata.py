@@ -10,6 +10,7 @@ from cachetools import TTLCache
 
 from nightproxy.cache.metadata import read_remote_metadata
 from nightproxy.upstreams.base import RangeBody, RangeFetch
+from nightproxy.upstreams.http import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,16 @@ class RemoteMetadata:
             async with asyncio.timeout(self._deadline), self._slots:
                 data = await read_remote_metadata(counted, filename)
         except TimeoutError:
+            self.fallbacks += 1
             log.info("metadata of %s: byte ranges too slow; downloading the wheel", filename)
             return None
-        finally:
-            # Counted here, not where the error is handled: a failed read is a fallback too.
-            if data is None:
-                self.fallbacks += 1
-            else:
-                self.reads += 1
+        except UpstreamError:
+            self.fallbacks += 1  # the handler downloads the wheel instead
+            raise
+        if data is None:
+            self.fallbacks += 1
+        else:
+            self.reads += 1
         if data is None:
             log.info("metadata of %s: no usable byte ranges; downloading the wheel", filename)
         elif len(data) <= (self._held.maxsize // 4):
