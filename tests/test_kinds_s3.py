@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
@@ -368,3 +369,37 @@ async def test_metadata_of_a_private_object_is_read_by_signed_ranges(
     assert object_gets
     assert all("Range" in r.headers for r in object_gets)
     assert all(r.headers["Authorization"].startswith("AWS4-HMAC-SHA256 ") for r in object_gets)
+
+
+async def test_a_listing_size_that_is_not_ascii_digits_is_ignored(
+    aiohttp_server: Any,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A listing whose ``Size`` is not plain ASCII digits (a superscript digit, which
+    ``int()`` refuses) still lists the object, without a size."""
+
+    async def listing(request: web.Request) -> web.Response:
+        return web.Response(
+            content_type="application/xml",
+            text=(
+                '<?xml version="1.0" encoding="UTF-8"?>'
+                '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                f"<Name>b</Name><Prefix>{PREFIX}/</Prefix><KeyCount>1</KeyCount>"
+                "<IsTruncated>false</IsTruncated><Contents>"
+                f"<Key>{PREFIX}/odd_size-1.0.dev1-py3-none-any.whl</Key>"
+                "<LastModified>2026-11-20T00:00:00.000Z</LastModified>"
+                '<ETag>"abc"</ETag><Size>\u00b2</Size></Contents></ListBucketResult>'
+            ),
+        )
+
+    app = web.Application()
+    app.router.add_get("/b/", listing)
+    server = await aiohttp_server(app)
+    proxy = await start_proxy(make_config([entry("b", str(server.make_url("")).rstrip("/"))]))
+
+    files, _ = await files_of(http, proxy, "odd-size")
+
+    assert list(files) == ["odd_size-1.0.dev1-py3-none-any.whl"]
+    assert "size" not in files["odd_size-1.0.dev1-py3-none-any.whl"]
