@@ -9,6 +9,7 @@ test's event loop.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,12 @@ def dist_infos(target: Path) -> set[str]:
     return {p.name for p in target.glob("*.dist-info")}
 
 
-async def pip_install(world: World, tmp_path: Path, target: Path) -> None:
+async def pip_install(
+    world: World, tmp_path: Path, target: Path, python: str = sys.executable
+) -> None:
     await run_installer(
         [
-            sys.executable,
+            python,
             "-m",
             "pip",
             "install",
@@ -98,6 +101,39 @@ async def test_pip_installs_through_the_proxy(world: World, tmp_path: Path) -> N
     assert installed_version(target, "app_one") == APP_NEW
     assert installed_version(target, "lib_two") == LIB_NEW
     assert dist_infos(target) == {f"app_one-{APP_NEW}.dist-info", f"lib_two-{LIB_NEW}.dist-info"}
+
+
+#: Debian 12's pip. pip 22.3 to 23.1 ask for JSON pages and crash on a JSON
+#: ``dist-info-metadata`` key (PEP 714's reason to exist).
+OLD_PIP = "23.0.1"
+
+
+@pytest.fixture(scope="session")
+def old_pip_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A virtual environment's python whose pip is ``OLD_PIP``, fetched from the package
+    index this machine is configured for (as the suite's own dependencies were)."""
+    root = tmp_path_factory.mktemp("old-pip")
+    wheels = root / "wheels"
+    download = ["download", "-q", "--no-deps", "-d", str(wheels), f"pip=={OLD_PIP}"]
+    subprocess.run([sys.executable, "-m", "pip", *download], check=True)
+    wheel = next(wheels.glob("pip-*.whl"))
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    # pip runs from its own wheel to install itself.
+    subprocess.run([python, f"{wheel}/pip", "install", "-q", "--no-index", str(wheel)], check=True)
+    return python
+
+
+async def test_an_older_pip_installs_through_the_proxy(
+    world: World, tmp_path: Path, old_pip_python: str
+) -> None:
+    """pip 23.0 (one of the pips that crash on a JSON ``dist-info-metadata`` key) resolves
+    across both upstreams from the proxy's JSON pages and installs the nightlies."""
+    target = tmp_path / "old-pip-target"
+    await pip_install(world, tmp_path, target, python=old_pip_python)
+    assert installed_version(target, "app_one") == APP_NEW
+    assert installed_version(target, "lib_two") == LIB_NEW
 
 
 def _uv_command() -> list[str]:

@@ -507,11 +507,14 @@ async def test_html_carries_upload_time_and_both_metadata_attributes(
 async def test_json_wheels_advertise_core_metadata(
     timed_proxy: TestServer, http: aiohttp.ClientSession
 ) -> None:
-    """JSON entries of wheels carry ``core-metadata`` (and the PEP 658 spelling)."""
+    """JSON entries of wheels carry ``core-metadata`` (PEP 714), mirrored under the public
+    index's ``data-dist-info-metadata``, and never ``dist-info-metadata``, which pip 22.3 to
+    23.1 crash on."""
     page = await json_page(http, timed_proxy.make_url("/simple/attrs/"))
     for entry in page.files.values():
         assert entry["core-metadata"] not in (None, False)
-        assert entry["dist-info-metadata"] == entry["core-metadata"]
+        assert entry["data-dist-info-metadata"] == entry["core-metadata"]
+        assert "dist-info-metadata" not in entry
 
 
 async def test_metadata_is_passed_through_from_the_upstream(

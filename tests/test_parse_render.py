@@ -491,3 +491,24 @@ def test_invalid_distribution_names_are_skipped_with_a_warning(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "evil.whl" in warnings[0]
+
+
+@pytest.mark.parametrize("key", ["core-metadata", "dist-info-metadata", "data-dist-info-metadata"])
+def test_json_parser_reads_metadata_under_each_spelling(key: str) -> None:
+    """Upstream JSON may name PEP 658 metadata by PEP 714's key, PEP 691's original one, or
+    the public index's misspelling of it: each is read."""
+    digest = "ab" * 32
+    doc = {
+        "meta": {"api-version": "1.1"},
+        "name": "demo",
+        "files": [
+            {
+                "filename": "demo-1.0-py3-none-any.whl",
+                "url": "demo-1.0-py3-none-any.whl",
+                "hashes": {},
+                key: {"sha256": digest},
+            }
+        ],
+    }
+    (only,) = parse_project_json(json.dumps(doc).encode(), BASE, "up", PROJECT).files
+    assert only.core_metadata == {"sha256": digest}

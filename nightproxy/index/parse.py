@@ -222,7 +222,12 @@ def parse_project_json(
             continue
         raw_hashes = entry.get("hashes")
         hashes = _clean_hashes(raw_hashes.items()) if isinstance(raw_hashes, dict) else None
-        metadata = _metadata_attr(entry.get("core-metadata", entry.get("dist-info-metadata")))
+        metadata = _metadata_attr(
+            entry.get(
+                "core-metadata",
+                entry.get("dist-info-metadata", entry.get("data-dist-info-metadata")),
+            )
+        )
         hint = entry.get("filename")
         dist = _make_file(
             url=entry["url"],
