@@ -466,7 +466,7 @@ async def _upstream_metadata(
     if sha is not None:
         app[keys.INDEX].invalidate(project)
         return sha
-    log.info("metadata of %s not available upstream; extracting it", source.filename)
+    log.info("metadata of %s not available upstream; reading it from the wheel", source.filename)
     return None
 
 
