@@ -214,6 +214,23 @@ async def test_api_upload_time_is_pep700_upload_time_in_json(
     assert parse_time(files[wheel.name]["upload-time"]) == when
 
 
+async def test_api_size_is_pep700_size_in_json(
+    conda: Channel,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The channel's pages give no sizes; the API's size for a file is its PEP 700 ``size``."""
+    wheel = build_wheel(tmp_path / "w", "numpy", "2.3.0.dev0", payload_size=12_345)
+    conda.channel.add_file("numpy", wheel)
+    proxy = await start_proxy(make_config([conda.entry()]))
+
+    files, _text, _ = await json_page(http, proxy, "numpy")
+
+    assert files[wheel.name]["size"] == wheel.stat().st_size
+
+
 async def test_api_upload_time_is_data_upload_time_in_html(
     conda: Channel,
     make_config: MakeConfig,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -57,7 +58,7 @@ class AnacondaUpstream(HttpIndexUpstream):
         # Last good API answer per project: only a fallback for when the API fails. It must not
         # be served while the API works, or an overwritten file would keep its old change marker
         # (and so its old content address) until it expired.
-        self._times: LRUCache[NormalizedName, dict[str, datetime]] = LRUCache(maxsize=4096)
+        self._times: LRUCache[NormalizedName, dict[str, _ApiFile]] = LRUCache(maxsize=4096)
 
     async def fetch_project(
         self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
@@ -76,11 +77,18 @@ class AnacondaUpstream(HttpIndexUpstream):
             return result
         files = []
         for file in result.files:
-            when = times.get(file.filename)
-            if when is None:
+            known = times.get(file.filename)
+            if known is None:
                 files.append(file)
                 continue
-            files.append(file.replace(upload_time=when, change_marker=when.isoformat()))
+            # The channel's pages give no sizes; the API's lets pages carry PEP 700 sizes and
+            # lets byte-range reads check they read the file that was listed.
+            size = file.size if file.size is not None else known.size
+            files.append(
+                file.replace(
+                    upload_time=known.when, change_marker=known.when.isoformat(), size=size
+                )
+            )
         return ProjectPage(
             name=result.name,
             files=tuple(files),
@@ -88,7 +96,7 @@ class AnacondaUpstream(HttpIndexUpstream):
             last_modified=result.last_modified,
         )
 
-    async def _upload_times(self, project: NormalizedName) -> dict[str, datetime]:
+    async def _upload_times(self, project: NormalizedName) -> dict[str, _ApiFile]:
         url = f"{self.api_url}/package/{quote(self.owner, safe='')}/{project}"
         try:
             async with request(
@@ -113,9 +121,17 @@ class AnacondaUpstream(HttpIndexUpstream):
         return times
 
 
-def _times_from_package(data: object) -> dict[str, datetime]:
-    """filename -> upload time from the API's ``/package`` document."""
-    times: dict[str, datetime] = {}
+@dataclass(frozen=True, slots=True)
+class _ApiFile:
+    """What the channel API says of one file."""
+
+    when: datetime
+    size: int | None
+
+
+def _times_from_package(data: object) -> dict[str, _ApiFile]:
+    """filename -> upload time (and size) from the API's ``/package`` document."""
+    times: dict[str, _ApiFile] = {}
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, list):
         return times
@@ -124,6 +140,9 @@ def _times_from_package(data: object) -> dict[str, datetime]:
             continue
         basename = entry.get("basename") or entry.get("filename")
         when = parse_upload_time(entry.get("upload_time"))
+        size = entry.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            size = None
         if isinstance(basename, str) and when is not None:
-            times[basename.rsplit("/", 1)[-1]] = when
+            times[basename.rsplit("/", 1)[-1]] = _ApiFile(when, size)
     return times
