@@ -231,6 +231,46 @@ async def test_api_size_is_pep700_size_in_json(
     assert files[wheel.name]["size"] == wheel.stat().st_size
 
 
+async def test_api_sha256_is_the_published_hash(
+    conda: Channel,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """With no ``#sha256`` on the channel's links, the API's sha256 for a file is the hash the
+    page publishes, before anything was downloaded."""
+    wheel = build_wheel(tmp_path / "w", "numpy", "2.3.0.dev0")
+    conda.channel.add_file("numpy", wheel)
+    proxy = await start_proxy(make_config([conda.entry()]))
+
+    files, _text, _ = await json_page(http, proxy, "numpy")
+
+    assert files[wheel.name]["hashes"] == {"sha256": sha256_file(wheel)}
+
+
+async def test_bytes_not_matching_the_api_sha256_are_refused(
+    conda: Channel,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """An object whose bytes are not the ones the API's sha256 names (a broken or raced
+    upload) is never served as the file and never cached."""
+    wheel = build_wheel(tmp_path / "w", "numpy", "2.3.0.dev0")
+    conda.channel.add_file("numpy", wheel)
+    proxy = await start_proxy(make_config([conda.entry()]))
+    files, _text, page_url = await json_page(http, proxy, "numpy")
+    wheel.write_bytes(wheel.read_bytes() + b"tampered")
+
+    status, body, _ = await download(http, page_url.join(URL(files[wheel.name]["url"])))
+
+    assert body != wheel.read_bytes()
+    assert status == 502 or len(body) < wheel.stat().st_size
+    assert blob_files(tmp_path) == []
+
+
 async def test_api_upload_time_is_data_upload_time_in_html(
     conda: Channel,
     make_config: MakeConfig,

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -84,9 +85,17 @@ class AnacondaUpstream(HttpIndexUpstream):
             # The channel's pages give no sizes; the API's lets pages carry PEP 700 sizes and
             # lets byte-range reads check they read the file that was listed.
             size = file.size if file.size is not None else known.size
+            # Likewise its sha256: downloads are then verified against the channel's own hash
+            # instead of being taken as they come.
+            hashes = file.hashes
+            if "sha256" not in hashes and known.sha256 is not None:
+                hashes = MappingProxyType({**hashes, "sha256": known.sha256})
             files.append(
                 file.replace(
-                    upload_time=known.when, change_marker=known.when.isoformat(), size=size
+                    upload_time=known.when,
+                    change_marker=known.when.isoformat(),
+                    size=size,
+                    hashes=hashes,
                 )
             )
         return ProjectPage(
@@ -121,12 +130,17 @@ class AnacondaUpstream(HttpIndexUpstream):
         return times
 
 
+def _is_hex_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 @dataclass(frozen=True, slots=True)
 class _ApiFile:
     """What the channel API says of one file."""
 
     when: datetime
     size: int | None
+    sha256: str | None
 
 
 def _times_from_package(data: object) -> dict[str, _ApiFile]:
@@ -143,6 +157,11 @@ def _times_from_package(data: object) -> dict[str, _ApiFile]:
         size = entry.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             size = None
+        sha256 = entry.get("sha256")
+        if not isinstance(sha256, str) or not _is_hex_sha256(sha256.lower()):
+            sha256 = None
         if isinstance(basename, str) and when is not None:
-            times[basename.rsplit("/", 1)[-1]] = _ApiFile(when, size)
+            times[basename.rsplit("/", 1)[-1]] = _ApiFile(
+                when, size, sha256.lower() if sha256 else None
+            )
     return times
