@@ -7,7 +7,8 @@ JSON API, asked once per page fetch (so at most once per ``ttl``) and optional: 
 falls back to the last answer it gave, or to no upload time, never to a failed page. The channel
 overwrites filenames in place (``--force`` uploads), so the API's upload time also serves as each
 file's change marker, giving a re-uploaded file a new content address; that is why the answer is
-never reused beyond the page's own freshness.
+never reused beyond the page's own freshness. The API also gives each file's size and sha256,
+which the pages lack: they are published, and downloads are verified against the sha256.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class _ApiFile:
 
 
 def _times_from_package(data: object) -> dict[str, _ApiFile]:
-    """filename -> upload time (and size) from the API's ``/package`` document."""
+    """filename -> upload time, size and sha256 from the API's ``/package`` document."""
     times: dict[str, _ApiFile] = {}
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, list):
