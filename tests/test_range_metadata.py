@@ -271,7 +271,7 @@ def small_archive() -> bytes:
 async def test_a_hung_range_read_gives_way_to_the_download_at_the_deadline() -> None:
     """A range read that never finishes ends at the deadline with "download instead", and
     its slot is free again: the next read gets it."""
-    remote = RemoteMetadata(slots=1, deadline=0.2)
+    remote = RemoteMetadata(slots=1, deadline=1.0)
     async with asyncio.timeout(30):  # a guard against hanging the suite, not a speed check
         assert await remote.read("hung", hang, FILENAME) is None
         assert await remote.read("next", MemoryRanges(small_archive()), FILENAME) == (
@@ -283,10 +283,12 @@ async def test_a_hung_range_read_gives_way_to_the_download_at_the_deadline() -> 
 async def test_a_read_queued_behind_a_hung_one_runs_when_that_one_gives_way() -> None:
     """With every slot held by a read that never finishes, a read queued behind it is not
     stuck: it runs once the hung read reaches its deadline."""
-    remote = RemoteMetadata(slots=1, deadline=1.0)
+    # The queued read starts half a deadline after the hung one, so it still has half of
+    # its own left when the hung one gives the slot up: room for a loaded machine.
+    remote = RemoteMetadata(slots=1, deadline=2.0)
     async with asyncio.timeout(30):  # a guard against hanging the suite, not a speed check
         hung = asyncio.create_task(remote.read("hung", hang, FILENAME))
-        await asyncio.sleep(0.5)  # the hung read holds the slot; the next one queues
+        await asyncio.sleep(1.0)  # the hung read holds the slot; the next one queues
         queued = await remote.read("queued", MemoryRanges(small_archive()), FILENAME)
         assert await hung is None
     assert queued == b"Name: demo\n"
