@@ -123,10 +123,13 @@ async def run_installer(argv: list[str], env: dict[str, str]) -> str:
     return text
 
 
-async def pip_install(index_url: str, target: Path, tmp_path: Path, *reqs: str) -> str:
+async def pip_install(
+    index_url: str, target: Path, tmp_path: Path, *reqs: str, python: str = sys.executable
+) -> str:
+    """``pip install --pre`` of ``reqs`` into ``target`` with ``python``'s pip."""
     return await run_installer(
         [
-            sys.executable,
+            python,
             "-m",
             "pip",
             "install",

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import installed_version, installer_env, run_installer
+from tests.support import pip_install as install_with_pip
 from tests.wheels import build_wheel, wheel_filename
 
 INSTALL_TIMEOUT = 240.0  # a bound so a hung installer fails the test instead of the run
@@ -73,25 +74,7 @@ def dist_infos(target: Path) -> set[str]:
 async def pip_install(
     world: World, tmp_path: Path, target: Path, python: str = sys.executable
 ) -> None:
-    await run_installer(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "--isolated",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--index-url",
-            world.index_url,
-            "--pre",
-            "--target",
-            str(target),
-            "app-one",
-        ],
-        installer_env(tmp_path),
-    )
+    await install_with_pip(world.index_url, target, tmp_path, "app-one", python=python)
 
 
 async def test_pip_installs_through_the_proxy(world: World, tmp_path: Path) -> None:

@@ -468,9 +468,10 @@ async def azure(start_fake: StartFake, tmp_path: Path) -> Azure:
 
 
 async def metadata_url(
-    http: aiohttp.ClientSession, proxy: TestServer
+    http: aiohttp.ClientSession, proxy: TestServer, project: str = "ort-nightly"
 ) -> tuple[URL, dict[str, object]]:
-    page_url = proxy.make_url("/simple/ort-nightly/")
+    """The ``.metadata`` URL of the first file on ``project``'s JSON page, and its entry."""
+    page_url = proxy.make_url(f"/simple/{project}/")
     async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
         assert resp.status == 200
         entry = json.loads(await resp.text())["files"][0]
@@ -647,10 +648,8 @@ async def test_a_range_read_cut_short_falls_back_to_the_download(
     proxy = await start_proxy(
         make_config([{"name": "up", "kind": "simple", "url": str(server.make_url("/simple/"))}])
     )
-    page_url = proxy.make_url("/simple/cut/")
-    async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
-        entry = json.loads(await resp.text())["files"][0]
-    async with http.get(page_url.join(URL(entry["url"] + ".metadata"))) as resp:
+    url, _ = await metadata_url(http, proxy, "cut")
+    async with http.get(url) as resp:
         assert (resp.status, await resp.read()) == (200, wheel_metadata(wheel))
     assert cut.ranged == 1
 
@@ -707,10 +706,8 @@ async def test_a_server_that_ignores_ranges_gets_the_wheel_downloaded_once(
     proxy = await start_proxy(
         make_config([{"name": "up", "kind": "simple", "url": fake.url("/simple/")}])
     )
-    page_url = proxy.make_url("/simple/plain/")
-    async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
-        entry = json.loads(await resp.text())["files"][0]
-    async with http.get(page_url.join(URL(entry["url"] + ".metadata"))) as resp:
+    url, _ = await metadata_url(http, proxy, "plain")
+    async with http.get(url) as resp:
         assert resp.status == 200
         assert await resp.read() == wheel_metadata(wheel)
     ranged = [r for r in fake.requests if "Range" in r.headers]
@@ -803,10 +800,8 @@ async def test_metrics_count_a_range_read_that_gave_way_to_the_download(
     proxy = await start_proxy(
         make_config([{"name": "up", "kind": "simple", "url": fake.url("/simple/")}])
     )
-    page_url = proxy.make_url("/simple/plain/")
-    async with http.get(page_url, headers={"Accept": JSON_TYPE}) as resp:
-        entry = json.loads(await resp.text())["files"][0]
-    async with http.get(page_url.join(URL(entry["url"] + ".metadata"))) as resp:
+    url, _ = await metadata_url(http, proxy, "plain")
+    async with http.get(url) as resp:
         assert resp.status == 200
     async with http.get(proxy.make_url("/metrics")) as resp:
         text = await resp.text()
