@@ -166,8 +166,8 @@ def file_entry(pub: PublishedFile, extra: Mapping[str, Any] | None = None) -> di
         )
         entry["core-metadata"] = meta
         # Never "dist-info-metadata" in JSON: pip 22.3 to 23.1 (Debian 12's pip among them)
-        # crash on it, which is why PEP 714 renamed it. The public index's old misspelling is kept, as it does:
-        # those pips ignore it and some tools read it.
+        # crash on it, which is why PEP 714 renamed it. The public index's old misspelling
+        # is kept, as that index does: those pips ignore it and some tools read it.
         entry["data-dist-info-metadata"] = meta
     if src.size is not None:
         entry["size"] = src.size
