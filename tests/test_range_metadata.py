@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -691,29 +692,40 @@ async def test_signing_headers_never_follow_a_redirect_to_another_host(
     assert "Authorization" not in seen["target"]
 
 
-async def test_a_server_that_ignores_ranges_gets_the_wheel_downloaded_once(
-    start_fake: StartFake,
-    make_config: MakeConfig,
-    start_proxy: StartProxy,
-    http: aiohttp.ClientSession,
-    tmp_path: Path,
-) -> None:
-    """An upstream answering a range with the whole file (200) is not read to the end for
-    nothing: the proxy falls back to one verified download and extracts METADATA from it."""
+@dataclass
+class Plain:
+    fake: FakeSimpleIndex
+    wheel: Path
+    proxy: TestServer
+
+
+@pytest.fixture
+async def plain(
+    start_fake: StartFake, make_config: MakeConfig, start_proxy: StartProxy, tmp_path: Path
+) -> Plain:
+    """A simple feed that ignores ranges and has no ``.metadata`` files; a 2 MB wheel."""
     fake = await start_fake(FakeSimpleIndex())
     wheel = build_wheel(tmp_path / "w", "plain", "1.0.dev1", payload_size=2_000_000)
     fake.add_file("plain", wheel, with_metadata=False)
     proxy = await start_proxy(
         make_config([{"name": "up", "kind": "simple", "url": fake.url("/simple/")}])
     )
-    url, _ = await metadata_url(http, proxy, "plain")
+    return Plain(fake, wheel, proxy)
+
+
+async def test_a_server_that_ignores_ranges_gets_the_wheel_downloaded_once(
+    plain: Plain, http: aiohttp.ClientSession
+) -> None:
+    """An upstream answering a range with the whole file (200) is not read to the end for
+    nothing: the proxy falls back to one verified download and extracts METADATA from it."""
+    url, _ = await metadata_url(http, plain.proxy, "plain")
     async with http.get(url) as resp:
         assert resp.status == 200
-        assert await resp.read() == wheel_metadata(wheel)
-    ranged = [r for r in fake.requests if "Range" in r.headers]
+        assert await resp.read() == wheel_metadata(plain.wheel)
+    ranged = [r for r in plain.fake.requests if "Range" in r.headers]
     whole = [
         r
-        for r in fake.requests
+        for r in plain.fake.requests
         if r.method == "GET" and r.path.endswith(".whl") and "Range" not in r.headers
     ]
     assert len(ranged) == 1
@@ -786,24 +798,14 @@ async def test_metrics_count_range_reads_and_their_bytes(
 
 
 async def test_metrics_count_a_range_read_that_gave_way_to_the_download(
-    start_fake: StartFake,
-    make_config: MakeConfig,
-    start_proxy: StartProxy,
-    http: aiohttp.ClientSession,
-    tmp_path: Path,
+    plain: Plain, http: aiohttp.ClientSession
 ) -> None:
     """A feed that ignores ranges shows up in ``/metrics`` as a read that gave way to a
     download."""
-    fake = await start_fake(FakeSimpleIndex())
-    wheel = build_wheel(tmp_path / "w", "plain", "1.0.dev1")
-    fake.add_file("plain", wheel, with_metadata=False)
-    proxy = await start_proxy(
-        make_config([{"name": "up", "kind": "simple", "url": fake.url("/simple/")}])
-    )
-    url, _ = await metadata_url(http, proxy, "plain")
+    url, _ = await metadata_url(http, plain.proxy, "plain")
     async with http.get(url) as resp:
         assert resp.status == 200
-    async with http.get(proxy.make_url("/metrics")) as resp:
+    async with http.get(plain.proxy.make_url("/metrics")) as resp:
         text = await resp.text()
     outcomes = {
         s.labels["outcome"]: s.value
