@@ -93,11 +93,10 @@ class RemoteMetadata:
             raise
         if data is None:
             self.fallbacks += 1
-        else:
-            self.reads += 1
-        if data is None:
             log.info("metadata of %s: no usable byte ranges; downloading the wheel", filename)
-        elif len(data) <= (self._held.maxsize // 4):
+            return None
+        self.reads += 1
+        if len(data) <= self._held.maxsize // 4:
             self._held[key] = data
         return data
 
