@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from nightproxy import logs
 from nightproxy.server import keys
+from nightproxy.server.metrics import Metrics
+
+log = logging.getLogger("nightproxy.access")
 
 
 def _route(request: web.BaseRequest) -> str:
@@ -17,6 +21,55 @@ def _route(request: web.BaseRequest) -> str:
         if resource is not None:
             return resource.canonical
     return "unmatched"
+
+
+def record(
+    metrics: Metrics | None,
+    route: str,
+    method: str,
+    path: str,
+    status: int,
+    *,
+    size: int | None,
+    seconds: float,
+    cache: str,
+    remote: Callable[[], str | None],
+) -> None:
+    """One answered request: its metrics and its access line (``path`` as the client sent it:
+    a decoded one could carry a newline into the log)."""
+    if metrics is not None:
+        metrics.observe_request(route, status, seconds)
+        # A HEAD sends no body and downloads nothing: it is neither a hit nor a miss.
+        if cache in {"hit", "miss"} and status < 300 and method != "HEAD" and size is not None:
+            metrics.observe_file(cache, size)
+    sink = logs.access_sink
+    if sink is not None:
+        sink.record(
+            method,
+            path,
+            status,
+            size=size,
+            seconds=seconds,
+            cache=cache,
+            remote=remote() if sink.json else None,
+        )
+        return
+    if not log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, object] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "bytes": size,
+        "duration_ms": round(seconds * 1000, 2),
+        "cache": cache,
+        "remote": remote(),
+    }
+    log.info(
+        "%s",
+        f"{method} {path} {status} {size} {seconds * 1000:.1f}ms {cache}",
+        extra={"fields": fields},
+    )
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -28,37 +81,18 @@ class AccessLogger(AbstractAccessLogger):
         return True
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        cache = response.headers.get("X-Nightproxy-Cache", "-")
         # body_length counts the header block too; Content-Length is the body when known.
         size = response.content_length
         if size is None:
             size = response.body_length
-        status = response.status
-        metrics = request.app.get(keys.METRICS) if isinstance(request, web.Request) else None
-        if metrics is not None:
-            metrics.observe_request(_route(request), status, time)
-            # A HEAD sends no body and downloads nothing: it is neither a hit nor a miss.
-            if cache in {"hit", "miss"} and status < 300 and request.method != "HEAD":
-                metrics.observe_file(cache, size)
-        # The path as the client sent it: the decoded one could carry a newline into the log.
-        path = request.raw_path
-        sink = logs.access_sink
-        if sink is not None:
-            remote = request.remote if sink.json else None
-            sink.record(
-                request.method, path, status, size=size, seconds=time, cache=cache, remote=remote
-            )
-            return
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        fields: dict[str, object] = {
-            "method": request.method,
-            "path": path,
-            "status": status,
-            "bytes": size,
-            "duration_ms": round(time * 1000, 2),
-            "cache": cache,
-            "remote": request.remote,
-        }
-        message = f"{request.method} {path} {status} {size} {time * 1000:.1f}ms {cache}"
-        self.logger.info("%s", message, extra={"fields": fields})
+        record(
+            request.app.get(keys.METRICS) if isinstance(request, web.Request) else None,
+            _route(request),
+            request.method,
+            request.raw_path,
+            response.status,
+            size=size,
+            seconds=time,
+            cache=response.headers.get("X-Nightproxy-Cache", "-"),
+            remote=lambda: request.remote,
+        )

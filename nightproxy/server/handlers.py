@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from email.utils import formatdate
@@ -26,6 +27,7 @@ from nightproxy.index.service import (
     AllUpstreamsFailedError,
     IndexView,
     ProjectView,
+    Rendered,
 )
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 OCTET = "application/octet-stream"
 METADATA_TYPE = "text/plain; charset=utf-8"
+#: The route of a project page; the connection-level fast path answers the same pages.
+PROJECT_PAGE = "/simple/{project}/"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -46,7 +50,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/simple", _add_slash)
     r.add_get("/simple/", index_page)
     # The page first: aiohttp tries a prefix's resources in order, one regex each.
-    r.add_get("/simple/{project}/", project_page)
+    r.add_get(PROJECT_PAGE, project_page)
     r.add_get("/simple/{project}", _add_slash)
     r.add_get("/as-of/{as_of}/simple/", index_page)
     r.add_get("/as-of/{as_of}/simple/{project}/", project_page)
@@ -66,12 +70,12 @@ async def _add_slash(request: web.Request) -> web.Response:
 
 
 @lru_cache(maxsize=4096)
-def _canonical(name: str) -> NormalizedName:
+def canonical(name: str) -> NormalizedName:
     return canonicalize_name(name)
 
 
 @lru_cache(maxsize=256)
-def _accepts_gzip(header: str) -> bool:
+def accepts_gzip(header: str) -> bool:
     entries = weighted_list(header)
     named = [q for coding, q in entries if coding in {"gzip", "x-gzip"}]
     if named:
@@ -80,7 +84,7 @@ def _accepts_gzip(header: str) -> bool:
 
 
 def _wants_gzip(request: web.Request) -> bool:
-    return _accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    return accepts_gzip(request.headers.get("Accept-Encoding", ""))
 
 
 def _as_of(request: web.Request) -> datetime | None:
@@ -114,7 +118,7 @@ def _format(request: web.Request) -> Format:
 
 
 #: Above this, a page body is sent in its own write rather than joined to the headers.
-_SEPARATE_WRITE = 64 * 1024
+SEPARATE_WRITE = 64 * 1024
 
 
 class _PageResponse(web.Response):
@@ -128,21 +132,18 @@ class _PageResponse(web.Response):
     async def _write_headers(self) -> None:
         await super()._write_headers()
         writer = self._payload_writer
-        if writer is not None and isinstance(self.body, bytes) and len(self.body) > _SEPARATE_WRITE:
+        if writer is not None and isinstance(self.body, bytes) and len(self.body) > SEPARATE_WRITE:
             send_headers = getattr(writer, "send_headers", None)
             if send_headers is not None:
                 send_headers()
 
 
-async def _page_response(
-    request: web.Request, page: ProjectView | IndexView, fmt: Format, gzipped: bool, now: float
-) -> web.Response:
-    rendered = page.rendered(fmt, gzipped)
-    if rendered is None:
-        rendered = await asyncio.to_thread(page.render, fmt, gzipped)
+def static_headers(
+    page: ProjectView | IndexView, rendered: Rendered, fmt: Format, gzipped: bool
+) -> Mapping[str, str]:
+    """Everything but the freshness, fixed for the life of the representation: derived once."""
     static = rendered.headers
     if static is None:
-        # Everything but the freshness is fixed for the life of the representation.
         block = CIMultiDict(
             {
                 "Content-Type": CONTENT_TYPES[fmt],
@@ -161,11 +162,24 @@ async def _page_response(
         if isinstance(page, ProjectView) and page.retained:
             block["X-Nightproxy-Retained"] = str(page.retained)
         rendered.headers = static = CIMultiDictProxy(block)
-    headers = CIMultiDict(static)
-    headers["Cache-Control"] = _max_age(max(0, int(page.fresh_until - now)))
+    return static
+
+
+def max_age(page: ProjectView | IndexView, now: float) -> str:
+    return _max_age(max(0, int(page.fresh_until - now)))
+
+
+async def _page_response(
+    request: web.Request, page: ProjectView | IndexView, fmt: Format, gzipped: bool, now: float
+) -> web.Response:
+    rendered = page.rendered(fmt, gzipped)
+    if rendered is None:
+        rendered = await asyncio.to_thread(page.render, fmt, gzipped)
+    headers = CIMultiDict(static_headers(page, rendered, fmt, gzipped))
+    headers["Cache-Control"] = max_age(page, now)
     if rendered.etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
-    if len(rendered.body) > _SEPARATE_WRITE:
+    if len(rendered.body) > SEPARATE_WRITE:
         return _PageResponse(body=rendered.body, headers=headers)
     return web.Response(body=rendered.body, headers=headers)
 
@@ -199,7 +213,7 @@ async def _find_file(
 
 async def project_page(request: web.Request) -> web.Response:
     raw = request.match_info["project"]
-    project = _canonical(raw)
+    project = canonical(raw)
     if project != raw:
         location = request.path[: -len(raw) - 1] + project + "/"
         if request.query_string:
