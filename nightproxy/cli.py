@@ -101,10 +101,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from nightproxy.logs import setup_logging
     from nightproxy.server.app import create_app
+    from nightproxy.server.runner import run
 
     config = _load(args.config)
     setup_logging(args.log_format or config.logging.format, config.logging.level)
@@ -118,16 +117,8 @@ def _serve(args: argparse.Namespace) -> int:
         port,
         config.source,
     )
-    # run_app installs SIGINT/SIGTERM handlers: stop accepting, drain, run cleanup contexts.
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        handle_signals=True,
-    )
+    # SIGINT/SIGTERM: stop accepting, drain, run cleanup contexts.
+    run(create_app(config), host, port, shutdown_timeout=SHUTDOWN_TIMEOUT)
     return 0
 
 

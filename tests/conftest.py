@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from nightproxy.config import Config, config_from_mapping
 from nightproxy.server.app import create_app
+from nightproxy.server.runner import ProxyRunner
 from tests.fakes import FakeSimpleIndex
 from tests.wheels import build_wheel
 
@@ -69,13 +70,26 @@ async def start_fake(aiohttp_server: Any) -> StartFake:
     return start
 
 
+class ProxyTestServer(TestServer):
+    """The proxy as ``nightproxy serve`` runs it: with connections that answer warm pages."""
+
+    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
 @pytest.fixture
-async def start_proxy(aiohttp_server: Any) -> StartProxy:
+async def start_proxy() -> AsyncIterator[StartProxy]:
+    servers: list[TestServer] = []
+
     async def start(config: Config) -> TestServer:
-        server: TestServer = await aiohttp_server(create_app(config))
+        server = ProxyTestServer(create_app(config))
+        await server.start_server()
+        servers.append(server)
         return server
 
-    return start
+    yield start
+    for server in reversed(servers):
+        await server.close()
 
 
 @pytest.fixture

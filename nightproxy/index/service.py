@@ -94,6 +94,8 @@ class Rendered:
     etag: str
     #: The response headers that do not change per request, derived once by the server.
     headers: Mapping[str, str] | None = None
+    #: Those headers and the status line as sent, serialised once by the server's fast path.
+    wire: bytes | None = None
 
 
 @dataclass(slots=True)

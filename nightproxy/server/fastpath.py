@@ -1,0 +1,269 @@
+"""Warm project pages answered by the connection itself, before aiohttp builds a request.
+
+A warm page is a dictionary lookup and one write, yet aiohttp's request path around it (a task,
+a ``Request``, a ``Response``, header serialisation, the access-log call) costs three to four
+times the rest of the work on this machine, and pip and uv ask for one page per candidate
+project in every job. So the connection protocol answers the one request shape that is certain
+to be a cache hit, a plain keep-alive ``GET /simple/<name>/`` of a page that is fresh and
+already rendered in the asked representation, with the same bytes and headers the handler
+would send; everything else (any other route, a query, a body, a conditional request, HTTP/1.0,
+``Connection: close``, a page not yet rendered or stale, a client that is not reading) goes to
+aiohttp unchanged, in order.
+
+It only ever takes requests from the head of aiohttp's queue while aiohttp's connection loop is
+idle, so responses stay in request order on pipelined connections, and it leaves parsing, error
+answers, upgrades, flow control and timeouts to aiohttp. It relies on ``RequestHandler``'s
+internals, so it is switched on only for the aiohttp versions it was checked against
+(``SUPPORTED``); on any other version every request takes the ordinary path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from email.utils import formatdate
+from typing import cast
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler
+
+from nightproxy.index.render import negotiate
+from nightproxy.index.service import ProjectView, Rendered
+from nightproxy.server import access, keys
+from nightproxy.server.handlers import (
+    PROJECT_PAGE,
+    SEPARATE_WRITE,
+    accepts_gzip,
+    canonical,
+    max_age,
+    static_headers,
+)
+
+log = logging.getLogger(__name__)
+
+#: aiohttp minor versions whose ``RequestHandler`` internals this module was checked against.
+SUPPORTED = ("3.14",)
+_PREFIX = "/simple/"
+#: Headers that make a page request something other than a plain cache hit.
+_NOT_PLAIN = ("If-None-Match", "If-Match", "Expect", "Upgrade")
+
+
+def supported(version: str = aiohttp.__version__) -> bool:
+    return ".".join(version.split(".")[:2]) in SUPPORTED
+
+
+class _Clock:
+    """The ``Date`` header, formatted once a second."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def date_line(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._line = f"Date: {formatdate(second, usegmt=True)}\r\n".encode("latin-1")
+        return self._line
+
+
+_CLOCK = _Clock()
+_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n\r\n".encode("latin-1")
+
+
+def _static_block(rendered: Rendered, headers: Mapping[str, str]) -> bytes | None:
+    """The status line and the fixed header lines, serialised once per representation; None if
+    a value could split a header (aiohttp would refuse it too, on the ordinary path)."""
+    if rendered.wire is None:
+        lines = ["HTTP/1.1 200 OK\r\n"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                return None
+            lines.append(f"{name}: {value}\r\n")
+        rendered.wire = "".join(lines).encode("latin-1")
+    return rendered.wire
+
+
+class PageProtocol(RequestHandler):
+    """aiohttp's connection protocol, answering warm project pages without a request object."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages:
+            # aiohttp's loop is busy with a request (or about to be): it owns the connection.
+            super().data_received(data)
+            return
+        # aiohttp parses and queues as usual, but must not wake its loop before the queue's
+        # head has been looked at.
+        self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        app = self._fast_app()
+        messages = self._messages
+        while messages and app is not None and self._writable():
+            message, payload = messages[0]
+            if not self._answer(app, message, payload):
+                break
+            messages.popleft()
+            parser = self._parser
+            if parser is not None:
+                parser.message_consumed()
+            if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
+                self._resume_reading_if_drained()
+        if messages and not waiter.done():
+            waiter.set_result(None)
+
+    def _writable(self) -> bool:
+        # Not while the client is not reading (aiohttp's path waits for the buffer to drain).
+        transport = self.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and not self._paused
+            and not self._close
+            and not self._force_close
+        )
+
+    def _fast_app(self) -> web.Application | None:
+        manager = self._manager
+        return getattr(manager, "fast_app", None)
+
+    def _answer(self, app: web.Application, message: object, payload: object) -> bool:
+        """Send the page if ``message`` is a plain GET of a warm one; False: not for us."""
+        if (
+            type(message) is not RawRequestMessage
+            or payload is not EMPTY_PAYLOAD
+            or message.method != "GET"
+            or message.version != HttpVersion11
+            or message.should_close
+            or message.upgrade
+            or message.chunked
+        ):
+            return False
+        path = message.path
+        if not (path.startswith(_PREFIX) and path.endswith("/")):
+            return False
+        name = path[len(_PREFIX) : -1]
+        # Only the canonical spelling: anything with a query, an escape, another segment or
+        # another spelling gets the ordinary path's redirect or error.
+        if not name.isascii() or "/" in name or "?" in name or "%" in name or "#" in name:
+            return False
+        project = canonical(name)
+        if not name or project != name:
+            return False
+        headers = message.headers
+        if any(h in headers for h in _NOT_PLAIN):
+            return False
+        fmt = negotiate(headers.get("Accept"), None)
+        if fmt is None:
+            return False
+        gzipped = accepts_gzip(headers.get("Accept-Encoding", ""))
+        index = app[keys.INDEX]
+        view = index.fresh_view(project)
+        if view is None or not (view.files or view.inputs):
+            return False
+        rendered = view.rendered(fmt, gzipped)
+        if rendered is None:
+            return False
+        block = _static_block(rendered, static_headers(view, rendered, fmt, gzipped))
+        if block is None:
+            return False
+        loop = self._loop
+        started = loop.time()
+        now = index.clock()
+        body = rendered.body
+        head = b"".join(
+            (
+                block,
+                f"Cache-Control: {max_age(view, now)}\r\nContent-Length: {len(body)}\r\n".encode(
+                    "latin-1"
+                ),
+                _CLOCK.date_line(now),
+                _SERVER_LINE,
+            )
+        )
+        self._send(head, body)
+        self._sent(app, view, path, len(body), loop.time() - started)
+        return True
+
+    def _send(self, head: bytes, body: bytes) -> None:
+        transport = cast(asyncio.Transport, self.transport)
+        if len(body) <= SEPARATE_WRITE:
+            transport.write(head + body)
+            return
+        # A large body: one gathered write instead of copying it behind the header block (the
+        # transport joins a ``writelines`` into a new buffer before Python 3.12.9), done as the
+        # transport itself would, straight to its socket, only while nothing is queued ahead.
+        sent = 0
+        sock = transport.get_extra_info("socket")
+        if (
+            sock is not None
+            and transport.get_extra_info("ssl_object") is None
+            and transport.get_write_buffer_size() == 0
+        ):
+            try:
+                sent = os.writev(sock.fileno(), (head, body))
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # The connection is gone; the transport finds out on its own next write.
+                sent = 0
+        if sent < len(head):
+            transport.write(head[sent:])
+            transport.write(body)
+        elif sent < len(head) + len(body):
+            transport.write(memoryview(body)[sent - len(head) :])
+
+    def _sent(
+        self, app: web.Application, view: ProjectView, path: str, size: int, seconds: float
+    ) -> None:
+        manager = self._manager
+        if manager is not None:
+            manager.requests_count += 1
+        # The keep-alive timer restarts after a response, as aiohttp's loop does.
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        metrics = app[keys.METRICS]
+        metrics.fast_path.pages += 1
+        access.record(
+            metrics,
+            PROJECT_PAGE,
+            "GET",
+            path,
+            200,
+            size=size,
+            seconds=seconds,
+            cache="-",
+            remote=self._remote,
+        )
+
+    def _remote(self) -> str | None:
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if isinstance(peer, (list, tuple)) and peer:
+            return str(peer[0])
+        return None
+
+
+class PageServer(web.Server):
+    """aiohttp's server, making ``PageProtocol`` connections for ``fast_app``."""
+
+    fast_app: web.Application | None = None
+
+    def __call__(self) -> RequestHandler:
+        if self.fast_app is None:
+            return super().__call__()
+        return PageProtocol(self, loop=self._loop, **self._kwargs)
