@@ -8,9 +8,13 @@ handler (no routing work, no logging, no metrics), and measures it with the same
     python bench/ceiling.py --source http://127.0.0.1:PORT --reference http://127.0.0.1:PORT2 \\
         [--processes 2] [--reps 5]
 
-``--processes 2`` runs two such servers on one port (SO_REUSEPORT), as many as the machine has
-cores. A figure nightproxy cannot beat is a property of the framework and the machine, not
-something left undone in nightproxy; this script is how that claim is checked.
+It also serves them from a bare asyncio protocol (no HTTP framework at all: find the end of the
+request, pick the representation, one write of prepared bytes): the floor of what any Python
+server pays per request here, and so the ceiling for nightproxy's connection-level fast path.
+
+``--processes 2`` runs two such servers of each kind on one port (SO_REUSEPORT), as many as the
+machine has cores. A figure nightproxy cannot beat is a property of the framework and the
+machine, not something left undone in nightproxy; this script is how that claim is checked.
 """
 
 from __future__ import annotations
@@ -76,6 +80,56 @@ def serve(port: int, pages: Pages) -> None:
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None)
 
 
+def serve_raw(port: int, pages: Pages) -> None:
+    import asyncio
+    import os
+
+    # Status line and headers prepared once per representation, as nightproxy's fast path does.
+    prepared = {}
+    for key, (body, headers) in pages.items():
+        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in headers.items())]
+        lines.append(f"Content-Length: {len(body)}")
+        prepared[key] = (("\r\n".join(lines) + "\r\n\r\n").encode(), body)
+
+    class Raw(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            self.fd = transport.get_extra_info("socket").fileno()
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4 :]
+                target = head.split(" ", 2)[1]
+                fields = {}
+                for line in head.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    fields[name.strip().lower()] = value.strip()
+                key = variant(target, fields.get("accept", ""), fields.get("accept-encoding", ""))
+                self.reply(*prepared[key])
+
+        def reply(self, head: bytes, body: bytes) -> None:
+            sent = 0
+            if self.transport.get_write_buffer_size() == 0:
+                try:
+                    sent = os.writev(self.fd, (head, body))
+                except BlockingIOError:
+                    sent = 0
+            if sent < len(head):
+                self.transport.write(head[sent:] + body)
+            elif sent < len(head) + len(body):
+                self.transport.write(memoryview(body)[sent - len(head) :])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Raw, "127.0.0.1", port, reuse_port=True, backlog=1024)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", required=True, help="server whose page bytes are served")
@@ -90,21 +144,22 @@ def main() -> int:
         key = variant(path, headers["Accept"], headers.get("Accept-Encoding", ""))
         pages[key] = fetch(args.source.rstrip("/") + path, headers)
 
-    port = free_port()
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=serve, args=(port, pages), daemon=True) for _ in range(args.processes)
-    ]
-    for proc in procs:
-        proc.start()
-    bare = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            fetch(bare + "/simple/onefile/", {"Accept": "text/html"})
-            break
-        except OSError:
-            time.sleep(0.1)
-    servers = {"bare aiohttp": bare, "source": args.source.rstrip("/")}
+    procs = []
+    servers = {}
+    for name, target in (("bare aiohttp", serve), ("bare asyncio", serve_raw)):
+        port = free_port()
+        for _ in range(args.processes):
+            procs.append(ctx.Process(target=target, args=(port, pages), daemon=True))
+            procs[-1].start()
+        servers[name] = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                fetch(servers[name] + "/simple/onefile/", {"Accept": "text/html"})
+                break
+            except OSError:
+                time.sleep(0.1)
+    servers["source"] = args.source.rstrip("/")
     if args.reference:
         servers["reference"] = args.reference.rstrip("/")
     try:
@@ -120,12 +175,21 @@ def main() -> int:
             proc.terminate()
     names = list(servers)
     print(f"processes for the bare server: {args.processes}; wrk -t2 -c32, median of {args.reps}")
-    print("| scenario (c=32, req/s) | " + " | ".join(names) + " | bare / reference |")
-    print("|---|" + "---|" * (len(names) + 1))
+    ratios = ("bare aiohttp", "bare asyncio", "source")
+    print(
+        "| scenario (c=32, req/s) | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"{n} / reference" for n in ratios)
+        + " |"
+    )
+    print("|---|" + "---|" * (len(names) + len(ratios)))
     for label, med in rows:
-        ratio = f"{med['bare aiohttp'] / med['reference']:.2f}x" if "reference" in med else "—"
         cells = " | ".join(f"{med[n]:,.0f}" for n in names)
-        print(f"| {label} | {cells} | {ratio} |")
+        shares = " | ".join(
+            f"{med[n] / med['reference']:.2f}x" if "reference" in med else "—" for n in ratios
+        )
+        print(f"| {label} | {cells} | {shares} |")
     return 0
 
 
