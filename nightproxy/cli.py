@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from nightproxy.logs import setup_logging
     from nightproxy.server.app import create_app
-    from nightproxy.server.runner import run
+    from nightproxy.server.runner import ListenError, run
 
     config = _load(args.config)
     setup_logging(args.log_format or config.logging.format, config.logging.level)
@@ -118,7 +118,11 @@ def _serve(args: argparse.Namespace) -> int:
         config.source,
     )
     # SIGINT/SIGTERM: stop accepting, drain, run cleanup contexts.
-    run(create_app(config), host, port, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    try:
+        run(create_app(config), host, port, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    except ListenError as exc:
+        print(f"nightproxy: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -268,3 +268,16 @@ def test_serve_exits_0_on_sigterm(served: Served) -> None:
     served.get("/simple/x/")
     assert served.stop() == 0
     assert "Traceback" not in served.log.read_text()
+
+
+def test_serve_on_a_taken_port_says_so_and_exits_1(tmp_path: Path) -> None:
+    """A port another process listens on: one line naming the address, exit 1, no traceback."""
+    (tmp_path / "nightproxy.yaml").write_text(GOOD_UPSTREAM)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

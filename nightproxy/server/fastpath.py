@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping
 from email.utils import formatdate
-from typing import cast
+from typing import NamedTuple, cast
 
 import aiohttp
 from aiohttp import web
@@ -33,7 +34,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
 from nightproxy.index.render import negotiate
-from nightproxy.index.service import ProjectView, Rendered
+from nightproxy.index.service import Rendered
 from nightproxy.server import access, keys
 from nightproxy.server.handlers import (
     PROJECT_PAGE,
@@ -46,9 +47,12 @@ from nightproxy.server.handlers import (
 
 log = logging.getLogger(__name__)
 
-#: aiohttp minor versions whose ``RequestHandler`` internals this module was checked against.
+#: aiohttp minor versions whose ``RequestHandler`` internals this module was checked against
+#: (its tests pass on 3.14.0 and 3.14.5; 3.13 keeps its parser elsewhere).
 SUPPORTED = ("3.14",)
 _PREFIX = "/simple/"
+#: Most warm pages answered per read; the rest of a long pipeline waits for aiohttp's loop.
+MAX_PER_READ = 32
 #: Headers that make a page request something other than a plain cache hit.
 _NOT_PLAIN = ("If-None-Match", "If-Match", "Expect", "Upgrade")
 
@@ -91,6 +95,12 @@ def _static_block(rendered: Rendered, headers: Mapping[str, str]) -> bytes | Non
     return rendered.wire
 
 
+class _Page(NamedTuple):
+    path: str
+    head: bytes
+    body: bytes
+
+
 class PageProtocol(RequestHandler):
     """aiohttp's connection protocol, answering warm project pages without a request object."""
 
@@ -102,27 +112,54 @@ class PageProtocol(RequestHandler):
             # aiohttp's loop is busy with a request (or about to be): it owns the connection.
             super().data_received(data)
             return
-        # aiohttp parses and queues as usual, but must not wake its loop before the queue's
-        # head has been looked at.
+        # aiohttp parses and queues as usual, but its loop is woken only for what is left once
+        # the warm pages at the head of the queue are answered. Without a waiter, a nested
+        # call (aiohttp re-reading a paused parser's backlog) only parses and queues, too.
         self._waiter = None
         try:
             super().data_received(data)
+            self._answer_queued()
         finally:
             self._waiter = waiter
+        if self._messages and not waiter.done():
+            waiter.set_result(None)
+
+    def _answer_queued(self) -> None:
         app = self._fast_app()
         messages = self._messages
-        while messages and app is not None and self._writable():
+        answered = 0
+        # A bound per read, so one large pipelined read cannot hold the event loop.
+        while messages and app is not None and answered < MAX_PER_READ and self._writable():
             message, payload = messages[0]
-            if not self._answer(app, message, payload):
-                break
+            try:
+                page = self._warm_page(app, message, payload)
+            except Exception:
+                # Whatever went wrong, aiohttp's path answers (or fails) the request properly.
+                log.exception("fast path: looking up %r failed", message)
+                return
+            if page is None:
+                return
             messages.popleft()
-            parser = self._parser
-            if parser is not None:
-                parser.message_consumed()
-            if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
-                self._resume_reading_if_drained()
-        if messages and not waiter.done():
-            waiter.set_result(None)
+            self._message_consumed()
+            answered += 1
+            started = self._loop.time()
+            self._send(page.head, page.body)
+            try:
+                self._sent(app, page.path, len(page.body), self._loop.time() - started)
+            except Exception:
+                log.exception("fast path: accounting for %s failed", page.path)
+
+    def _message_consumed(self) -> None:
+        # As aiohttp's loop does when it takes a message. These came with the bounded
+        # pipelining queue of a later 3.14 release; 3.14.0 has no queue bound to release.
+        parser = self._parser
+        consumed = getattr(parser, "message_consumed", None)
+        if consumed is not None:
+            consumed()
+        if getattr(self, "_buffer_paused", False) and len(self._messages) <= getattr(
+            self, "_msg_queue_resume_size", 0
+        ):
+            self._resume_reading_if_drained()
 
     def _writable(self) -> bool:
         # Not while the client is not reading (aiohttp's path waits for the buffer to drain).
@@ -139,8 +176,8 @@ class PageProtocol(RequestHandler):
         manager = self._manager
         return getattr(manager, "fast_app", None)
 
-    def _answer(self, app: web.Application, message: object, payload: object) -> bool:
-        """Send the page if ``message`` is a plain GET of a warm one; False: not for us."""
+    def _warm_page(self, app: web.Application, message: object, payload: object) -> _Page | None:
+        """The reply if ``message`` is a plain GET of a warm page; None: not for us."""
         if (
             type(message) is not RawRequestMessage
             or payload is not EMPTY_PAYLOAD
@@ -150,52 +187,46 @@ class PageProtocol(RequestHandler):
             or message.upgrade
             or message.chunked
         ):
-            return False
+            return None
         path = message.path
         if not (path.startswith(_PREFIX) and path.endswith("/")):
-            return False
+            return None
         name = path[len(_PREFIX) : -1]
         # Only the canonical spelling: anything with a query, an escape, another segment or
         # another spelling gets the ordinary path's redirect or error.
         if not name.isascii() or "/" in name or "?" in name or "%" in name or "#" in name:
-            return False
+            return None
         project = canonical(name)
         if not name or project != name:
-            return False
+            return None
         headers = message.headers
         if any(h in headers for h in _NOT_PLAIN):
-            return False
+            return None
         fmt = negotiate(headers.get("Accept"), None)
         if fmt is None:
-            return False
+            return None
         gzipped = accepts_gzip(headers.get("Accept-Encoding", ""))
         index = app[keys.INDEX]
         view = index.fresh_view(project)
         if view is None or not (view.files or view.inputs):
-            return False
+            return None
         rendered = view.rendered(fmt, gzipped)
         if rendered is None:
-            return False
+            return None
         block = _static_block(rendered, static_headers(view, rendered, fmt, gzipped))
         if block is None:
-            return False
-        loop = self._loop
-        started = loop.time()
-        now = index.clock()
+            return None
         body = rendered.body
+        freshness = f"Cache-Control: {max_age(view, index.clock())}\r\n"
         head = b"".join(
             (
                 block,
-                f"Cache-Control: {max_age(view, now)}\r\nContent-Length: {len(body)}\r\n".encode(
-                    "latin-1"
-                ),
-                _CLOCK.date_line(now),
+                f"{freshness}Content-Length: {len(body)}\r\n".encode("latin-1"),
+                _CLOCK.date_line(time.time()),
                 _SERVER_LINE,
             )
         )
-        self._send(head, body)
-        self._sent(app, view, path, len(body), loop.time() - started)
-        return True
+        return _Page(path, head, body)
 
     def _send(self, head: bytes, body: bytes) -> None:
         transport = cast(asyncio.Transport, self.transport)
@@ -225,9 +256,7 @@ class PageProtocol(RequestHandler):
         elif sent < len(head) + len(body):
             transport.write(memoryview(body)[sent - len(head) :])
 
-    def _sent(
-        self, app: web.Application, view: ProjectView, path: str, size: int, seconds: float
-    ) -> None:
+    def _sent(self, app: web.Application, path: str, size: int, seconds: float) -> None:
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1

@@ -35,13 +35,28 @@ class ProxyRunner(web.AppRunner):
         return server
 
 
+class ListenError(Exception):
+    """The address cannot be listened on (in use, not this host's, not permitted)."""
+
+
+#: How long an idle client connection is kept open (``web.run_app``'s default).
+KEEPALIVE_TIMEOUT = 75.0
+
+
 async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
     runner = ProxyRunner(
-        app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout
+        app,
+        handle_signals=True,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         # Until SIGINT or SIGTERM, whose handlers (``handle_signals``) raise GracefulExit.
         await asyncio.Event().wait()
     finally:
@@ -50,26 +65,46 @@ async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: f
 
 
 def run(app: web.Application, host: str, port: int, *, shutdown_timeout: float) -> None:
-    """``web.run_app`` for this app: the same signal handling and shutdown sequence."""
+    """``web.run_app`` for this app: the same signal handling and shutdown sequence.
+
+    An error while starting (the port is taken) propagates once everything is closed.
+    """
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     main = loop.create_task(_serve(app, host, port, shutdown_timeout))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
         pass
     finally:
-        main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(main)
-        _cancel_all(loop)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
+        try:
+            # A task that already ended (raised while starting) must not be awaited again:
+            # that would re-raise its error from here, cutting the cleanup below short.
+            if not main.done():
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main)
+        finally:
+            _cancel_all(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    if not tasks:
+        return
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception during shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
