@@ -13,8 +13,8 @@ aiohttp unchanged, in order.
 It only ever takes requests from the head of aiohttp's queue while aiohttp's connection loop is
 idle, so responses stay in request order on pipelined connections, and it leaves parsing, error
 answers, upgrades, flow control and timeouts to aiohttp. It relies on ``RequestHandler``'s
-internals, so it is switched on only for the aiohttp versions it was checked against
-(``SUPPORTED``); on any other version every request takes the ordinary path.
+internals, so it is switched on only for the aiohttp releases it was checked against
+(``CHECKED``); on any other every request takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
+from packaging.version import InvalidVersion, Version
 
 from nightproxy.index.render import negotiate
 from nightproxy.index.service import Rendered
@@ -47,9 +48,10 @@ from nightproxy.server.handlers import (
 
 log = logging.getLogger(__name__)
 
-#: aiohttp minor versions whose ``RequestHandler`` internals this module was checked against
-#: (its tests pass on 3.14.0 and 3.14.5; 3.13 keeps its parser elsewhere).
-SUPPORTED = ("3.14",)
+#: The aiohttp releases whose ``RequestHandler`` internals this module was checked against
+#: (its tests pass on both ends; the releases between have one of their two queue designs).
+#: 3.13 keeps its parser elsewhere; a later release is off until checked and added here.
+CHECKED = (Version("3.14.0"), Version("3.14.5"))
 _PREFIX = "/simple/"
 #: Most warm pages answered per read; the rest of a long pipeline waits for aiohttp's loop.
 MAX_PER_READ = 32
@@ -58,7 +60,11 @@ _NOT_PLAIN = ("If-None-Match", "If-Match", "Expect", "Upgrade")
 
 
 def supported(version: str = aiohttp.__version__) -> bool:
-    return ".".join(version.split(".")[:2]) in SUPPORTED
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        return False
+    return CHECKED[0] <= parsed <= CHECKED[1]
 
 
 class _Clock:
@@ -135,7 +141,10 @@ class PageProtocol(RequestHandler):
                 page = self._warm_page(app, message, payload)
             except Exception:
                 # Whatever went wrong, aiohttp's path answers (or fails) the request properly.
-                log.exception("fast path: looking up %r failed", message)
+                log.exception(
+                    "fast path: looking up %s failed; it takes the ordinary path",
+                    getattr(message, "path", "?"),
+                )
                 return
             if page is None:
                 return

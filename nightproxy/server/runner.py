@@ -10,7 +10,7 @@ from typing import cast
 import aiohttp
 from aiohttp import web
 
-from nightproxy.server.fastpath import SUPPORTED, PageServer, supported
+from nightproxy.server.fastpath import CHECKED, PageServer, supported
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,9 @@ class ProxyRunner(web.AppRunner):
         if not supported():
             log.info(
                 "aiohttp %s: warm pages take aiohttp's ordinary request path "
-                "(the connection-level fast path is checked against aiohttp %s)",
+                "(the connection-level fast path is checked against aiohttp %s to %s)",
                 aiohttp.__version__,
-                ", ".join(SUPPORTED),
+                *CHECKED,
             )
             return server
         # The same server with the same arguments; only the protocol it makes per connection
