@@ -20,8 +20,16 @@ from aiohttp.test_utils import TestServer
 from packaging.version import Version
 
 from nightproxy.server import fastpath, keys
+from nightproxy.server.app import create_app
 from nightproxy.server.handlers import PROJECT_PAGE
-from tests.conftest import PIP_ACCEPT, MakeConfig, ProxyTestServer, StartFake, StartProxy
+from tests.conftest import (
+    JSON_TYPE,
+    PIP_ACCEPT,
+    MakeConfig,
+    ProxyTestServer,
+    StartFake,
+    StartProxy,
+)
 from tests.fakes import FakeSimpleIndex
 from tests.wheels import build_wheel
 
@@ -342,8 +350,6 @@ async def test_the_keepalive_timeout_still_closes_an_idle_connection(
     """Warm pages restart the keep-alive timer as aiohttp's loop does: a connection in use
     stays open past the timeout, and an idle one is closed after it."""
     config = make_config([{"name": "up", "kind": "simple", "url": f"{upstream.base_url}simple/"}])
-    from nightproxy.server.app import create_app
-
     proxy = ProxyTestServer(create_app(config))
     await proxy.start_server(keepalive_timeout=1.0)
     try:
@@ -424,3 +430,89 @@ async def test_a_page_missing_an_upstream_says_so_from_the_fast_path_too(
     assert fast_pages(proxy) == 1
     assert first.header("X-Nightproxy-Missing") == "gone"
     assert second.header("X-Nightproxy-Missing") == "gone"
+
+
+ACCEPTS = [None, "text/html", PIP_ACCEPT, JSON_TYPE, "image/png", "*/*", "text/*;q=0.5"]
+ENCODINGS = [None, "gzip", "gzip;q=0", "br, gzip;q=0.5"]
+TARGETS = [
+    "/simple/nightly/",
+    "/simple/Nightly/",
+    "/simple/nightly",
+    "/simple/nightly/?format=json",
+    "/simple/nig%68tly/",
+    "/simple/absent/",
+    "/simple/nightly/extra/",
+]
+#: What may differ between two proxies built at different moments: the clock.
+CLOCK_HEADERS = {"Date", "Cache-Control", "Last-Modified"}
+
+
+def shapes() -> list[bytes]:
+    out = []
+    for target in TARGETS:
+        for accept in ACCEPTS:
+            for encoding in ENCODINGS:
+                for method, version in (("GET", "1.1"), ("HEAD", "1.1"), ("GET", "1.0")):
+                    lines = [f"{method} {target} HTTP/{version}", "Host: proxy"]
+                    if accept is not None:
+                        lines.append(f"Accept: {accept}")
+                    if encoding is not None:
+                        lines.append(f"Accept-Encoding: {encoding}")
+                    out.append(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return out
+
+
+async def replies(server: TestServer, requests: list[bytes]) -> list[Reply]:
+    """Each request's reply, in turn, reconnecting whenever the server closes (HTTP/1.0)."""
+    got: list[Reply] = []
+    conn: Conn | None = None
+    for request in requests:
+        if conn is None:
+            conn = Conn(*await asyncio.open_connection(server.host, server.port))
+        await conn.send(request)
+        reply = await conn.reply(head=request.startswith(b"HEAD"))
+        got.append(reply)
+        if reply.version != "HTTP/1.1" or reply.header("Connection") == "close":
+            conn.writer.close()
+            conn = None
+    if conn is not None:
+        conn.writer.close()
+    return got
+
+
+async def test_every_request_shape_is_answered_as_aiohttps_ordinary_path_would(
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    start_fake: StartFake,
+    wheelhouse: Path,
+    tmp_path: Path,
+) -> None:
+    """Targets (canonical or not, escaped, with a query, absent) x Accept x Accept-Encoding x
+    GET/HEAD/HTTP 1.0, twice over (cold, then warm): the proxy with the fast path and one
+    without it give the same status, headers (in order) and body, the clock's headers aside."""
+    fake = FakeSimpleIndex()
+    for day in (20, 21):
+        fake.add_file("nightly", build_wheel(wheelhouse, "nightly", f"1.0.dev202611{day}"))
+    await start_fake(fake)
+    upstreams = [{"name": "up", "kind": "simple", "url": f"{fake.base_url}simple/"}]
+    fast = await start_proxy(make_config(upstreams))
+    plain = TestServer(
+        create_app(make_config(upstreams, cache={"dir": str(tmp_path / "plain-cache")}))
+    )
+    await plain.start_server()
+    try:
+        requests = shapes() * 2
+        ours, theirs = await replies(fast, requests), await replies(plain, requests)
+    finally:
+        await plain.close()
+    assert fast_pages(fast) > 0
+    for request, mine, reference in zip(requests, ours, theirs, strict=True):
+        label = request.split(b"\r\n\r\n")[0].decode()
+        assert (mine.version, mine.status, mine.body) == (
+            reference.version,
+            reference.status,
+            reference.body,
+        ), label
+        assert [h for h in mine.headers if h[0] not in CLOCK_HEADERS] == [
+            h for h in reference.headers if h[0] not in CLOCK_HEADERS
+        ], label
