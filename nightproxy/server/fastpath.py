@@ -137,6 +137,7 @@ class PageProtocol(RequestHandler):
         # A bound per read, so one large pipelined read cannot hold the event loop.
         while messages and app is not None and answered < MAX_PER_READ and self._writable():
             message, payload = messages[0]
+            started = self._loop.time()
             try:
                 page = self._warm_page(app, message, payload)
             except Exception:
@@ -151,7 +152,6 @@ class PageProtocol(RequestHandler):
             messages.popleft()
             self._message_consumed()
             answered += 1
-            started = self._loop.time()
             self._send(page.head, page.body)
             try:
                 self._sent(app, page.path, len(page.body), self._loop.time() - started)
