@@ -94,8 +94,9 @@ class Rendered:
     etag: str
     #: The response headers that do not change per request, derived once by the server.
     headers: Mapping[str, str] | None = None
-    #: Those headers and the status line as sent, serialised once by the server's fast path.
-    wire: bytes | None = None
+    #: The reply's status line and headers as the server's fast path last sent them:
+    #: (the second, the max-age, the bytes), reused within that second.
+    wire: tuple[int, str, bytes] | None = None
 
 
 @dataclass(slots=True)

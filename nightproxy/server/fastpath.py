@@ -23,8 +23,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
 from email.utils import formatdate
+from functools import lru_cache
 from typing import NamedTuple, cast
 
 import aiohttp
@@ -32,10 +32,11 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
+from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
-from nightproxy.index.render import negotiate
-from nightproxy.index.service import Rendered
+from nightproxy.index.render import Format, negotiate
+from nightproxy.index.service import ProjectView, Rendered
 from nightproxy.server import access, keys
 from nightproxy.server.handlers import (
     PROJECT_PAGE,
@@ -55,8 +56,6 @@ CHECKED = (Version("3.14.0"), Version("3.14.5"))
 _PREFIX = "/simple/"
 #: Most warm pages answered per read; the rest of a long pipeline waits for aiohttp's loop.
 MAX_PER_READ = 32
-#: Headers that make a page request something other than a plain cache hit.
-_NOT_PLAIN = ("If-None-Match", "If-Match", "Expect", "Upgrade")
 
 
 def supported(version: str = aiohttp.__version__) -> bool:
@@ -67,38 +66,48 @@ def supported(version: str = aiohttp.__version__) -> bool:
     return CHECKED[0] <= parsed <= CHECKED[1]
 
 
-class _Clock:
-    """The ``Date`` header, formatted once a second."""
+@lru_cache(maxsize=4096)
+def _representation(
+    path: str, accept: str | None, accept_encoding: str
+) -> tuple[NormalizedName, Format, bool] | None:
+    """(project, format, gzip) that a request for ``path`` with these headers asks for, if it
+    is a project page in its canonical spelling; None sends the request the ordinary way (a
+    query, an escape, another segment or another spelling gets its redirect or error there)."""
+    if not (path.startswith(_PREFIX) and path.endswith("/")):
+        return None
+    name = path[len(_PREFIX) : -1]
+    if not name.isascii() or "/" in name or "?" in name or "%" in name or "#" in name:
+        return None
+    project = canonical(name)
+    if not name or project != name:
+        return None
+    fmt = negotiate(accept, None)
+    if fmt is None:
+        return None
+    return project, fmt, accepts_gzip(accept_encoding)
 
-    __slots__ = ("_line", "_second")
 
-    def __init__(self) -> None:
-        self._second = -1
-        self._line = b""
-
-    def date_line(self, now: float) -> bytes:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._line = f"Date: {formatdate(second, usegmt=True)}\r\n".encode("latin-1")
-        return self._line
-
-
-_CLOCK = _Clock()
-_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n\r\n".encode("latin-1")
-
-
-def _static_block(rendered: Rendered, headers: Mapping[str, str]) -> bytes | None:
-    """The status line and the fixed header lines, serialised once per representation; None if
-    a value could split a header (aiohttp would refuse it too, on the ordinary path)."""
-    if rendered.wire is None:
-        lines = ["HTTP/1.1 200 OK\r\n"]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                return None
-            lines.append(f"{name}: {value}\r\n")
-        rendered.wire = "".join(lines).encode("latin-1")
-    return rendered.wire
+def _head(
+    rendered: Rendered, view: ProjectView, fmt: Format, gzipped: bool, now: float
+) -> bytes | None:
+    """The status line and headers of a reply, built once a second per representation; None
+    if a value could split a header (aiohttp would refuse it too, on the ordinary path)."""
+    second = int(time.time())
+    freshness = max_age(view, now)
+    cached = rendered.wire
+    if cached is not None and cached[0] == second and cached[1] == freshness:
+        return cached[2]
+    lines = ["HTTP/1.1 200 OK\r\n"]
+    for name, value in static_headers(view, rendered, fmt, gzipped).items():
+        if "\r" in value or "\n" in value:
+            return None
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(f"Cache-Control: {freshness}\r\nContent-Length: {len(rendered.body)}\r\n")
+    lines.append(f"Date: {formatdate(second, usegmt=True)}\r\n")
+    lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
+    head = "".join(lines).encode("latin-1")
+    rendered.wire = (second, freshness, head)
+    return head
 
 
 class _Page(NamedTuple):
@@ -153,8 +162,9 @@ class PageProtocol(RequestHandler):
             self._message_consumed()
             answered += 1
             self._send(page.head, page.body)
+            finished = self._loop.time()
             try:
-                self._sent(app, page.path, len(page.body), self._loop.time() - started)
+                self._sent(app, page.path, len(page.body), started, finished)
             except Exception:
                 log.exception("fast path: accounting for %s failed", page.path)
 
@@ -197,24 +207,20 @@ class PageProtocol(RequestHandler):
             or message.chunked
         ):
             return None
-        path = message.path
-        if not (path.startswith(_PREFIX) and path.endswith("/")):
-            return None
-        name = path[len(_PREFIX) : -1]
-        # Only the canonical spelling: anything with a query, an escape, another segment or
-        # another spelling gets the ordinary path's redirect or error.
-        if not name.isascii() or "/" in name or "?" in name or "%" in name or "#" in name:
-            return None
-        project = canonical(name)
-        if not name or project != name:
-            return None
         headers = message.headers
-        if any(h in headers for h in _NOT_PLAIN):
+        if (
+            "If-None-Match" in headers
+            or "If-Match" in headers
+            or "Expect" in headers
+            or "Upgrade" in headers
+        ):
             return None
-        fmt = negotiate(headers.get("Accept"), None)
-        if fmt is None:
+        wanted = _representation(
+            message.path, headers.get("Accept"), headers.get("Accept-Encoding", "")
+        )
+        if wanted is None:
             return None
-        gzipped = accepts_gzip(headers.get("Accept-Encoding", ""))
+        project, fmt, gzipped = wanted
         index = app[keys.INDEX]
         view = index.fresh_view(project)
         if view is None or not (view.files or view.inputs):
@@ -222,20 +228,8 @@ class PageProtocol(RequestHandler):
         rendered = view.rendered(fmt, gzipped)
         if rendered is None:
             return None
-        block = _static_block(rendered, static_headers(view, rendered, fmt, gzipped))
-        if block is None:
-            return None
-        body = rendered.body
-        freshness = f"Cache-Control: {max_age(view, index.clock())}\r\n"
-        head = b"".join(
-            (
-                block,
-                f"{freshness}Content-Length: {len(body)}\r\n".encode("latin-1"),
-                _CLOCK.date_line(time.time()),
-                _SERVER_LINE,
-            )
-        )
-        return _Page(path, head, body)
+        head = _head(rendered, view, fmt, gzipped, index.clock())
+        return None if head is None else _Page(message.path, head, rendered.body)
 
     def _send(self, head: bytes, body: bytes) -> None:
         transport = cast(asyncio.Transport, self.transport)
@@ -265,12 +259,14 @@ class PageProtocol(RequestHandler):
         elif sent < len(head) + len(body):
             transport.write(memoryview(body)[sent - len(head) :])
 
-    def _sent(self, app: web.Application, path: str, size: int, seconds: float) -> None:
+    def _sent(
+        self, app: web.Application, path: str, size: int, started: float, finished: float
+    ) -> None:
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1
         # The keep-alive timer restarts after a response, as aiohttp's loop does.
-        close_time = self._loop.time() + self._keepalive_timeout
+        close_time = finished + self._keepalive_timeout
         self._next_keepalive_close_time = close_time
         if self._keepalive_handle is None:
             self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
@@ -283,7 +279,7 @@ class PageProtocol(RequestHandler):
             path,
             200,
             size=size,
-            seconds=seconds,
+            seconds=finished - started,
             cache="-",
             remote=self._remote,
         )
