@@ -232,6 +232,11 @@ async def test_pipelined_requests_are_answered_in_order_around_the_ordinary_path
         pytest.param(get("/simple/demo/", version="1.0"), 200, id="HTTP/1.0"),
         pytest.param(get("/simple/demo/", accept="image/png"), 406, id="nothing acceptable"),
         pytest.param(get("/simple/demo/", "Expect: 100-continue"), 200, id="expect"),
+        pytest.param(
+            get("/simple/demo/", accept="text/html, " + "x-made/up;q=0.1, " * 30),
+            200,
+            id="an Accept longer than any client sends",
+        ),
         pytest.param(b"HEAD /simple/demo/ HTTP/1.1\r\nHost: proxy\r\n\r\n", 200, id="HEAD"),
         pytest.param(
             b"GET /simple/demo/ HTTP/1.1\r\nHost: proxy\r\nContent-Length: 5\r\n\r\nhello",

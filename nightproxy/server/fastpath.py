@@ -66,7 +66,12 @@ def supported(version: str = aiohttp.__version__) -> bool:
     return CHECKED[0] <= parsed <= CHECKED[1]
 
 
-@lru_cache(maxsize=4096)
+#: Longer request targets or headers than any client sends take the ordinary path, so that the
+#: memo below stays small whatever clients send (1,024 entries of at most 640 characters).
+_MEMO_LIMITS = (256, 256, 128)
+
+
+@lru_cache(maxsize=1024)
 def _representation(
     path: str, accept: str | None, accept_encoding: str
 ) -> tuple[NormalizedName, Format, bool] | None:
@@ -215,9 +220,16 @@ class PageProtocol(RequestHandler):
             or "Upgrade" in headers
         ):
             return None
-        wanted = _representation(
-            message.path, headers.get("Accept"), headers.get("Accept-Encoding", "")
-        )
+        path = message.path
+        accept = headers.get("Accept")
+        accept_encoding = headers.get("Accept-Encoding", "")
+        if (
+            len(path) > _MEMO_LIMITS[0]
+            or (accept is not None and len(accept) > _MEMO_LIMITS[1])
+            or len(accept_encoding) > _MEMO_LIMITS[2]
+        ):
+            return None
+        wanted = _representation(path, accept, accept_encoding)
         if wanted is None:
             return None
         project, fmt, gzipped = wanted
@@ -229,7 +241,7 @@ class PageProtocol(RequestHandler):
         if rendered is None:
             return None
         head = _head(rendered, view, fmt, gzipped, index.clock())
-        return None if head is None else _Page(message.path, head, rendered.body)
+        return None if head is None else _Page(path, head, rendered.body)
 
     def _send(self, head: bytes, body: bytes) -> None:
         transport = cast(asyncio.Transport, self.transport)
