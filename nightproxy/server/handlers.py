@@ -70,8 +70,14 @@ async def _add_slash(request: web.Request) -> web.Response:
 
 
 @lru_cache(maxsize=4096)
-def canonical(name: str) -> NormalizedName:
+def _canonical_memo(name: str) -> NormalizedName:
     return canonicalize_name(name)
+
+
+def canonical(name: str) -> NormalizedName:
+    # Memoised for names of a real project's length only: the memo is keyed by what clients
+    # send, and a path segment may be kilobytes long.
+    return _canonical_memo(name) if len(name) <= 128 else canonicalize_name(name)
 
 
 @lru_cache(maxsize=256)
