@@ -146,10 +146,12 @@ class PageProtocol(RequestHandler):
 
     def _answer_queued(self) -> None:
         app = self._fast_app()
+        if app is None:
+            return
         messages = self._messages
         answered = 0
         # A bound per read, so one large pipelined read cannot hold the event loop.
-        while messages and app is not None and answered < MAX_PER_READ and self._writable():
+        while messages and answered < MAX_PER_READ and self._writable():
             message, payload = messages[0]
             started = self._loop.time()
             try:
@@ -260,10 +262,9 @@ class PageProtocol(RequestHandler):
         ):
             try:
                 sent = os.writev(sock.fileno(), (head, body))
-            except (BlockingIOError, InterruptedError):
-                sent = 0
             except OSError:
-                # The connection is gone; the transport finds out on its own next write.
+                # Full (EAGAIN), interrupted or gone: the transport sends the rest, or finds out
+                # on its own write that the connection is gone.
                 sent = 0
         if sent < len(head):
             transport.write(head[sent:])
