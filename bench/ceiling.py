@@ -8,7 +8,11 @@ handler (no routing work, no logging, no metrics), and measures it with the same
     python bench/ceiling.py --source http://127.0.0.1:PORT --reference http://127.0.0.1:PORT2 \\
         [--processes 2] [--reps 5]
 
-It also serves them from a bare asyncio protocol (no HTTP framework at all: find the end of the
+It also serves those same bytes from nginx (a static tree with the same PEP 691 negotiation as
+``run.py``'s reference, ``gzip_static`` for the gzip representation): the machine's limit for
+*these* pages, which tells a gap that is the page's size from one that is nightproxy's work.
+
+And it serves them from a bare asyncio protocol (no HTTP framework at all: find the end of the
 request, pick the representation, one write of prepared bytes): the floor of what any Python
 server pays per request here, and so the ceiling for nightproxy's connection-level fast path.
 
@@ -24,11 +28,13 @@ import gzip
 import multiprocessing
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 from run import run_wrk
-from targets import free_port
+from targets import Nginx, free_port, stop
 
 ACCEPT_JSON = "application/vnd.pypi.simple.v1+json"
 #: (label, path, request headers), as run.py's page scenarios ask.
@@ -64,6 +70,20 @@ def variant(path: str, accept: str, accept_encoding: str) -> str:
     if ACCEPT_JSON not in accept:
         return f"{path}|html"
     return f"{path}|json-gz" if "gzip" in accept_encoding else f"{path}|json"
+
+
+def static_tree(root: Path, pages: Pages) -> None:
+    """The pages as files where nginx's negotiation finds them (``index.html``, ``index.json``,
+    ``index.json.gz`` in each page's directory)."""
+    names = {"html": "index.html", "json": "index.json", "json-gz": "index.json.gz"}
+    for key, (body, _headers) in pages.items():
+        path, kind = key.split("|")
+        folder = root / path.strip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / names[kind]).write_bytes(body)
+        if kind == "json-gz" and not (folder / "index.json").exists():
+            (folder / "index.json").write_bytes(gzip.decompress(body))
+    (root / "simple" / "index.html").write_text("<!DOCTYPE html><html><body></body></html>\n")
 
 
 def serve(port: int, pages: Pages) -> None:
@@ -159,6 +179,11 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.1)
+    scratch = tempfile.TemporaryDirectory(prefix="nightproxy-ceiling-")
+    static_tree(Path(scratch.name) / "tree", pages)
+    same = Nginx(Path(scratch.name) / "nginx", Path(scratch.name) / "tree")
+    same.start()
+    servers["nginx, same bytes"] = same.reference
     servers["source"] = args.source.rstrip("/")
     if args.reference:
         servers["reference"] = args.reference.rstrip("/")
@@ -173,23 +198,30 @@ def main() -> int:
     finally:
         for proc in procs:
             proc.terminate()
+        stop(same.proc)
+        scratch.cleanup()
     names = list(servers)
     print(f"processes for the bare server: {args.processes}; wrk -t2 -c32, median of {args.reps}")
-    ratios = ("bare aiohttp", "bare asyncio", "source")
+    ratios = [
+        (n, "reference") for n in ("bare aiohttp", "bare asyncio", "nginx, same bytes", "source")
+    ]
+    ratios += [("source", "nginx, same bytes"), ("source", "bare asyncio")]
     print(
         "| scenario (c=32, req/s) | "
         + " | ".join(names)
         + " | "
-        + " | ".join(f"{n} / reference" for n in ratios)
+        + " | ".join(f"{a} / {b}" for a, b in ratios)
         + " |"
     )
     print("|---|" + "---|" * (len(names) + len(ratios)))
     for label, med in rows:
         cells = " | ".join(f"{med[n]:,.0f}" for n in names)
         shares = " | ".join(
-            f"{med[n] / med['reference']:.2f}x" if "reference" in med else "—" for n in ratios
+            f"{med[a] / med[b]:.2f}x" if a in med and b in med else "—" for a, b in ratios
         )
         print(f"| {label} | {cells} | {shares} |")
+    sizes = ", ".join(f"{key}: {len(body):,} B" for key, (body, _h) in pages.items())
+    print(f"\npage sizes served: {sizes}")
     return 0
 
 
