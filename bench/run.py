@@ -218,6 +218,9 @@ class Results:
         self.metrics: dict[str, Metric] = {}
         self.order: list[str] = []
         self.values: dict[tuple[str, str], list[float]] = {}
+        #: The repetition each value was measured in, to pair targets' values of one repetition.
+        self.value_reps: dict[tuple[str, str], list[int]] = {}
+        self.rep = 0
         self.failures: dict[tuple[str, str], str] = {}
         self.notes: dict[tuple[str, str], str] = {}
         self.check_failures: list[str] = []
@@ -232,6 +235,7 @@ class Results:
             self.fail(key, target, "no value")
             return
         self.values.setdefault((key, target), []).append(float(value))
+        self.value_reps.setdefault((key, target), []).append(self.rep)
 
     def fail(self, key: str, target: str, reason: str) -> None:
         self.failures.setdefault((key, target), reason.replace("|", "/").replace("\n", " ")[:160])
@@ -243,6 +247,15 @@ class Results:
     def median(self, key: str, target: str) -> float | None:
         v = self.values.get((key, target))
         return statistics.median(v) if v else None
+
+    def paired_ratios(self, key: str, a: str, b: str) -> list[float]:
+        """``a / b`` within each repetition both were measured in (their windows minutes
+        apart at most), so that drift of the machine between repetitions cancels out."""
+        def by_rep(target: str) -> dict[int, float]:
+            return dict(zip(self.value_reps.get((key, target), []),
+                            self.values.get((key, target), []), strict=True))
+        av, bv = by_rep(a), by_rep(b)
+        return [av[r] / bv[r] for r in sorted(av.keys() & bv.keys()) if bv[r] > 0]
 
 
 def fmt(v: float) -> str:
@@ -287,7 +300,11 @@ def render_table(res: Results, names: list[str], reps: int) -> str:
             row.append(cell)
         npv = res.median(key, "nightproxy")
         if "nightproxy / nginx" in head:
-            row.append(f"{npv / ref:.2f}x" if npv is not None and ref else "—")
+            cell = f"{npv / ref:.2f}x" if npv is not None and ref else "—"
+            paired = res.paired_ratios(key, "nightproxy", "nginx")
+            if len(paired) >= 2:
+                cell += f" ({min(paired):.2f}-{max(paired):.2f})"
+            row.append(cell)
         if "nightproxy / best peer" in head:
             pv = [x for x in (res.median(key, p) for p in peers) if x is not None]
             best = (max(pv) if m.higher_better else min(pv)) if pv else None
@@ -698,6 +715,7 @@ class Bench:
                 except Exception as e:
                     log(f"{t.name}: warm-up install ({tool}) failed: {e}")
         for rep in range(self.reps):
+            self.res.rep = rep
             order = live[rep % len(live):] + live[:rep % len(live)] if live else []
             for t in order:
                 t0 = time.perf_counter()
@@ -712,7 +730,8 @@ class Bench:
         assert self.fx
         fn = "gigablob-1.0-py3-none-any.whl"
         want = self.fx.entry("gigablob", fn).sha256
-        for _ in range(self.reps):
+        for rep in range(self.reps):
+            self.res.rep = rep
             for t in live:
                 def one(t: tg.Target = t) -> None:
                     t.restart_fresh()
