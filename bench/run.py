@@ -890,7 +890,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions per figure (>= 5)")
     ap.add_argument("--startup-files", type=int, default=None,
                     help="cached files for nightproxy's start-up scenario (default 100,000; "
-                         "5,000 with --quick)")
+                         "2,000 with --quick)")
     args = ap.parse_args()
     args.targets = [x.strip() for x in args.targets.split(",") if x.strip()]
     bad = [x for x in args.targets if x not in ALL_TARGETS]
@@ -899,7 +899,7 @@ def main() -> int:
     if args.reps < 5:
         ap.error("--reps must be at least 5 (every figure is a median of >= 5 runs)")
     if args.startup_files is None:
-        args.startup_files = 5_000 if args.quick else 100_000
+        args.startup_files = 2_000 if args.quick else 100_000
     # stable column order: nginx first (the reference), then nightproxy, then peers
     args.targets = [x for x in ("nginx", "nightproxy", "proxpi", "devpi") if x in args.targets]
 
