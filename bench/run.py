@@ -42,7 +42,7 @@ import fixture  # noqa: E402
 import targets as tg  # noqa: E402
 
 ALL_TARGETS = ("nightproxy", "proxpi", "devpi", "nginx")
-#: Warm installs per repetition; the repetition's figure is their median.
+#: Warm installs per repetition (one with --quick); the repetition's figure is their median.
 WARM_INSTALLS = 3
 #: Targets whose failures make --quick exit non-zero. Peers may fail: their cells say why.
 REQUIRED_TARGETS = frozenset({"nightproxy", "nginx"})
@@ -588,7 +588,8 @@ class Bench:
                         return
                     # A warm uv install takes ~80 ms, about what one stray writeback or reclaim
                     # burst on a shared machine costs: a repetition's figure is a median too.
-                    runs = [self.install(t, tool, "warm-b") for _ in range(WARM_INSTALLS)]
+                    times = 1 if self.quick else WARM_INSTALLS
+                    runs = [self.install(t, tool, "warm-b") for _ in range(times)]
                     r.add(f"{tool}_{state}", name, statistics.median(runs))
                 self.measure(f"{tool}_{state}", t, inst)
 
@@ -899,7 +900,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions per figure (>= 5)")
     ap.add_argument("--startup-files", type=int, default=None,
                     help="cached files for nightproxy's start-up scenario (default 100,000; "
-                         "2,000 with --quick)")
+                         "1,000 with --quick)")
     args = ap.parse_args()
     args.targets = [x.strip() for x in args.targets.split(",") if x.strip()]
     bad = [x for x in args.targets if x not in ALL_TARGETS]
@@ -908,7 +909,7 @@ def main() -> int:
     if args.reps < 5:
         ap.error("--reps must be at least 5 (every figure is a median of >= 5 runs)")
     if args.startup_files is None:
-        args.startup_files = 2_000 if args.quick else 100_000
+        args.startup_files = 1_000 if args.quick else 100_000
     # stable column order: nginx first (the reference), then nightproxy, then peers
     args.targets = [x for x in ("nginx", "nightproxy", "proxpi", "devpi") if x in args.targets]
 
@@ -920,8 +921,10 @@ def main() -> int:
     atexit.register(tg.kill_all)
     t_start = time.perf_counter()
     bench = Bench(args)
+    setup_s = 0.0
     try:
         bench.setup()
+        setup_s = time.perf_counter() - t_start
         bench.run()
     except Exception:
         traceback.print_exc()
@@ -946,7 +949,7 @@ def main() -> int:
         f"- versions: {versions()}",
         f"- load generator: {bench.generator()}",
         f"- each figure: median of {args.reps} runs, targets interleaved round-robin; "
-        f"run took {elapsed:.0f}s",
+        f"run took {elapsed:.0f}s (set-up: venv, fixture, starting the targets, {setup_s:.0f}s)",
         f"- files listed on bigproj's page (upstream has {fixture.BIG_FILES}): {counts or '—'}",
         "",
         table,
