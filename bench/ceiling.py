@@ -180,14 +180,14 @@ def main() -> int:
             except OSError:
                 time.sleep(0.1)
     scratch = tempfile.TemporaryDirectory(prefix="nightproxy-ceiling-")
-    static_tree(Path(scratch.name) / "tree", pages)
     same = Nginx(Path(scratch.name) / "nginx", Path(scratch.name) / "tree")
-    same.start()
-    servers["nginx, same bytes"] = same.reference
-    servers["source"] = args.source.rstrip("/")
-    if args.reference:
-        servers["reference"] = args.reference.rstrip("/")
     try:
+        static_tree(Path(scratch.name) / "tree", pages)
+        same.start()
+        servers["nginx, same bytes"] = same.reference
+        servers["source"] = args.source.rstrip("/")
+        if args.reference:
+            servers["reference"] = args.reference.rstrip("/")
         rows = []
         for label, path, headers in CASES:
             got: dict[str, list[float]] = {name: [] for name in servers}
