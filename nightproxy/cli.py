@@ -101,12 +101,15 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from nightproxy.allocator import tune_allocator
     from nightproxy.logs import setup_logging
     from nightproxy.server.app import create_app
     from nightproxy.server.runner import ListenError, run
 
     config = _load(args.config)
     setup_logging(args.log_format or config.logging.format, config.logging.level)
+    tuned = tune_allocator(os.environ)
+    logging.getLogger("nightproxy").debug("allocator thresholds raised: %s", tuned)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     logging.getLogger("nightproxy").info(
