@@ -121,7 +121,7 @@ class AccessSink:
 
     def format(self, entry: AccessEntry) -> str:
         now, method, path, status, size, seconds, cache, remote = entry
-        message = f"{method} {path} {status} {size} {seconds * 1000:.1f}ms {cache}"
+        message = access_message(method, path, status, size=size, seconds=seconds, cache=cache)
         if not self.json:
             return f"{self._asctime(now)} INFO nightproxy.access: {message}"
         return json.dumps(
@@ -130,15 +130,40 @@ class AccessSink:
                 "level": "INFO",
                 "logger": "nightproxy.access",
                 "message": message,
-                "method": method,
-                "path": path,
-                "status": status,
-                "bytes": size,
-                "duration_ms": round(seconds * 1000, 2),
-                "cache": cache,
-                "remote": remote,
+                **access_fields(
+                    method, path, status, size=size, seconds=seconds, cache=cache, remote=remote
+                ),
             }
         )
+
+
+def access_message(
+    method: str, path: str, status: int, *, size: int | None, seconds: float, cache: str
+) -> str:
+    """An access line's text, whichever way it is written."""
+    return f"{method} {path} {status} {size} {seconds * 1000:.1f}ms {cache}"
+
+
+def access_fields(
+    method: str,
+    path: str,
+    status: int,
+    *,
+    size: int | None,
+    seconds: float,
+    cache: str,
+    remote: str | None,
+) -> dict[str, object]:
+    """An access line's JSON fields, whichever way it is written."""
+    return {
+        "method": method,
+        "path": path,
+        "status": status,
+        "bytes": size,
+        "duration_ms": round(seconds * 1000, 2),
+        "cache": cache,
+        "remote": remote,
+    }
 
 
 #: Set by ``setup_logging`` in the ``serve`` process; None elsewhere (tests, embedding).

@@ -56,20 +56,11 @@ def record(
         return
     if not log.isEnabledFor(logging.INFO):
         return
-    fields: dict[str, object] = {
-        "method": method,
-        "path": path,
-        "status": status,
-        "bytes": size,
-        "duration_ms": round(seconds * 1000, 2),
-        "cache": cache,
-        "remote": remote(),
-    }
-    log.info(
-        "%s",
-        f"{method} {path} {status} {size} {seconds * 1000:.1f}ms {cache}",
-        extra={"fields": fields},
+    fields = logs.access_fields(
+        method, path, status, size=size, seconds=seconds, cache=cache, remote=remote()
     )
+    message = logs.access_message(method, path, status, size=size, seconds=seconds, cache=cache)
+    log.info("%s", message, extra={"fields": fields})
 
 
 class AccessLogger(AbstractAccessLogger):
