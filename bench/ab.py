@@ -22,13 +22,12 @@ import argparse
 import statistics
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import fixture
 import targets as tg
-from run import HREF, VENV, WORK, LoadClient, log, setup_venv
+from run import VENV, WORK, LoadClient, log, published_url, setup_venv
 
 
 class Side(tg.Nightproxy):
@@ -46,16 +45,6 @@ class Side(tg.Nightproxy):
             [str(VENV / "bin" / "python"), "-c", "import nightproxy; print(nightproxy.__file__)"],
             env=self.env(), cwd=self.work, capture_output=True, text=True, check=True, timeout=60)
         return probe.stdout.strip()
-
-    def file_url(self, project: str, filename: str) -> str:
-        page = f"{self.index_url}{project}/"
-        status, body, _ = tg.http_get(page, {"Accept": "text/html"}, timeout=60)
-        if status != 200:
-            raise RuntimeError(f"{self.label}: {page}: HTTP {status}")
-        for href in HREF.findall(body.decode()):
-            if href.split("#", 1)[0].endswith("/" + filename):
-                return urllib.parse.urljoin(page, href.split("#", 1)[0])
-        raise RuntimeError(f"{self.label}: {filename} is not on {page}")
 
 
 def main() -> int:
@@ -87,7 +76,8 @@ def main() -> int:
             for rep in range(reps):
                 filename = f"coldblob-{rep}.0-py3-none-any.whl"
                 urls = {"nginx direct": f"{nginx.reference}/files/coldblob/{filename}"}
-                urls.update({side.label: side.file_url("coldblob", filename) for side in sides})
+                urls.update(
+                    {side.label: published_url(side, "coldblob", filename) for side in sides})
                 order = ["nginx direct", "A", "B"] if (rnd + rep) % 2 == 0 else [
                     "nginx direct", "B", "A"]
                 for name in order:

@@ -322,6 +322,19 @@ def render_table(res: Results, names: list[str], reps: int) -> str:
 HREF = re.compile(r'href="([^"]+)"')
 
 
+def published_url(t: tg.Target, project: str, filename: str) -> str:
+    """The URL ``t``'s project page links for ``filename``, without its fragment."""
+    page = t.index_url + project + "/"
+    status, body, _ = tg.http_get(page, {"Accept": ACCEPT_HTML}, timeout=120)
+    if status != 200:
+        raise RuntimeError(f"page {project}: HTTP {status}")
+    for raw in HREF.findall(body.decode(errors="replace")):
+        href = raw.replace("&amp;", "&")
+        if urllib.parse.urlsplit(href).path.rsplit("/", 1)[-1] == filename:
+            return urllib.parse.urljoin(page, href.split("#", 1)[0])
+    raise RuntimeError(f"{filename} not on {t.name}'s page")
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -350,19 +363,9 @@ class Bench:
     def file_url(self, t: tg.Target, project: str, filename: str) -> str:
         """The URL ``t`` publishes for ``filename`` (found on its project page)."""
         key = (t.name, project, filename)
-        if key in self.url_cache:
-            return self.url_cache[key]
-        page = t.index_url + project + "/"
-        status, body, _ = tg.http_get(page, {"Accept": ACCEPT_HTML}, timeout=120)
-        if status != 200:
-            raise RuntimeError(f"page {project}: HTTP {status}")
-        for raw in HREF.findall(body.decode(errors="replace")):
-            href = raw.replace("&amp;", "&")
-            if urllib.parse.urlsplit(href).path.rsplit("/", 1)[-1] == filename:
-                url = urllib.parse.urljoin(page, href.split("#", 1)[0])
-                self.url_cache[key] = url
-                return url
-        raise RuntimeError(f"{filename} not on {t.name}'s page")
+        if key not in self.url_cache:
+            self.url_cache[key] = published_url(t, project, filename)
+        return self.url_cache[key]
 
     def rate(self, url: str, headers: dict[str, str], conc: int, dur: float) -> dict[str, Any]:
         if self.wrk and not self.quick:
