@@ -12,6 +12,10 @@ Each round starts both sides with empty caches, then fetches every cold file of 
 once from nginx direct and once through each side, alternating which side goes first. It
 prints the medians of the total time and of the time to the first body byte.
 
+``--warm-load SECONDS`` first sends each target's warm 50 MB file to 8 clients for that long
+before every cold download, as ``run.py`` does (its warm download scenario comes just before
+the cold one): on this VM that load changes the cold figure (see ``bench/RESULTS.md``).
+
 On the 2-core development machine two sides running the *same* tree differ by up to about 12%
 in their medians: a change to the cold path has to beat that to be told from noise.
 """
@@ -47,11 +51,27 @@ class Side(tg.Nightproxy):
         return probe.stdout.strip()
 
 
+WARM_FILE = "blob-50.0-py3-none-any.whl"
+
+
+def warm_load(load: LoadClient, url: str, seconds: float) -> None:
+    """The warm file to 8 clients for ``seconds`` (cached first, outside the window)."""
+    load.call({"op": "fetch", "url": url, "clients": 1, "timeout": 300}, 360)
+    out = load.call({"op": "rate", "url": url, "headers": {}, "concurrency": 8,
+                     "duration": seconds, "max_requests": 100000}, seconds + 120)
+    if out.get("errors") or not out.get("requests"):
+        raise RuntimeError(f"warm load on {url}: {out}")
+    tg.settle()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", required=True, type=Path, help="source tree of side A")
     ap.add_argument("--b", required=True, type=Path, help="source tree of side B")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--warm-load", type=float, default=0.0, metavar="SECONDS",
+                    help="send the warm 50 MB file to 8 clients for this long before each "
+                         "cold download (as run.py's warm download scenario does)")
     args = ap.parse_args()
     error = setup_venv()
     if error:
@@ -73,6 +93,9 @@ def main() -> int:
         for rnd in range(args.rounds):
             for side in sides:
                 side.restart_fresh()
+            warm = {"nginx direct": f"{nginx.reference}/files/blob/{WARM_FILE}"}
+            if args.warm_load > 0:
+                warm.update({side.label: published_url(side, "blob", WARM_FILE) for side in sides})
             for rep in range(reps):
                 filename = f"coldblob-{rep}.0-py3-none-any.whl"
                 urls = {"nginx direct": f"{nginx.reference}/files/coldblob/{filename}"}
@@ -81,6 +104,8 @@ def main() -> int:
                 order = ["nginx direct", "A", "B"] if (rnd + rep) % 2 == 0 else [
                     "nginx direct", "B", "A"]
                 for name in order:
+                    if args.warm_load > 0:
+                        warm_load(load, warm[name], args.warm_load)
                     out: dict[str, Any] = load.call(
                         {"op": "fetch", "url": urls[name], "clients": 1, "timeout": 300}, 360)
                     got = out["clients"][0]
