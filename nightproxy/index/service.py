@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cachetools import LRUCache
 from packaging.utils import NormalizedName
 
 from nightproxy.cache.keys import file_key, file_path
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 BREAKER_THRESHOLD = 3
 BREAKER_BASE_DELAY = 5.0
 BREAKER_MAX_DELAY = 300.0
+#: Bounds on what client-chosen names and times can make the service hold: merged views
+#: (the least recently used is rebuilt from its pages when asked again), views of one
+#: ``as_of`` time (a CI job may pin a new one per run), and "no such project" answers.
+VIEW_LIMIT = 10_000
+AS_OF_VIEW_LIMIT = 64
+ABSENT_LIMIT = 10_000
 
 
 class AllUpstreamsFailedError(Exception):
@@ -163,6 +170,10 @@ class IndexView:
         return got
 
 
+#: A merged view's key: the project, and the ``as_of`` time as a timestamp (None: now).
+_ViewKey = tuple[NormalizedName, float | None]
+
+
 class IndexService:
     def __init__(
         self,
@@ -178,8 +189,12 @@ class IndexService:
         self.clock = clock
         self.health: dict[str, UpstreamHealth] = {name: UpstreamHealth() for name in upstreams}
         self._pages: dict[tuple[str, NormalizedName], PageEntry] = {}
+        #: Upstream answers "not there" (page None), apart so that names a client makes up
+        #: cannot grow the service without bound.
+        self._absent: LRUCache[tuple[str, NormalizedName], PageEntry] = LRUCache(ABSENT_LIMIT)
         self._inflight: dict[tuple[str, NormalizedName], asyncio.Future[PageEntry]] = {}
-        self._views: dict[tuple[NormalizedName, float | None], ProjectView] = {}
+        self._views: LRUCache[_ViewKey, ProjectView] = LRUCache(VIEW_LIMIT)
+        self._as_of_views: LRUCache[_ViewKey, ProjectView] = LRUCache(AS_OF_VIEW_LIMIT)
         self._view_inflight: dict[
             tuple[NormalizedName, float | None], asyncio.Future[ProjectView]
         ] = {}
@@ -193,6 +208,18 @@ class IndexService:
         self.on_upstream_request: Callable[[str, float, bool], None] | None = None
 
     # -- per-upstream pages -----------------------------------------------------------------
+
+    def _entry(self, key: tuple[str, NormalizedName]) -> PageEntry | None:
+        entry = self._pages.get(key)
+        return entry if entry is not None else self._absent.get(key)
+
+    def _put_entry(self, key: tuple[str, NormalizedName], entry: PageEntry) -> None:
+        if entry.page is None:
+            self._pages.pop(key, None)
+            self._absent[key] = entry
+        else:
+            self._absent.pop(key, None)
+            self._pages[key] = entry
 
     def _ttl(self, upstream: str) -> float:
         ttl = self.upstreams[upstream].config.ttl
@@ -233,7 +260,7 @@ class IndexService:
         """Fetch (or revalidate) one upstream's page; raises UpstreamError on failure."""
         if self._breaker_open(upstream):
             raise CircuitOpenError(upstream, "skipped: failing repeatedly (circuit open)")
-        previous = self._pages.get((upstream, project))
+        previous = self._entry((upstream, project))
         baseline = previous.page if previous is not None else None
         if previous is None:
             # After a restart, compare with the page persisted before it, so that files the
@@ -252,10 +279,13 @@ class IndexService:
             result = await self.upstreams[upstream].fetch_project(
                 project, etag=etag, last_modified=last_modified
             )
-        except UpstreamError as exc:
-            self._record_failure(upstream, exc.reason)
+        except Exception as exc:
+            failure = _as_upstream_error(upstream, exc)
+            self._record_failure(upstream, failure.reason)
             self._observe(upstream, time.perf_counter() - started, ok=False)
-            raise
+            if failure is exc:
+                raise
+            raise failure from exc
         self._observe(upstream, time.perf_counter() - started, ok=True)
         self._record_success(upstream)
         now = self.clock()
@@ -277,7 +307,7 @@ class IndexService:
         ):
             body = gone_to_json(self._gone[(upstream, project)])
             await asyncio.to_thread(self.store.save_retained, upstream, project, body)
-        self._pages[(upstream, project)] = entry
+        self._put_entry((upstream, project), entry)
         return entry
 
     def _note_removed(
@@ -330,7 +360,7 @@ class IndexService:
     async def _stale_entry(self, upstream: str, project: NormalizedName) -> PageEntry | None:
         """The last good page within stale_if_error, from memory or from disk."""
         horizon = self.clock() - self.config.index.stale_if_error
-        entry = self._pages.get((upstream, project))
+        entry = self._entry((upstream, project))
         if entry is not None:
             return entry if entry.fetched_at >= horizon else None
         saved = await asyncio.to_thread(_load_persisted, self.store, upstream, project)
@@ -338,7 +368,7 @@ class IndexService:
             return None
         self._generation += 1
         entry = PageEntry(saved[1], saved[0], self._generation)
-        self._pages[(upstream, project)] = entry
+        self._put_entry((upstream, project), entry)
         return entry
 
     def _spawn(self, coro: Awaitable[object]) -> None:
@@ -351,7 +381,7 @@ class IndexService:
         self, upstream: str, project: NormalizedName
     ) -> tuple[PageEntry | None, str | None, bool]:
         """(entry, failure reason, stale?) for one upstream's page of a project."""
-        entry = self._pages.get((upstream, project))
+        entry = self._entry((upstream, project))
         now = self.clock()
         if entry is not None and now - entry.fetched_at < self._ttl(upstream):
             return entry, None, False
@@ -360,7 +390,7 @@ class IndexService:
             and self.config.index.stale_while_revalidate
             and now - entry.fetched_at < self.config.index.stale_if_error
         ):
-            self._spawn(self._fetch_once(upstream, project))
+            self._spawn(self._revalidate(upstream, project, entry.generation))
             # If the upstream is failing, this expired page is a stand-in, and says so.
             failing = self.health[upstream].failures > 0
             if failing:
@@ -384,7 +414,27 @@ class IndexService:
             log.warning("upstream %r left out of %s: %s", upstream, project, exc.reason)
             return None, exc.reason, False
 
+    async def _revalidate(self, upstream: str, project: NormalizedName, generation: int) -> None:
+        """Stale-while-revalidate's background fetch; a changed page ends the served views.
+
+        The views built from the expired page were given a whole ttl; without this, files the
+        refresh found would wait out that ttl as well.
+        """
+        entry = await self._fetch_once(upstream, project)
+        if entry.generation != generation:
+            for view in self._views_of(project):
+                view.fresh_until = 0.0
+
     # -- merged project views -----------------------------------------------------------------
+
+    def _view_map(self, as_of: datetime | None) -> LRUCache[_ViewKey, ProjectView]:
+        return self._views if as_of is None else self._as_of_views
+
+    def _views_of(self, project: NormalizedName) -> list[ProjectView]:
+        """Every built view of a project: today's and those of any ``as_of`` time."""
+        views = [v for (name, _t), v in list(self._as_of_views.items()) if name == project]
+        current = self._views.get((project, None))
+        return views if current is None else [current, *views]
 
     def upstreams_for(self, project: NormalizedName) -> tuple[str, ...]:
         return self.config.upstream_names_for(project)
@@ -397,7 +447,7 @@ class IndexService:
         A view whose every upstream said "no such project" is returned too; ``view`` maps it
         to None.
         """
-        view = self._views.get((project, as_of.timestamp() if as_of else None))
+        view = self._view_map(as_of).get((project, as_of.timestamp() if as_of else None))
         if view is not None and self.clock() < view.fresh_until:
             return view
         return None
@@ -413,7 +463,7 @@ class IndexService:
         if view is not None:
             return view if view.files or view.inputs else None
         key = (project, as_of.timestamp() if as_of else None)
-        view = self._views.get(key)
+        view = self._view_map(as_of).get(key)
         future = self._view_inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(self._build_view(project, as_of, view))
@@ -473,7 +523,7 @@ class IndexService:
             inputs=key_inputs,
         )
         view.by_key = {_key_of(pub): pub for pub in files}
-        self._views[(project, as_of.timestamp() if as_of else None)] = view
+        self._view_map(as_of)[(project, as_of.timestamp() if as_of else None)] = view
         return view
 
     async def _publish(
@@ -528,8 +578,8 @@ class IndexService:
 
     async def find_file(self, project: NormalizedName, key: str) -> PublishedFile | None:
         """The published file behind a key: from a built view, else from a fresh one."""
-        for (name, _as_of), built in list(self._views.items()):
-            if name == project and key in built.by_key:
+        for built in self._views_of(project):
+            if key in built.by_key:
                 return built.by_key[key]
         view = await self.view(project)
         if view is not None and key in view.by_key:
@@ -545,8 +595,7 @@ class IndexService:
 
     def invalidate(self, project: NormalizedName) -> None:
         """Forget rendered views of a project (its published hashes changed)."""
-        for key in [k for k in self._views if k[0] == project]:
-            view = self._views[key]
+        for view in self._views_of(project):
             view.fresh_until = 0.0
             view.inputs = ()
 
@@ -580,7 +629,8 @@ class IndexService:
             if self._breaker_open(name):
                 raise CircuitOpenError(name, "circuit open")
             result = await self.upstreams[name].fetch_project_list()
-        except UpstreamError as exc:
+        except Exception as exc:
+            exc = _as_upstream_error(name, exc)
             last = self._lists.get(name)
             if last is not None and self.clock() - last[1] <= self.config.index.stale_if_error:
                 log.warning(
@@ -661,6 +711,27 @@ def _version_key(file: DistFile) -> tuple[int, object]:
 
 def _key_of(pub: PublishedFile) -> str:
     return pub.url.split("/")[-2]
+
+
+def _as_upstream_error(upstream: str, exc: Exception) -> UpstreamError:
+    """Any failure of one upstream's fetch as that upstream's failure, never the page's.
+
+    Upstream kinds raise UpstreamError for what they expect; anything else (a parser bug, a
+    malformed body no one foresaw) must still leave only that upstream out. Its text may
+    carry a URL with a token in it, so only its type and where it was raised are kept.
+    """
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(upstream, "timed out")
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
+    log.warning("upstream %r: unexpected %s%s", upstream, type(exc).__name__, where)
+    return UpstreamError(upstream, f"unexpected {type(exc).__name__}")
 
 
 def _log_task_error(task: asyncio.Task[object]) -> None:
