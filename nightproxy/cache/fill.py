@@ -4,9 +4,10 @@ A fill is a task the application owns. It streams the upstream body into a tempo
 (positional writes) and hashes it; readers follow the temporary file as it grows, each through
 its own duplicate of the fill's descriptor (so the rename into the store does not disturb them),
 and receive bytes as they arrive: as spans to ``sendfile`` from the page cache, or as chunks.
-The last byte of a file is held back from every reader until the digest is verified: a client
-can never see a complete body of unverified bytes, and a mismatch leaves it with a short read,
-which pip and uv report as an error.
+The last byte of a file (of the size the upstream announced, where it did) is held back from
+every reader until the digest and the size are verified: a client can never see a complete body
+of unverified bytes, and a mismatch leaves it with a short read, which pip and uv report as an
+error.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class FillError(Exception):
 
 class HashMismatchError(FillError):
     pass
+
+
+class SizeMismatchError(FillError):
+    """The upstream sent more or fewer bytes than it announced."""
 
 
 class Fill:
@@ -95,7 +100,15 @@ class Fill:
         while True:
             progress = self._progress
             verified = self.verified
-            limit = self.written if verified else self.written - 1
+            if verified:
+                limit = self.written
+            elif self.size is None:
+                limit = self.written - 1
+            else:
+                # The response announced ``size`` bytes: reaching it is what makes a body look
+                # complete, so byte ``size - 1`` (and anything an upstream sends beyond the size
+                # it announced) waits for verification, however much has been written.
+                limit = min(self.written, self.size - 1)
             if offset < limit:
                 yield offset, limit - offset
                 offset = limit
@@ -288,13 +301,27 @@ class FillManager:
                             await asyncio.to_thread(self.store.delete_blobs, victims)
                 fill.headers_ready.set()
                 spooler = _Spooler(fill, fill._fd, digest, self._count)
+                announced, received = download.size, 0
                 try:
                     async for chunk in download.chunks():
+                        received += len(chunk)
+                        if announced is not None and received > announced:
+                            # Checked here for every kind of upstream: not every one enforces
+                            # its own length (a local file can grow while it is read).
+                            raise SizeMismatchError(
+                                f"{filename} from {upstream!r}: more than the {announced} "
+                                "bytes announced"
+                            )
                         await spooler.put(chunk)
                 finally:
                     # Also on failure or cancellation: the descriptor is closed below, and a
                     # write still running in its thread must not outlive it.
                     await spooler.close()
+            if fill.size is not None and fill.written != fill.size:
+                raise SizeMismatchError(
+                    f"{filename} from {upstream!r}: {fill.written} bytes of the {fill.size} "
+                    "announced"
+                )
             sha = digest.hexdigest()
             if fill.expected_sha256 is not None and sha != fill.expected_sha256:
                 self.hash_mismatches += 1

@@ -7,9 +7,10 @@ Layout under ``cache.dir``::
     state.sqlite          size, last use, source of each blob; aliases; last good pages
 
 A blob is only ever created by renaming a complete, verified temporary file into place, so
-whatever is under ``blobs/`` may be served. The in-memory LRU order is the source of truth
-while the server runs; last-use times are flushed to SQLite in batches so that recency
-survives a restart without reading any blob's bytes.
+whatever is under ``blobs/`` may be served once start-up found its size to be the recorded one.
+The in-memory LRU order is the source of truth while the server runs; last-use times are
+flushed to SQLite in batches so that recency survives a restart without reading any blob's
+bytes.
 
 All methods are synchronous and cheap except the ones documented as doing disk I/O, which
 callers on the event loop run in a thread (``asyncio.to_thread``).
@@ -18,6 +19,7 @@ callers on the event loop run in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -39,6 +41,11 @@ CREATE TABLE IF NOT EXISTS blobs (
     created REAL NOT NULL,
     filename TEXT NOT NULL DEFAULT '',
     upstream TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS blob_names (
+    sha256 TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    PRIMARY KEY (sha256, filename)
 );
 CREATE TABLE IF NOT EXISTS aliases (
     key TEXT PRIMARY KEY,
@@ -83,6 +90,18 @@ class Entry:
     #: The distribution (or ``<wheel>.metadata``) filename the blob was fetched as; "" if the
     #: index was rebuilt from the directory alone.
     filename: str = ""
+    #: Other names the same bytes were fetched under: platform wheels of one release usually
+    #: have identical METADATA, so one metadata blob serves several wheels.
+    also: tuple[str, ...] = ()
+
+    def add_name(self, filename: str) -> None:
+        if not self.filename:
+            self.filename = filename
+        elif filename and filename != self.filename and filename not in self.also:
+            self.also += (filename,)
+
+    def named(self, filename: str) -> bool:
+        return filename == self.filename or filename in self.also
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,24 +156,72 @@ class CacheStore:
         assert self._db is not None
         rows = self._db.execute("SELECT sha256, size, last_use, filename FROM blobs").fetchall()
         known = {sha: Entry(size, last_use, filename) for sha, size, last_use, filename in rows}
+        for sha, filename in self._db.execute("SELECT sha256, filename FROM blob_names"):
+            entry = known.get(sha)
+            if entry is not None:
+                entry.add_name(filename)
         on_disk = self._scan_blobs()
-        # The directory is the truth about bytes, the database about recency: a blob without a
-        # row (the database was lost) gets its mtime as last use; a row without a blob is dropped.
+        # The database is the truth about a blob's size, the directory about which blobs exist.
+        # A blob is named by its own digest, so a size on disk other than the recorded one can
+        # only be corruption (a torn write): delete it, or it would be served as a hit forever
+        # (every request touches it, so LRU never takes it). Only the size is checked, not the
+        # bytes: on ext4's default data=ordered mode a file's size grows only once its data is
+        # written, so a crash leaves a blob short, never a right-size file of unwritten data.
+        # (An fsync of every blob before admitting it would stall the last byte of every cold
+        # download; rehashing every blob here would read the whole cache at each start.)
         missing = [sha for sha in known if sha not in on_disk]
+        corrupt: list[str] = []
         for sha, (size, mtime) in on_disk.items():
             entry = known.get(sha)
-            if entry is None or entry.size != size:
-                known[sha] = Entry(size, mtime, entry.filename if entry else "")
+            if entry is not None:
+                if entry.size != size:
+                    log.warning(
+                        "cached %s is %d bytes on disk, %d when it was stored: deleted as corrupt",
+                        sha,
+                        size,
+                        entry.size,
+                    )
+                    corrupt.append(sha)
+                continue
+            # No row: a crash between the rename into blobs/ and the insert, a lost database,
+            # or a live server's admission between those two steps when a cache command opens
+            # the store. Nothing recorded vouches for the size, so the bytes must: such blobs
+            # are few, and hashing one is the only check that holds for all three.
+            if self._digest_matches(sha):
+                known[sha] = Entry(size, mtime)
                 self._dirty.add(sha)
-        for sha in missing:
-            del known[sha]
+            else:
+                corrupt.append(sha)
+        for sha in corrupt:
+            with contextlib.suppress(OSError):
+                self.path_for(sha).unlink()
+        gone = [(sha,) for sha in missing + corrupt]
+        for (sha,) in gone:
+            known.pop(sha, None)
         with self._db_lock, self._db:
-            self._db.executemany("DELETE FROM blobs WHERE sha256 = ?", [(s,) for s in missing])
+            self._db.executemany("DELETE FROM blobs WHERE sha256 = ?", gone)
+            self._db.executemany("DELETE FROM blob_names WHERE sha256 = ?", gone)
+            self._db.executemany("DELETE FROM aliases WHERE sha256 = ?", gone)
         for sha, entry in sorted(known.items(), key=lambda item: item[1].last_use):
             self._entries[sha] = entry
             self._bytes += entry.size
         self._aliases = dict(self._db.execute("SELECT key, sha256 FROM aliases").fetchall())
         self.flush()
+
+    def _digest_matches(self, sha256: str) -> bool:
+        """Disk I/O. Whether a blob's bytes hash to its name; a vanished one does not."""
+        try:
+            with open(self.path_for(sha256), "rb") as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("cached %s cannot be read (%s): deleted", sha256, exc)
+            return False
+        if actual != sha256:
+            log.warning("cached %s has sha256 %s: deleted as corrupt", sha256, actual)
+            return False
+        return True
 
     def _scan_blobs(self) -> dict[str, tuple[int, float]]:
         found: dict[str, tuple[int, float]] = {}
@@ -194,7 +261,7 @@ class CacheStore:
         if sha is None:
             return None
         entry = self._entries.get(sha)
-        if entry is None or (filename is not None and entry.filename != filename):
+        if entry is None or (filename is not None and not entry.named(filename)):
             return None
         return sha
 
@@ -212,13 +279,20 @@ class CacheStore:
     @contextlib.contextmanager
     def pinned(self, sha256: str) -> Iterator[None]:
         """Keep a blob from eviction while it is being served."""
-        self._pins[sha256] += 1
+        self.pin(sha256)
         try:
             yield
         finally:
-            self._pins[sha256] -= 1
-            if self._pins[sha256] <= 0:
-                del self._pins[sha256]
+            self.unpin(sha256)
+
+    def pin(self, sha256: str) -> None:
+        """Keep a blob from eviction until ``unpin`` (for holds that span a context)."""
+        self._pins[sha256] += 1
+
+    def unpin(self, sha256: str) -> None:
+        self._pins[sha256] -= 1
+        if self._pins[sha256] <= 0:
+            del self._pins[sha256]
 
     @property
     def used_bytes(self) -> int:
@@ -303,11 +377,11 @@ class CacheStore:
                 "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
                 (sha256, size, now, now, filename, upstream),
             )
+            if filename:
+                db.execute("INSERT OR IGNORE INTO blob_names VALUES (?, ?)", (sha256, filename))
 
     def write_blob(self, data: bytes, *, key: str, filename: str, upstream: str) -> str:
         """Disk I/O. Store small derived bytes (extracted metadata) and return their digest."""
-        import hashlib
-
         sha = hashlib.sha256(data).hexdigest()
         tmp = self.temp_path(key.replace(":", "_"))
         with open(tmp, "xb") as fh:
@@ -318,8 +392,11 @@ class CacheStore:
     def admitted(self, sha256: str, size: int, reserved: int, filename: str) -> None:
         """Memory: account a blob that ``admit_file`` put in place, consuming its reservation."""
         self.release(reserved)
-        if sha256 in self._entries:
-            self._entries[sha256].filename = filename
+        entry = self._entries.get(sha256)
+        if entry is not None:
+            # Another name for bytes already here: remember both, or each name's request would
+            # miss in turn and fetch the same bytes again.
+            entry.add_name(filename)
             self.touch(sha256)
             return
         self._entries[sha256] = Entry(size, time.time(), filename)
@@ -338,8 +415,10 @@ class CacheStore:
                 self.path_for(sha).unlink()
         if digests:
             with self._db_lock, self._db_conn() as db:
-                db.executemany("DELETE FROM blobs WHERE sha256 = ?", [(s,) for s in digests])
-                db.executemany("DELETE FROM aliases WHERE sha256 = ?", [(s,) for s in digests])
+                rows = [(s,) for s in digests]
+                db.executemany("DELETE FROM blobs WHERE sha256 = ?", rows)
+                db.executemany("DELETE FROM blob_names WHERE sha256 = ?", rows)
+                db.executemany("DELETE FROM aliases WHERE sha256 = ?", rows)
 
     def vanished(self, sha256: str) -> None:
         """Memory: a blob's file is gone (pruned by another process); stop offering it."""

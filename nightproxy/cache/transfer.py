@@ -1,8 +1,9 @@
 """Move a warm cache between machines: ``nightproxy cache export`` / ``import``.
 
-The archive is a plain tar (wheels are compressed already) holding a manifest and the blobs
-named by their sha256. Import stages every blob in the cache's temporary directory and checks
-its digest before admitting any: a corrupted archive changes nothing.
+The archive is a plain tar (wheels are compressed already) holding the blobs named by their
+sha256 and, last, a manifest of exactly those blobs. Import stages every blob in the cache's
+temporary directory and checks its digest before admitting any: a corrupted archive changes
+nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nightproxy.cache.store import CacheStore, is_sha256
+from nightproxy.cache.store import BlobRecord, CacheStore, is_sha256
 
 MANIFEST = "nightproxy-cache.json"
 FORMAT_VERSION = 1
@@ -28,27 +29,56 @@ class TransferError(Exception):
 
 
 def export_cache(store: CacheStore, out: Path) -> tuple[int, int]:
-    """Write every blob and the manifest to ``out``; return (files, bytes)."""
+    """Write every blob and the manifest to ``out``; return (files, bytes).
+
+    Runs beside a live server, whose eviction may delete any blob meanwhile: a blob gone by
+    the time it is opened is left out (of the manifest too). Other I/O errors propagate as
+    ``OSError``, and no partial archive is left behind.
+    """
     blobs, aliases = store.snapshot()
-    manifest = {
-        "format": FORMAT_VERSION,
-        "exported_at": time.time(),
-        "blobs": blobs,
-        "aliases": aliases,
-    }
-    data = json.dumps(manifest).encode()
-    total = 0
     tmp = out.with_name(out.name + ".part")
+    try:
+        exported, total = _write_archive(store, tmp, blobs, aliases)
+        tmp.replace(out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return exported, total
+
+
+def _write_archive(
+    store: CacheStore, tmp: Path, blobs: list[BlobRecord], aliases: dict[str, str]
+) -> tuple[int, int]:
+    exported: list[BlobRecord] = []
+    total = 0
     with tarfile.open(tmp, "w") as tar:
+        for blob in blobs:
+            sha = blob["sha256"]
+            try:
+                handle = open(store.path_for(sha), "rb")  # noqa: SIM115 - closed just below
+            except FileNotFoundError:
+                continue
+            with handle:
+                # Sized from the open file: once open, a deletion cannot change what is read.
+                info = tar.gettarinfo(arcname=f"blobs/{sha}", fileobj=handle)
+                tar.addfile(info, handle)
+            exported.append(blob)
+            total += info.size
+        # Last, so that it lists exactly the blobs that made it into the archive.
+        live = {blob["sha256"] for blob in exported}
+        manifest = {
+            "format": FORMAT_VERSION,
+            "exported_at": time.time(),
+            "blobs": exported,
+            "aliases": {key: sha for key, sha in aliases.items() if sha in live},
+        }
+        data = json.dumps(manifest).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size = len(data)
         info.mtime = int(time.time())
         tar.addfile(info, io.BytesIO(data))
-        for blob in blobs:
-            tar.add(store.path_for(blob["sha256"]), arcname=f"blobs/{blob['sha256']}")
-            total += int(blob["size"])
-    tmp.replace(out)
-    return len(blobs), total
+    return len(exported), total
 
 
 def _staged_copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> str:
@@ -78,7 +108,8 @@ def import_cache(store: CacheStore, archive: Path) -> tuple[int, int]:
                     raise TransferError(f"unexpected member {member.name!r} in the archive")
                 if name not in meta:
                     raise TransferError(f"blob {name} is not in the manifest")
-                if store.has(name):
+                if store.has(name) or name in staged:
+                    # Already here, or listed twice in the archive (``tar -r``): one copy.
                     continue
                 dest = store.temp_path("import")
                 staged[name] = (dest, member.size)
@@ -97,18 +128,22 @@ def import_cache(store: CacheStore, archive: Path) -> tuple[int, int]:
         _discard(staged)
         raise
     added = 0
-    for sha, (path, size) in staged.items():
-        blob = meta[sha]
-        store.admit_file(
-            path,
-            sha,
-            size,
-            filename=str(blob.get("filename", "")),
-            upstream=str(blob.get("upstream", "")),
-        )
-        store.admitted(sha, size, 0, str(blob.get("filename", "")))
-        store.touch(sha, float(blob.get("last_use", time.time())))
-        added += size
+    try:
+        for sha, (path, size) in staged.items():
+            blob = meta[sha]
+            store.admit_file(
+                path,
+                sha,
+                size,
+                filename=str(blob.get("filename", "")),
+                upstream=str(blob.get("upstream", "")),
+            )
+            store.admitted(sha, size, 0, str(blob.get("filename", "")))
+            store.touch(sha, float(blob.get("last_use", time.time())))
+            added += size
+    finally:
+        # Whatever was not moved into the store (a failure part-way) must not stay in tmp/.
+        _discard(staged)
     for key, sha in manifest["aliases"].items():
         if isinstance(key, str) and isinstance(sha, str) and store.has(sha):
             store.record_alias(key, sha)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from email.utils import formatdate
 from functools import lru_cache
 from typing import BinaryIO
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
-from packaging.utils import NormalizedName, canonicalize_name
+from packaging.utils import InvalidName, NormalizedName, canonicalize_name
+from yarl import URL
 
 from nightproxy.cache.fill import Fill, FillError, read_span
 from nightproxy.cache.keys import is_file_key, metadata_key
@@ -52,6 +55,7 @@ def setup_routes(app: web.Application) -> None:
     # The page first: aiohttp tries a prefix's resources in order, one regex each.
     r.add_get(PROJECT_PAGE, project_page)
     r.add_get("/simple/{project}", _add_slash)
+    r.add_get("/as-of/{as_of}/simple", _add_slash)
     r.add_get("/as-of/{as_of}/simple/", index_page)
     r.add_get("/as-of/{as_of}/simple/{project}/", project_page)
     r.add_get("/as-of/{as_of}/simple/{project}", _add_slash)
@@ -60,10 +64,39 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def _add_slash(request: web.Request) -> web.Response:
-    location = request.path + "/"
-    if request.query_string:
-        location += "?" + request.query_string
-    raise web.HTTPMovedPermanently(location)
+    raw = request.match_info.get("project")
+    raise web.HTTPMovedPermanently(_page_location(request, None if raw is None else _valid(raw)))
+
+
+def _valid(raw: str) -> NormalizedName:
+    """The canonical form of a project name from a path, or 404 for what is no name at all.
+
+    A decoded segment may hold ``/``, ``?`` or ``#``; redirecting to it would turn them into
+    delimiters and point at another page.
+    """
+    try:
+        return canonicalize_name(raw, validate=True)
+    except InvalidName:
+        raise web.HTTPNotFound(text="no such project\n") from None
+
+
+#: Characters an as-of time needs that are safe in a path segment as they are.
+_AS_OF_SAFE = ":+"
+
+
+def _page_location(request: web.Request, project: NormalizedName | None) -> URL:
+    """Where a page's canonical URL is: rebuilt from parsed parts (percent-quoted), never from
+    the decoded path, with the query string exactly as the client sent it."""
+    as_of = request.match_info.get("as_of")
+    location = "/simple/" if as_of is None else f"/as-of/{quote(as_of, safe=_AS_OF_SAFE)}/simple/"
+    if project is not None:
+        location += quote(project, safe="") + "/"
+    # From the request target itself: even yarl's raw query string is requoted.
+    query = request.raw_path.partition("?")[2]
+    if query:
+        location += "?" + query
+    # Already encoded: a plain string would be requoted on its way into the header.
+    return URL(location, encoded=True)
 
 
 # -- pages --------------------------------------------------------------------------------------
@@ -183,11 +216,24 @@ async def _page_response(
         rendered = await asyncio.to_thread(page.render, fmt, gzipped)
     headers = CIMultiDict(static_headers(page, rendered, fmt, gzipped))
     headers["Cache-Control"] = max_age(page, now)
-    if rendered.etag in request.headers.get("If-None-Match", ""):
+    if etag_matches(request.headers.get("If-None-Match"), rendered.etag):
         return web.Response(status=304, headers=headers)
     if len(rendered.body) > SEPARATE_WRITE:
         return _PageResponse(body=rendered.body, headers=headers)
     return web.Response(body=rendered.body, headers=headers)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value matches a current representation's (strong) ETag.
+
+    RFC 9110 13.1.2: ``*`` matches any current representation; otherwise the weak comparison,
+    so a client's ``W/"x"`` matches ``"x"``.
+    """
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
 @lru_cache(maxsize=1024)
@@ -221,10 +267,8 @@ async def project_page(request: web.Request) -> web.Response:
     raw = request.match_info["project"]
     project = canonical(raw)
     if project != raw:
-        location = request.path[: -len(raw) - 1] + project + "/"
-        if request.query_string:
-            location += "?" + request.query_string
-        raise web.HTTPMovedPermanently(location)
+        raise web.HTTPMovedPermanently(_page_location(request, _valid(raw)))
+    _valid(raw)  # a canonical spelling can still be no name at all ("demo-")
     fmt = _format(request)
     as_of = _as_of(request)
     gzipped = _wants_gzip(request)
@@ -245,7 +289,9 @@ async def project_page(request: web.Request) -> web.Response:
 
 
 class _BlobResponse(web.FileResponse):
-    """sendfile of a cached blob, pinned against eviction for as long as it is being sent."""
+    """sendfile of a cached blob, pinned against eviction from the moment the handler chose it
+    until it has been sent: the file is opened only in ``prepare``, after the handler returned,
+    and an eviction in between would turn a listed file into a 404."""
 
     def __init__(self, store: CacheStore, sha: str, content_type: str) -> None:
         super().__init__(
@@ -259,10 +305,17 @@ class _BlobResponse(web.FileResponse):
         )
         self._store = store
         self._sha = sha
+        store.pin(sha)
+        # Released after sending, or when the response is dropped unsent (the request failed
+        # between the handler and ``prepare``): a pin that outlived it would keep the blob
+        # from eviction for good.
+        self._unpin = weakref.finalize(self, store.unpin, sha)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        with self._store.pinned(self._sha):
+        try:
             writer = await super().prepare(request)
+        finally:
+            self._unpin()
         if self.status == 404:
             # Pruned by another process: forget it so the next request fetches it again.
             self._store.vanished(self._sha)
@@ -389,7 +442,13 @@ async def _cached(store: CacheStore, key: str, filename: str) -> str | None:
     sha = store.resolve(key, filename)
     if sha is None:
         return None
-    if await asyncio.to_thread(store.path_for(sha).is_file):
+    # Pinned across the check, and touched first: the age sweep or another fill's eviction
+    # must not delete it between the check and the response, which pins it in turn before
+    # anything else can run.
+    store.touch(sha)
+    with store.pinned(sha):
+        present = await asyncio.to_thread(store.path_for(sha).is_file)
+    if present and store.has(sha):
         return sha
     store.vanished(sha)
     return None
