@@ -126,6 +126,8 @@ class CacheStore:
         self._reserved = 0
         self._pins: Counter[str] = Counter()
         self._dirty: set[str] = set()
+        #: ``flush`` takes the set in a thread while the event loop adds to it.
+        self._dirty_lock = threading.Lock()
         self._db_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self.evictions = 0
@@ -274,7 +276,8 @@ class CacheStore:
             return
         entry.last_use = time.time() if now is None else now
         self._entries.move_to_end(sha256)
-        self._dirty.add(sha256)
+        with self._dirty_lock:
+            self._dirty.add(sha256)
 
     @contextlib.contextmanager
     def pinned(self, sha256: str) -> Iterator[None]:
@@ -347,7 +350,8 @@ class CacheStore:
     def _forget(self, sha256: str) -> None:
         entry = self._entries.pop(sha256)
         self._bytes -= entry.size
-        self._dirty.discard(sha256)
+        with self._dirty_lock:
+            self._dirty.discard(sha256)
         for key in [k for k, v in self._aliases.items() if v == sha256]:
             del self._aliases[key]
 
@@ -429,18 +433,26 @@ class CacheStore:
         """Disk I/O. Persist last-use times changed since the previous flush."""
         if not self._dirty or self._db is None:
             return
-        rows = [
-            (sha, self._entries[sha].size, self._entries[sha].last_use)
-            for sha in self._dirty
-            if sha in self._entries
-        ]
-        self._dirty = set()
-        with self._db_lock, self._db_conn() as db:
-            db.executemany(
-                "INSERT INTO blobs (sha256, size, last_use, created) VALUES (?, ?, ?, ?3) "
-                "ON CONFLICT(sha256) DO UPDATE SET last_use = excluded.last_use",
-                rows,
-            )
+        # This runs in a thread while the event loop keeps touching blobs: iterating the live
+        # set failed when it grew, and touches between reading it and replacing it were lost.
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        rows = []
+        for sha in dirty:
+            entry = self._entries.get(sha)
+            if entry is not None:
+                rows.append((sha, entry.size, entry.last_use))
+        try:
+            with self._db_lock, self._db_conn() as db:
+                db.executemany(
+                    "INSERT INTO blobs (sha256, size, last_use, created) VALUES (?, ?, ?, ?3) "
+                    "ON CONFLICT(sha256) DO UPDATE SET last_use = excluded.last_use",
+                    rows,
+                )
+        except BaseException:
+            with self._dirty_lock:
+                self._dirty |= dirty  # written next time, not forgotten
+            raise
 
     @contextlib.contextmanager
     def _db_conn(self) -> Iterator[sqlite3.Connection]:
