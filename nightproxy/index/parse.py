@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from types import MappingProxyType
-from typing import Any
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from packaging.utils import NormalizedName, canonicalize_name
@@ -49,7 +48,11 @@ def parse_upload_time(value: object) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        # 9999-12-31T23:59:59-01:00 is a valid ISO time whose UTC value datetime cannot hold.
+        return None
 
 
 def _clean_hashes(items: Iterable[tuple[object, object]]) -> Mapping[str, str]:
@@ -107,8 +110,12 @@ def _make_file(
     core_metadata: bool | Mapping[str, str],
 ) -> DistFile | None:
     absolute = urljoin(base_url, url)
-    if urlsplit(absolute).scheme not in {"http", "https"}:
+    parts = urlsplit(absolute)
+    if parts.scheme not in {"http", "https"}:
         return None
+    # Raises for a port that is not a number or out of range: better here, where the link is
+    # skipped, than at download time.
+    _port = parts.port
     absolute, _frag = urldefrag(absolute)
     filename = _filename_from_url(absolute)
     if filename_hint and filename_hint != filename and parse_dist_filename(filename_hint):
@@ -170,34 +177,58 @@ def parse_project_html(
 ) -> ProjectPage:
     """Parse a PEP 503 project page (any of the dialects static trees and channels produce)."""
     collector = _collect(body)
-    base = urljoin(base_url, collector.base_href) if collector.base_href else base_url
+    base = base_url
+    if collector.base_href:
+        try:
+            base = urljoin(base_url, collector.base_href)
+        except ValueError:
+            log.warning("%s: ignoring an unusable <base href> on the page of %s", upstream, project)
     files: dict[str, DistFile] = {}
+    skipped = 0
     for attrs in collector.anchors:
-        href = attrs.get("href")
-        if not href:
+        try:
+            dist = _html_file(attrs, base, upstream, project)
+        except ValueError:
+            skipped += 1
             continue
-        _url, fragment = urldefrag(href)
-        yanked_attr = attrs.get("data-yanked", False) if "data-yanked" in attrs else False
-        yanked: bool | str = (yanked_attr or True) if yanked_attr is not False else False
-        metadata = _metadata_attr(
-            attrs.get("data-core-metadata") or attrs.get("data-dist-info-metadata")
-        )
-        dist = _make_file(
-            url=href,
-            base_url=base,
-            upstream=upstream,
-            project=project,
-            filename_hint=None,
-            hashes=_hash_from_fragment(fragment),
-            requires_python=attrs.get("data-requires-python"),
-            yanked=yanked,
-            size=None,
-            upload_time=attrs.get("data-upload-time"),
-            core_metadata=metadata,
-        )
         if dist is not None:
             files.setdefault(dist.filename, dist)
+    _log_skipped(upstream, f"the page of {project}", skipped)
     return ProjectPage(name=project, files=tuple(files.values()))
+
+
+def _log_skipped(upstream: str, where: str, skipped: int) -> None:
+    # One line per page, and never the links themselves: a link can carry user-info.
+    if skipped:
+        log.warning("%s: skipped %d unusable link(s) on %s", upstream, skipped, where)
+
+
+def _html_file(
+    attrs: Mapping[str, str | None], base: str, upstream: str, project: NormalizedName
+) -> DistFile | None:
+    """One anchor as a file; ValueError for a link ``urllib`` or ``packaging`` cannot take."""
+    href = attrs.get("href")
+    if not href:
+        return None
+    _url, fragment = urldefrag(href)
+    yanked_attr = attrs.get("data-yanked", False) if "data-yanked" in attrs else False
+    yanked: bool | str = (yanked_attr or True) if yanked_attr is not False else False
+    metadata = _metadata_attr(
+        attrs.get("data-core-metadata") or attrs.get("data-dist-info-metadata")
+    )
+    return _make_file(
+        url=href,
+        base_url=base,
+        upstream=upstream,
+        project=project,
+        filename_hint=None,
+        hashes=_hash_from_fragment(fragment),
+        requires_python=attrs.get("data-requires-python"),
+        yanked=yanked,
+        size=None,
+        upload_time=attrs.get("data-upload-time"),
+        core_metadata=metadata,
+    )
 
 
 def _yanked_json(value: object) -> bool | str:
@@ -206,45 +237,63 @@ def _yanked_json(value: object) -> bool | str:
     return bool(value) if isinstance(value, bool) else False
 
 
+def _load_json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: a few hundred thousand nested brackets, from a hostile upstream.
+        raise PageParseError("invalid JSON") from exc
+
+
 def parse_project_json(
     body: bytes, base_url: str, upstream: str, project: NormalizedName
 ) -> ProjectPage:
     """Parse a PEP 691 JSON project page."""
-    try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PageParseError("invalid JSON") from exc
+    data = _load_json(body)
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         raise PageParseError("JSON page has no 'files' list")
     files: dict[str, DistFile] = {}
+    skipped = 0
     for entry in data["files"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+        try:
+            dist = _json_file(entry, base_url, upstream, project)
+        except ValueError:
+            skipped += 1
             continue
-        raw_hashes = entry.get("hashes")
-        hashes = _clean_hashes(raw_hashes.items()) if isinstance(raw_hashes, dict) else None
-        metadata = _metadata_attr(
-            entry.get(
-                "core-metadata",
-                entry.get("dist-info-metadata", entry.get("data-dist-info-metadata")),
-            )
-        )
-        hint = entry.get("filename")
-        dist = _make_file(
-            url=entry["url"],
-            base_url=base_url,
-            upstream=upstream,
-            project=project,
-            filename_hint=hint if isinstance(hint, str) else None,
-            hashes=hashes or _hash_from_fragment(urldefrag(entry["url"])[1]),
-            requires_python=entry.get("requires-python"),
-            yanked=_yanked_json(entry.get("yanked")),
-            size=entry.get("size"),
-            upload_time=entry.get("upload-time"),
-            core_metadata=metadata,
-        )
         if dist is not None:
             files.setdefault(dist.filename, dist)
+    _log_skipped(upstream, f"the page of {project}", skipped)
     return ProjectPage(name=project, files=tuple(files.values()))
+
+
+def _json_file(
+    entry: object, base_url: str, upstream: str, project: NormalizedName
+) -> DistFile | None:
+    """One ``files`` entry as a file; ValueError for a URL ``urllib`` cannot take."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+        return None
+    raw_hashes = entry.get("hashes")
+    hashes = _clean_hashes(raw_hashes.items()) if isinstance(raw_hashes, dict) else None
+    metadata = _metadata_attr(
+        entry.get(
+            "core-metadata",
+            entry.get("dist-info-metadata", entry.get("data-dist-info-metadata")),
+        )
+    )
+    hint = entry.get("filename")
+    return _make_file(
+        url=entry["url"],
+        base_url=base_url,
+        upstream=upstream,
+        project=project,
+        filename_hint=hint if isinstance(hint, str) else None,
+        hashes=hashes or _hash_from_fragment(urldefrag(entry["url"])[1]),
+        requires_python=entry.get("requires-python"),
+        yanked=_yanked_json(entry.get("yanked")),
+        size=entry.get("size"),
+        upload_time=entry.get("upload-time"),
+        core_metadata=metadata,
+    )
 
 
 def parse_project_page(
@@ -263,26 +312,46 @@ def parse_project_page(
 
 def parse_project_list(body: bytes, content_type: str) -> frozenset[NormalizedName]:
     """The project names of a ``/simple/`` page, canonicalized."""
+    return frozenset(parse_project_links(body, content_type, ""))
+
+
+def parse_project_links(
+    body: bytes, content_type: str, base_url: str, upstream: str = "upstream"
+) -> dict[NormalizedName, str | None]:
+    """Canonical project name -> where the ``/simple/`` page links it, resolved on ``base_url``.
+
+    The link is kept only where its last path segment is not the canonical name already: a
+    static tree links ``zope.interface/``, which is where its page is, while an index that
+    follows PEP 503 links the canonical name and needs no map (on a list of 600,000 projects
+    the map would cost more than it says). JSON lists carry no links: None for every name.
+    Links ``urllib`` cannot take are skipped.
+    """
     media = content_type.split(";", 1)[0].strip().lower()
-    names: set[NormalizedName] = set()
+    links: dict[NormalizedName, str | None] = {}
     if media in {JSON_TYPE, "application/json"} or body.lstrip()[:1] == b"{":
-        try:
-            data: Any = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PageParseError("invalid JSON") from exc
+        data = _load_json(body)
         projects = data.get("projects") if isinstance(data, dict) else None
         if not isinstance(projects, list):
             raise PageParseError("JSON project list has no 'projects' list")
         for entry in projects:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                names.add(canonicalize_name(entry["name"]))
-        return frozenset(names)
+                links.setdefault(canonicalize_name(entry["name"]), None)
+        return links
     collector = _collect(body)
+    skipped = 0
     for attrs in collector.anchors:
         href = attrs.get("href")
         if not href:
             continue
-        segment = unquote(urlsplit(href).path.rstrip("/").rsplit("/", 1)[-1])
-        if segment and segment not in {".", ".."}:
-            names.add(canonicalize_name(segment))
-    return frozenset(names)
+        try:
+            segment = unquote(urlsplit(href).path.rstrip("/").rsplit("/", 1)[-1])
+            if not segment or segment in {".", ".."}:
+                continue
+            name = canonicalize_name(segment)
+            link = None if segment == name else urldefrag(urljoin(base_url, href))[0]
+        except ValueError:
+            skipped += 1
+            continue
+        links.setdefault(name, link)
+    _log_skipped(upstream, "the project list", skipped)
+    return links

@@ -14,11 +14,12 @@ which the pages lack: they are published, and downloads are verified against the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
@@ -28,8 +29,14 @@ from packaging.utils import NormalizedName
 from nightproxy.config import UpstreamConfig
 from nightproxy.index.parse import parse_upload_time
 from nightproxy.model import ProjectPage
-from nightproxy.upstreams.base import FetchResult, NotModified
-from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request
+from nightproxy.upstreams.base import FetchResult, NotModified, run_parser
+from nightproxy.upstreams.http import (
+    Credentials,
+    UpstreamError,
+    origin_of,
+    read_page_body,
+    request,
+)
 from nightproxy.upstreams.simple import HttpIndexUpstream
 
 log = logging.getLogger(__name__)
@@ -69,8 +76,15 @@ class AnacondaUpstream(HttpIndexUpstream):
         page_task = asyncio.ensure_future(
             super().fetch_project(project, etag=etag, last_modified=last_modified)
         )
-        times = await self._upload_times(project)
-        result = await page_task
+        try:
+            times = await self._upload_times(project)
+            result = await page_task
+        except BaseException:
+            # Cancelled, or an error we did not foresee: the page fetch must not outlive us.
+            page_task.cancel()
+            with contextlib.suppress(BaseException):
+                await page_task
+            raise
         if isinstance(result, NotModified) and times != (previous or {}):
             # The page's bytes did not change but a file was re-uploaded under the same name:
             # the page we hold carries the old change marker, so rebuild it.
@@ -117,18 +131,27 @@ class AnacondaUpstream(HttpIndexUpstream):
                 credentials=self.api_credentials,
                 timeout=self.page_timeout,
                 headers={"Accept": "application/json"},
+                retry_budget=self.page_retry_budget,
             ) as response:
                 if response.status != 200:
                     raise UpstreamError(self.name, f"API answered HTTP {response.status}")
-                data: Any = await response.json(content_type=None)
-        except (UpstreamError, ValueError, aiohttp.ClientError) as exc:
+                body = await read_page_body(response, self.name, "the channel API's answer")
+            times = await run_parser(len(body), lambda: _times_from_package(_load_json(body)))
+        except (UpstreamError, ValueError) as exc:
             log.warning(
                 "%s: no upload times for %s from the channel API: %s", self.name, project, exc
             )
             return self._times.get(project, {})
-        times = _times_from_package(data)
         self._times[project] = times
         return times
+
+
+def _load_json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except RecursionError as exc:
+        # Nested a few hundred thousand deep: hostile, not an API answer.
+        raise ValueError("JSON nested too deeply") from exc
 
 
 def _is_hex_sha256(value: str) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 from packaging.utils import NormalizedName
@@ -18,6 +20,19 @@ CHUNK_SIZE = 1024 * 1024
 #: Receive buffer for file bodies: a fast upstream fills it between two thread hops, so each
 #: hop writes up to this much (aiohttp's 64 KiB default meant one hop per 64 KiB).
 FILE_READ_BUFFER = 1024 * 1024
+#: Pages up to this size are parsed on the event loop; larger ones in a thread. A big page
+#: (thousands of nightly wheels) takes most of a second to parse, which would stall every
+#: other request, while for a small one the thread hop costs more than the parse.
+PARSE_INLINE_MAX = 256 * 1024
+
+_T = TypeVar("_T")
+
+
+async def run_parser(size: int, parser: Callable[[], _T]) -> _T:
+    """``parser()`` of ``size`` bytes: in a thread above ``PARSE_INLINE_MAX``, else inline."""
+    if size > PARSE_INLINE_MAX:
+        return await asyncio.to_thread(parser)
+    return parser()
 
 
 @dataclass(frozen=True, slots=True)

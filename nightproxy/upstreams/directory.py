@@ -1,8 +1,11 @@
 """``kind: directory``: a local folder of wheels and sdists, flat or one folder per project.
 
-The folder is re-scanned when its (or a project folder's) modification time changes; each
-file's sha256 is computed once per (size, mtime) and remembered, and its mtime is published as
-its upload time. Scans and hashing run in a thread, never on the event loop.
+The folder is re-scanned when its (or a project folder's) modification time changes. A file
+copied over one of the same name (a nightly build with a constant version) changes no folder's
+mtime, so a project's files are also re-stated on every page fetch. Each file's sha256 is
+computed once per (size, mtime) and remembered, and its mtime is published as its upload time.
+Scans, stats and hashing run in a thread, never on the event loop. A download gives exactly the
+bytes the page announced, or fails.
 """
 
 from __future__ import annotations
@@ -46,18 +49,38 @@ class _Found:
 
 
 class _FileDownload(Download):
-    def __init__(self, path: Path, size: int) -> None:
+    """Exactly ``size`` bytes of the file: a file rewritten to another length since the page
+    announced it (a new build copied over it) is an error, never a body of another length."""
+
+    def __init__(self, upstream: str, path: Path, size: int) -> None:
+        self._upstream = upstream
         self._path = path
         self.size = size
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        handle = await asyncio.to_thread(open, self._path, "rb")
+        size = self.size
+        assert size is not None
         try:
-            while True:
-                chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
+            handle = await asyncio.to_thread(open, self._path, "rb")
+        except OSError as exc:
+            raise UpstreamError(self._upstream, f"cannot open {self._path.name}") from exc
+        try:
+            left = size
+            while left > 0:
+                chunk = await asyncio.to_thread(handle.read, min(CHUNK_SIZE, left))
                 if not chunk:
-                    return
+                    raise UpstreamError(
+                        self._upstream,
+                        f"{self._path.name} ended after {size - left} of {size} bytes",
+                    )
+                left -= len(chunk)
                 yield chunk
+            if await asyncio.to_thread(handle.read, 1):
+                raise UpstreamError(
+                    self._upstream, f"{self._path.name} is longer than its {size} bytes"
+                )
+        except OSError as exc:
+            raise UpstreamError(self._upstream, f"cannot read {self._path.name}") from exc
         finally:
             await asyncio.to_thread(handle.close)
 
@@ -102,6 +125,21 @@ class _LocalRanges:
         except OSError:
             return None
         return RangeBody(start=first, data=data, total=stat.st_size)
+
+
+def _restat(files: dict[str, _Found]) -> dict[str, _Found]:
+    """The files as they are now; one that is gone is left out."""
+    fresh: dict[str, _Found] = {}
+    for name, item in files.items():
+        try:
+            st = item.path.stat()
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns):
+            fresh[name] = item
+        else:
+            fresh[name] = _Found(item.path, st.st_size, st.st_mtime_ns)
+    return fresh
 
 
 def _sha256(path: Path) -> str:
@@ -163,11 +201,30 @@ class DirectoryUpstream(Upstream):
 
     async def _refresh(self) -> dict[NormalizedName, dict[str, _Found]]:
         async with self._lock:
-            signature = await asyncio.to_thread(self._dir_signature)
-            if signature != self._signature:
-                self._projects = await asyncio.to_thread(self._scan)
-                self._signature = signature
-            return self._projects
+            return await self._refresh_locked()
+
+    async def _refresh_locked(self) -> dict[NormalizedName, dict[str, _Found]]:
+        signature = await asyncio.to_thread(self._dir_signature)
+        if signature != self._signature:
+            self._projects = await asyncio.to_thread(self._scan)
+            self._signature = signature
+        return self._projects
+
+    async def _project_files(self, project: NormalizedName) -> list[_Found]:
+        """The project's files, each re-stated: overwriting a file changes no folder's mtime."""
+        async with self._lock:
+            projects = await self._refresh_locked()
+            files = projects.get(project)
+            if not files:
+                return []
+            fresh = await asyncio.to_thread(_restat, files)
+            if fresh != files:
+                for name, item in files.items():
+                    if fresh.get(name) != item:
+                        # That build is gone: its digest would only ever grow the cache.
+                        self._hashes.pop((item.path, item.size, item.mtime_ns), None)
+                projects[project] = fresh
+            return list(fresh.values())
 
     def hashed(self, found: _Found | None) -> str | None:
         """The sha256 computed for this exact file (path, size, mtime), if any was."""
@@ -189,11 +246,12 @@ class DirectoryUpstream(Upstream):
     async def fetch_project(
         self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
     ) -> FetchResult:
-        projects = await self._refresh()
-        files = projects.get(project)
-        if not files:
+        try:
+            found = await self._project_files(project)
+        except OSError as exc:
+            raise UpstreamError(self.name, f"cannot read {self.root}: {exc.strerror}") from exc
+        if not found:
             return NotFound()
-        found = list(files.values())
         try:
             digests = await asyncio.to_thread(self._hash_all, found)
         except OSError as exc:
@@ -227,4 +285,7 @@ class DirectoryUpstream(Upstream):
         found = projects.get(dist.project, {}).get(file.filename) if dist else None
         if found is None:
             raise UpstreamError(self.name, f"{file.filename} is no longer in {self.root}")
-        yield _FileDownload(found.path, found.size)
+        # The size the page announced, which its sha256 is of; the scan's may be older.
+        yield _FileDownload(
+            self.name, found.path, file.size if file.size is not None else found.size
+        )

@@ -2,7 +2,8 @@
 
 Redirects are followed by hand so that credentials and extra headers go only to the origin
 (scheme, host, port) they were configured for: a presigned object-store or blob URL must never
-see the feed's ``Authorization`` header. 429 answers are retried a bounded number of times.
+see the feed's ``Authorization`` header. 429 answers are retried a bounded number of times,
+and for pages within a time budget: a page is worth waiting for only as long as the client does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 10
 MAX_RATE_LIMIT_RETRIES = 3
 MAX_RETRY_AFTER = 30.0
+#: Pages and listings are read whole, so a hostile upstream must not make us buffer gigabytes.
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+#: Bytes asked of a page body per read.
+_PAGE_READ = 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 Origin = tuple[str, str, int]
@@ -102,6 +107,28 @@ class Credentials:
         return None, {}
 
 
+async def read_page_body(
+    response: aiohttp.ClientResponse, upstream: str, what: str = "a page"
+) -> bytes:
+    """A page's whole body, at most ``MAX_PAGE_BYTES``; a cut or stalled body is UpstreamError."""
+    if response.content_length is not None and response.content_length > MAX_PAGE_BYTES:
+        raise UpstreamError(upstream, f"{what} is too large")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        # StreamReader.read(n) returns what has arrived so far: loop to the end of the body.
+        while chunk := await response.content.read(_PAGE_READ):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_PAGE_BYTES:
+                raise UpstreamError(upstream, f"{what} is too large")
+    except TimeoutError as exc:
+        raise UpstreamError(upstream, f"timed out reading {what}") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(upstream, f"{type(exc).__name__} reading {what}") from exc
+    return b"".join(parts)
+
+
 def _retry_after(response: aiohttp.ClientResponse) -> float:
     value = response.headers.get("Retry-After", "1")
     try:
@@ -124,11 +151,17 @@ async def request(
     encoded: bool = False,
     read_bufsize: int | None = None,
     signer: Callable[[str], Mapping[str, str]] | None = None,
+    retry_budget: float | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Yield the final response of ``url`` after redirects and bounded 429 retries.
 
     ``headers`` go to every hop; ``signer`` (request signing such as SigV4) is asked for
     headers per hop, and only for the credentials' own origins, like ``Authorization``.
+
+    ``retry_budget``: seconds that all 429 waits together may take. A 429 whose Retry-After
+    does not fit in what is left fails at once (UpstreamError, status 429), so that a page
+    request gives up while the client still waits and other upstreams or a stale copy can
+    answer. None (file downloads) allows the full ``MAX_RATE_LIMIT_RETRIES`` waits.
 
     Transport failures and timeouts become ``UpstreamError``. Non-2xx final statuses are
     yielded as they are: the caller decides what a 404 or 304 means.
@@ -136,8 +169,14 @@ async def request(
     current = url
     hops = 0
     rate_limited = 0
+    loop = asyncio.get_running_loop()
+    deadline = None if retry_budget is None else loop.time() + retry_budget
     while True:
-        auth, extra = credentials.for_url(current)
+        try:
+            auth, extra = credentials.for_url(current)
+        except ValueError as exc:
+            # A port that is not a number, from a page link or a redirect.
+            raise UpstreamError(upstream, "unusable URL") from exc
         merged: CIMultiDict[str] = CIMultiDict(extra)
         if headers:
             merged.update(headers)
@@ -161,6 +200,9 @@ async def request(
             raise UpstreamError(
                 upstream, f"{type(exc).__name__} on {describe_url(current)}"
             ) from exc
+        except ValueError as exc:
+            # yarl refusing a URL we were asked to send as it is (``encoded``).
+            raise UpstreamError(upstream, "unusable URL") from exc
         try:
             if (
                 response.status in _REDIRECTS
@@ -170,8 +212,15 @@ async def request(
                 hops += 1
                 if hops > MAX_REDIRECTS:
                     raise UpstreamError(upstream, "too many redirects", status=response.status)
-                target = urljoin(current, response.headers["Location"])
-                if urlsplit(target).scheme not in {"http", "https"}:
+                try:
+                    target = urljoin(current, response.headers["Location"])
+                    parts = urlsplit(target)
+                    _port = parts.port  # raises for a port that is not a number
+                except ValueError as exc:
+                    raise UpstreamError(
+                        upstream, "redirect to an unusable URL", status=response.status
+                    ) from exc
+                if parts.scheme not in {"http", "https"}:
                     raise UpstreamError(upstream, "redirect to a non-HTTP URL")
                 if response.status == 303 and method not in {"GET", "HEAD"}:
                     method = "GET"
@@ -181,6 +230,13 @@ async def request(
             if response.status == 429 and rate_limited < MAX_RATE_LIMIT_RETRIES:
                 rate_limited += 1
                 delay = _retry_after(response)
+                if deadline is not None and loop.time() + delay > deadline:
+                    raise UpstreamError(
+                        upstream,
+                        f"rate-limited (HTTP 429, retry after {delay:.0f}s) on "
+                        f"{describe_url(current)}",
+                        status=429,
+                    )
                 log.warning(
                     "upstream %r rate-limited us on %s; retrying in %.1fs",
                     upstream,

@@ -37,13 +37,22 @@ from nightproxy.upstreams.base import (
     NotFound,
     RangeFetch,
     Upstream,
+    run_parser,
 )
-from nightproxy.upstreams.http import Credentials, UpstreamError, origin_of, request
+from nightproxy.upstreams.http import (
+    Credentials,
+    UpstreamError,
+    origin_of,
+    read_page_body,
+    request,
+)
 from nightproxy.upstreams.ranges import HttpRangeReader
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 #: A listing is read page by page; a runaway continuation loop must still end.
 MAX_LIST_PAGES = 10_000
+#: Object sizes fit in 20 decimal digits; int() of a longer string is slow or refused.
+_MAX_SIZE_DIGITS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,8 @@ class S3Upstream(Upstream):
         self.file_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.timeout, sock_read=config.timeout
         )
+        #: 429 waits of one listing request, all together: no longer than one page may take.
+        self.page_retry_budget = config.timeout
         self._listing: _Listing | None = None
         self._lock = asyncio.Lock()
 
@@ -128,8 +139,8 @@ class S3Upstream(Upstream):
             timeout=self.page_timeout,
             signer=self._sign_get,
             encoded=True,
+            retry_budget=self.page_retry_budget,
         ) as response:
-            body = await response.read()
             if response.status in {401, 403}:
                 raise UpstreamError(
                     self.name,
@@ -141,8 +152,10 @@ class S3Upstream(Upstream):
                 raise UpstreamError(
                     self.name, f"bucket listing: HTTP {response.status}", status=response.status
                 )
+            body = await read_page_body(response, self.name, "the bucket listing")
         try:
-            return ET.fromstring(body)  # noqa: S314 - parsed by expat, which refuses entity bombs
+            # Parsed by expat, which refuses entity bombs.
+            return await run_parser(len(body), lambda: ET.fromstring(body))  # noqa: S314
         except ET.ParseError as exc:
             raise UpstreamError(self.name, "bucket listing is not XML") from exc
 
@@ -157,7 +170,12 @@ class S3Upstream(Upstream):
             for _page in range(MAX_LIST_PAGES):
                 root = await self._list_page(token)
                 for item in root.iter(_NS + "Contents"):
-                    self._add(found, item)
+                    try:
+                        self._add(found, item)
+                    except ValueError:
+                        # packaging refuses some names only by raising (a version of
+                        # thousands of digits): that key is not a distribution.
+                        continue
                 truncated = (_find(root, "IsTruncated") or "false").lower() == "true"
                 token = _find(root, "NextContinuationToken")
                 if not truncated or not token:
@@ -188,7 +206,10 @@ class S3Upstream(Upstream):
             upstream=self.name,
             hashes=MappingProxyType({}),
             size=int(size_text)
-            if size_text and size_text.isascii() and size_text.isdigit()
+            if size_text
+            and len(size_text) <= _MAX_SIZE_DIGITS
+            and size_text.isascii()
+            and size_text.isdigit()
             else None,
             upload_time=parse_upload_time(modified),
             change_marker=etag or modified,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from urllib.parse import urlsplit
 
 import aiohttp
 from packaging.utils import NormalizedName
 
 from nightproxy.config import UpstreamConfig
-from nightproxy.index.parse import PageParseError, parse_project_list, parse_project_page
+from nightproxy.index.parse import PageParseError, parse_project_links, parse_project_page
 from nightproxy.model import DistFile, ProjectPage
 from nightproxy.upstreams.base import (
-    CHUNK_SIZE,
     FILE_READ_BUFFER,
     Download,
     FetchResult,
@@ -21,12 +21,14 @@ from nightproxy.upstreams.base import (
     NotModified,
     RangeFetch,
     Upstream,
+    run_parser,
 )
 from nightproxy.upstreams.http import (
     Credentials,
     UpstreamError,
     basic_authorization,
     origin_of,
+    read_page_body,
     request,
     split_userinfo,
 )
@@ -36,8 +38,6 @@ PAGE_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
     "text/html;q=0.01"
 )
-#: Pages are read whole, so a hostile upstream must not make us buffer gigabytes.
-MAX_PAGE_BYTES = 64 * 1024 * 1024
 
 
 class HttpIndexUpstream(Upstream):
@@ -63,27 +63,40 @@ class HttpIndexUpstream(Upstream):
         self.file_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.timeout, sock_read=config.timeout
         )
+        #: 429 waits of one page request, all together: no longer than one page may take.
+        self.page_retry_budget = config.timeout
+        # Project page URLs the last project list gave that are not ``<base>/<canonical>/``:
+        # static trees keep dots (``zope.interface/``) and a bucket never redirects.
+        self._page_urls: dict[NormalizedName, str] = {}
 
     def project_url(self, project: NormalizedName) -> str:
-        return f"{self.base_url}{project}/"
+        return self._page_urls.get(project) or f"{self.base_url}{project}/"
+
+    def _page_urls_from(self, links: dict[NormalizedName, str | None]) -> dict[NormalizedName, str]:
+        """The list's links we may follow: under this upstream's own URL, nowhere else.
+
+        The list is untrusted: a link to another host, or elsewhere on this one, would send
+        this upstream's credentials (or our requests) where its owner did not point them.
+        """
+        base = urlsplit(self.base_url)
+        origin = origin_of(self.base_url)
+        urls: dict[NormalizedName, str] = {}
+        for name, link in links.items():
+            if link is None:
+                continue
+            try:
+                parts = urlsplit(link)
+                same_origin = origin_of(link) == origin
+            except ValueError:
+                continue
+            if not same_origin or not parts.path.startswith(base.path) or parts.query:
+                continue
+            path = parts.path if parts.path.endswith("/") else parts.path + "/"
+            urls[name] = f"{base.scheme}://{base.netloc}{path}"
+        return urls
 
     async def _read_page(self, response: aiohttp.ClientResponse) -> bytes:
-        if response.content_length is not None and response.content_length > MAX_PAGE_BYTES:
-            raise UpstreamError(self.name, "page too large")
-        parts: list[bytes] = []
-        size = 0
-        try:
-            # StreamReader.read(n) returns what has arrived so far: loop to the end of the body.
-            while chunk := await response.content.read(CHUNK_SIZE):
-                parts.append(chunk)
-                size += len(chunk)
-                if size > MAX_PAGE_BYTES:
-                    raise UpstreamError(self.name, "page too large")
-        except TimeoutError as exc:
-            raise UpstreamError(self.name, "timed out reading a page") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(self.name, f"{type(exc).__name__} reading a page") from exc
-        return b"".join(parts)
+        return await read_page_body(response, self.name)
 
     def _check_status(self, response: aiohttp.ClientResponse, what: str) -> None:
         if response.status in {401, 403}:
@@ -136,6 +149,7 @@ class HttpIndexUpstream(Upstream):
             credentials=self.credentials,
             timeout=self.page_timeout,
             headers=headers,
+            retry_budget=self.page_retry_budget,
         ) as response:
             if response.status == 304:
                 return NotModified()
@@ -150,7 +164,9 @@ class HttpIndexUpstream(Upstream):
             page_etag = response.headers.get("ETag")
             page_modified = response.headers.get("Last-Modified")
         try:
-            page = self.parse_page(body, content_type, final_url, project)
+            page = await run_parser(
+                len(body), lambda: self.parse_page(body, content_type, final_url, project)
+            )
         except PageParseError as exc:
             raise UpstreamError(self.name, f"project page {project}: {exc}") from exc
         return ProjectPage(
@@ -166,14 +182,22 @@ class HttpIndexUpstream(Upstream):
             credentials=self.credentials,
             timeout=self.page_timeout,
             headers={"Accept": self.page_accept},
+            retry_budget=self.page_retry_budget,
         ) as response:
             self._check_status(response, "project list")
             body = await self._read_page(response)
+            final_url = str(response.url)
             content_type = response.headers.get("Content-Type", "")
+
+        def parse_list() -> tuple[frozenset[NormalizedName], dict[NormalizedName, str]]:
+            links = parse_project_links(body, content_type, final_url, self.name)
+            return frozenset(links), self._page_urls_from(links)
+
         try:
-            return parse_project_list(body, content_type)
+            names, self._page_urls = await run_parser(len(body), parse_list)
         except PageParseError as exc:
             raise UpstreamError(self.name, f"project list: {exc}") from exc
+        return names
 
     @asynccontextmanager
     async def _open(self, url: str) -> AsyncIterator[Download]:
