@@ -39,9 +39,20 @@ def is_safe_filename(filename: str) -> bool:
     )
 
 
-@lru_cache(maxsize=65536)
+#: Twice what a file system holds in one name (wheel tag sets get long, but not this long):
+#: a longer one is no distribution, and the memo below must not hold megabytes per entry.
+MAX_FILENAME = 512
+
+
 def parse_dist_filename(filename: str) -> DistName | None:
     """The project and version a wheel or sdist filename names, or None for anything else."""
+    if len(filename) > MAX_FILENAME:
+        return None
+    return _parse_dist_filename(filename)
+
+
+@lru_cache(maxsize=65536)
+def _parse_dist_filename(filename: str) -> DistName | None:
     if not is_safe_filename(filename):
         return None
     try:
@@ -52,5 +63,9 @@ def parse_dist_filename(filename: str) -> DistName | None:
             name, version = parse_sdist_filename(filename)
             return DistName(name, version)
     except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+    except ValueError:
+        # ``packaging`` turns each release segment into an int; Python refuses more than 4,300
+        # digits, and a hostile page may send them.
         return None
     return None

@@ -1,0 +1,40 @@
+"""Distribution filenames from untrusted upstreams and clients, through ``packaging`` only."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nightproxy.index.filenames import MAX_FILENAME, DistName, parse_dist_filename
+
+
+def test_a_version_too_long_for_an_int_is_no_distribution() -> None:
+    """A release segment of thousands of digits (Python refuses to make an int of it) makes
+    a filename no distribution, never an exception."""
+    assert parse_dist_filename("demo-" + "1" * 5000 + "-py3-none-any.whl") is None
+    assert parse_dist_filename("demo-" + "1" * 5000 + ".tar.gz") is None
+
+
+def test_a_name_longer_than_any_file_system_holds_is_no_distribution() -> None:
+    """A name over the limit is refused before parsing (and before the parse memo)."""
+    long_name = "demo-1.0-py3-none-" + "x" * MAX_FILENAME + ".whl"
+    assert parse_dist_filename(long_name) is None
+
+
+def test_a_long_real_wheel_name_still_parses() -> None:
+    """Wheels with several platform tags stay well inside the limit."""
+    name = (
+        "numpy-2.3.0.dev0+git20261130-cp313-cp313t-"
+        "macosx_10_13_x86_64.macosx_11_0_arm64.macosx_10_13_universal2.whl"
+    )
+    parsed = parse_dist_filename(name)
+    assert parsed is not None
+    assert parsed.project == "numpy"
+
+
+@given(st.text(max_size=600))
+def test_parse_dist_filename_never_raises(filename: str) -> None:
+    """Whatever an upstream or a client sends, the answer is a DistName or None."""
+    for candidate in (filename, filename + ".whl", filename + ".tar.gz"):
+        parsed = parse_dist_filename(candidate)
+        assert parsed is None or isinstance(parsed, DistName)
