@@ -25,11 +25,23 @@ from nightproxy.config import (
     masked,
     parse_duration,
     parse_size,
+    prepare_cache_dir,
 )
 
 EXIT_USAGE = 2
 #: On SIGTERM, how long responses in flight (downloads to clients) may take to finish.
 SHUTDOWN_TIMEOUT = 20.0
+
+
+def _port(text: str) -> int:
+    # As server.port takes it; argparse turns the error into a usage line and exit 2.
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 0 and 65535")
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config", help="config file (default: $NIGHTPROXY_CONFIG or ./nightproxy.yaml)"
     )
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
     serve.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format")
 
     check = commands.add_parser("check", help="validate the config and print it, secrets masked")
@@ -95,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    prepare_cache_dir(config)
     print(yaml.safe_dump(masked(config), sort_keys=False), end="")
     print(f"# {config.source}: OK", file=sys.stderr)
     return 0
@@ -107,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     from nightproxy.server.runner import ListenError, run
 
     config = _load(args.config)
+    prepare_cache_dir(config)
     setup_logging(args.log_format or config.logging.format, config.logging.level)
     tuned = tune_allocator(os.environ)
     logging.getLogger("nightproxy").debug("allocator thresholds raised: %s", tuned)
@@ -138,6 +152,7 @@ def _cache(args: argparse.Namespace) -> int:
             raise ConfigError(source, "--cache-dir", f"{root} is not a nightproxy cache directory")
     else:
         config = _load(args.config)
+        prepare_cache_dir(config)
         root, budget, max_age = config.cache.dir, config.cache.max_size, config.cache.max_age
     if args.cache_command == "prune":
         if args.max_size is not None:
@@ -151,21 +166,31 @@ def _cache(args: argparse.Namespace) -> int:
     try:
         if args.cache_command == "stats":
             return _stats(store, as_json=args.json)
-        if args.cache_command == "export":
-            files, size = export_cache(store, Path(args.archive))
-            print(f"exported {files} files, {size} bytes to {args.archive}")
-            return 0
-        if args.cache_command == "import":
-            try:
-                files, size = import_cache(store, Path(args.archive))
-            except TransferError as exc:
-                print(f"nightproxy: {exc}", file=sys.stderr)
-                return 1
-            print(f"imported {files} files, {size} bytes from {args.archive}")
-            return 0
+        if args.cache_command in {"export", "import"}:
+            return _transfer(store, args.cache_command, Path(args.archive))
         return _prune(store, dry_run=args.dry_run)
     finally:
         store.close()
+
+
+def _transfer(store: CacheStore, command: str, archive: Path) -> int:
+    exporting = command == "export"
+    try:
+        files, size = (export_cache if exporting else import_cache)(store, archive)
+    except TransferError as exc:
+        print(f"nightproxy: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # Named, since it may not be the archive itself: its .part, a blob, the cache's tmp/.
+        failed = f": {exc.filename}" if exc.filename is not None else ""
+        what = f"export to {archive}" if exporting else f"import {archive}"
+        print(f"nightproxy: cannot {what}: {exc.strerror or exc}{failed}", file=sys.stderr)
+        return 1
+    if exporting:
+        print(f"exported {files} files, {size} bytes to {archive}")
+    else:
+        print(f"imported {files} files, {size} bytes from {archive}")
+    return 0
 
 
 def _iso(ts: float | None) -> str | None:

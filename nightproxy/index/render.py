@@ -31,9 +31,17 @@ _OFFERS: tuple[tuple[str, Format], ...] = (
     ("text/html", "html"),
 )
 CONTENT_TYPES: Mapping[Format, str] = {"json": JSON_TYPE, "html": "text/html; charset=utf-8"}
+#: PEP 691's meta-version: whatever version the server thinks best, which is always v1 here
+#: (the response still names the concrete v1 type, as the PEP requires).
+_LATEST: Mapping[str, str] = {
+    "application/vnd.pypi.simple.latest+json": JSON_TYPE,
+    "application/vnd.pypi.simple.latest+html": HTML_TYPE,
+}
 _FORMAT_ALIASES: Mapping[str, Format] = {
     JSON_TYPE: "json",
     HTML_TYPE: "html",
+    "application/vnd.pypi.simple.latest+json": "json",
+    "application/vnd.pypi.simple.latest+html": "html",
     "text/html": "html",
     "json": "json",
     "html": "html",
@@ -82,13 +90,13 @@ def negotiate(accept: str | None, format_param: str | None = None) -> Format | N
     the PEP 503 default. q-values are honoured with and without spaces. As RFC 9110 says, an
     offer's quality is that of the most specific range naming it, so ``json;q=0, */*`` never
     picks JSON. At equal q an exact media type beats a wildcard, and a bare ``*/*`` (curl,
-    browsers, old tools) gets HTML.
+    browsers, old tools) gets HTML. PEP 691's ``latest`` types count as the v1 ones.
     """
     if format_param:
         return _FORMAT_ALIASES.get(format_param.strip().lower())
     if not accept or not accept.strip():
         return "html"
-    entries = weighted_list(accept)
+    entries = [(_LATEST.get(media, media), q) for media, q in weighted_list(accept)]
     best: tuple[float, int, int, Format] | None = None
     for rank, (offer, fmt) in enumerate(_OFFERS):
         matches = [

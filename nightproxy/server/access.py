@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import ClassVar, TypeAlias
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import BadHttpMessage
 
 from nightproxy import logs
-from nightproxy.server import keys
 from nightproxy.server.metrics import Metrics
 
 log = logging.getLogger("nightproxy.access")
 
 
 def _route(request: web.BaseRequest) -> str:
-    if isinstance(request, web.Request):
-        resource = request.match_info.route.resource
+    # A request aiohttp could not parse (answered 400 by aiohttp itself) never reaches the
+    # router, and then ``match_info`` (and ``app``, read through it) fails an assertion.
+    match_info = request._match_info if isinstance(request, web.Request) else None
+    if match_info is not None:
+        resource = match_info.route.resource
         if resource is not None:
             return resource.canonical
     return "unmatched"
@@ -64,7 +70,14 @@ def record(
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Runs once the response is fully sent, so sizes and durations are the real ones."""
+    """Runs once the response is fully sent, so sizes and durations are the real ones.
+
+    aiohttp makes one per connection from the class alone, so an application's metrics come
+    with a subclass (``access_logger_for``) rather than from the request, which has no
+    application when aiohttp rejected it before routing.
+    """
+
+    metrics: ClassVar[Metrics | None] = None
 
     @property
     def enabled(self) -> bool:
@@ -77,7 +90,7 @@ class AccessLogger(AbstractAccessLogger):
         if size is None:
             size = response.body_length
         record(
-            request.app.get(keys.METRICS) if isinstance(request, web.Request) else None,
+            self.metrics,
             _route(request),
             request.method,
             request.raw_path,
@@ -86,4 +99,58 @@ class AccessLogger(AbstractAccessLogger):
             seconds=time,
             cache=response.headers.get("X-Nightproxy-Cache", "-"),
             remote=lambda: request.remote,
+        )
+
+
+def access_logger_for(metrics: Metrics) -> type[AccessLogger]:
+    """An access logger class that records into ``metrics``."""
+
+    class Bound(AccessLogger):
+        pass
+
+    Bound.metrics = metrics
+    return Bound
+
+
+_ExcInfo: TypeAlias = (
+    bool
+    | BaseException
+    | tuple[type[BaseException], BaseException, TracebackType | None]
+    | tuple[None, None, None]
+    | None
+)
+
+
+class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's connection logger, without a traceback for a request the client got wrong.
+
+    aiohttp logs each request its parser rejects (a bad request line, an oversized header) as
+    an error with a traceback, so anyone who can reach the port could fill the log with them.
+    Such a request has its access line and its count under "unmatched" already; the parser's
+    verdict goes to debug as one line, by class name only (its text quotes the request, which
+    may carry a credential). The server's own errors keep their traceback.
+    """
+
+    def exception(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: _ExcInfo = True,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+        extra: Mapping[str, object] | None = None,
+        **kwargs: object,
+    ) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, BadHttpMessage):
+            self.logger.debug(f"{msg}: %s, answered %d", *args, type(error).__name__, error.code)
+            return
+        super().exception(
+            msg,
+            *args,
+            exc_info=exc_info,
+            stack_info=stack_info,
+            stacklevel=stacklevel,
+            extra=extra,
+            **kwargs,
         )

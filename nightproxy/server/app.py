@@ -18,7 +18,7 @@ from nightproxy.config import Config
 from nightproxy.index.service import IndexService
 from nightproxy.logs import BATCH_SECONDS, flush_logs
 from nightproxy.server import handlers, keys
-from nightproxy.server.access import AccessLogger
+from nightproxy.server.access import ConnectionLog, access_logger_for
 from nightproxy.server.metrics import Metrics
 from nightproxy.upstreams import make_upstream
 
@@ -34,15 +34,17 @@ DRAIN_TIMEOUT = 5.0
 def create_app(config: Config) -> web.Application:
     # No middlewares: with any, aiohttp adds a wrapper of its own to every request, and the one
     # error they would map (every upstream failing) is answered by the handlers that meet it.
+    metrics = Metrics()
     app = web.Application(
         client_max_size=1024**2,
         handler_args={
-            "access_log_class": AccessLogger,
+            "access_log_class": access_logger_for(metrics),
             "access_log": logging.getLogger("nightproxy.access"),
+            "logger": ConnectionLog(logging.getLogger("aiohttp.server")),
         },
     )
     app[keys.CONFIG] = config
-    app[keys.METRICS] = Metrics()
+    app[keys.METRICS] = metrics
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_services_ctx)
