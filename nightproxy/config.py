@@ -350,8 +350,22 @@ def _is_secret_query_name(name: str) -> bool:
     return lowered in _SECRET_QUERY_NAMES or lowered.endswith(_SECRET_QUERY_SUFFIXES)
 
 
+def mask_path(path: str) -> str:
+    """A URL path with the token of an anaconda.org-style ``/t/<token>/`` prefix masked.
+
+    Private channels carry their token as a path segment, not in the query or the user-info,
+    so the rest of the path stays readable (it says which page or file failed).
+    """
+    segments = path.split("/")
+    for i in range(len(segments) - 1):
+        if segments[i] == "t" and segments[i + 1]:
+            segments[i + 1] = _MASK
+    return "/".join(segments)
+
+
 def mask_url(url: str) -> str:
-    """``url`` with user-info and signature/token query values replaced by ``***``.
+    """``url`` with user-info, a ``/t/<token>/`` path segment and signature/token query values
+    replaced by ``***``.
 
     Meant for logs, so it never raises: a URL too broken to parse is masked entirely.
     """
@@ -370,7 +384,7 @@ def mask_url(url: str) -> str:
             name, sep, _ = pair.partition("=")
             pairs.append(f"{name}={_MASK}" if sep and _is_secret_query_name(name) else pair)
         query = "&".join(pairs)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, mask_path(parts.path), query, parts.fragment))
 
 
 def _safe_value(name: str, value: object) -> object:

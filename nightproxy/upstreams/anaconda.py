@@ -46,11 +46,15 @@ def channel_index_url(url: str, label: str | None) -> tuple[str, str]:
     """(index URL to read, channel owner) for a channel URL and optional label."""
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
+    # A private channel's URL starts with its token: /t/<token>/<channel>/simple/.
+    prefix = ""
+    if len(segments) >= 3 and segments[0] == "t":
+        prefix, segments = f"/t/{segments[1]}", segments[2:]
     if not segments:
         raise ValueError("anaconda url must name a channel: https://<host>/<channel>/simple/")
     owner = segments[0]
     path = f"/{owner}/label/{quote(label, safe='')}/simple/" if label else f"/{owner}/simple/"
-    return urlunsplit((parts.scheme, parts.netloc, path, "", "")), owner
+    return urlunsplit((parts.scheme, parts.netloc, prefix + path, "", "")), owner
 
 
 class AnacondaUpstream(HttpIndexUpstream):

@@ -20,6 +20,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from nightproxy.config import mask_path
+
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
@@ -82,11 +84,12 @@ def split_userinfo(url: str) -> tuple[str, str | None]:
 
 
 def describe_url(url: str) -> str:
-    """What may appear in logs and errors: scheme, host and path, never a query or user-info."""
+    """What may appear in logs and errors: scheme, host and path, never a query, user-info or
+    a path token (``/t/<token>/``)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, netloc, mask_path(parts.path), "", ""))
 
 
 @dataclass(frozen=True, slots=True)

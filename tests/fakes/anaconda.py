@@ -194,6 +194,8 @@ class FakeAnacondaChannel(FakeServer):
     ) -> None:
         super().__init__()
         self.channel = channel
+        #: Set: a private channel, served only under ``/t/<token>/``.
+        self.token: str | None = None
         self.store = store if store is not None else FakeObjectStore()
         self.with_hashes = with_hashes
         self.homepage = homepage
@@ -211,9 +213,10 @@ class FakeAnacondaChannel(FakeServer):
         return self.store.now
 
     def index_url(self, label: str | None = None) -> str:
+        t = f"/t/{self.token}" if self.token else ""
         if label is None:
-            return self.url(f"/{self.channel}/simple/")
-        return self.url(f"/{self.channel}/label/{label}/simple/")
+            return self.url(f"{t}/{self.channel}/simple/")
+        return self.url(f"{t}/{self.channel}/label/{label}/simple/")
 
     # -- state -----------------------------------------------------------
     def add_file(
@@ -299,17 +302,22 @@ class FakeAnacondaChannel(FakeServer):
     # -- app -------------------------------------------------------------
     def _setup_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/{ch}/simple/", self._root)
-        r.add_get("/{ch}/label/{label}/simple/", self._root)
-        r.add_get("/{ch}/simple/{project}/", self._project)
-        r.add_get("/{ch}/simple/{project}", self._project)
-        r.add_get("/{ch}/label/{label}/simple/{project}/", self._project)
-        r.add_get("/{ch}/label/{label}/simple/{project}", self._project)
-        r.add_get("/{ch}/simple/{project}/{version}/{filename}", self._file)
-        r.add_get("/{ch}/label/{label}/simple/{project}/{version}/{filename}", self._file)
+        # A private channel is reached only through its token, as the first two segments.
+        for t in ("", "/t/{token}"):
+            r.add_get(t + "/{ch}/simple/", self._root)
+            r.add_get(t + "/{ch}/label/{label}/simple/", self._root)
+            r.add_get(t + "/{ch}/simple/{project}/", self._project)
+            r.add_get(t + "/{ch}/simple/{project}", self._project)
+            r.add_get(t + "/{ch}/label/{label}/simple/{project}/", self._project)
+            r.add_get(t + "/{ch}/label/{label}/simple/{project}", self._project)
+            r.add_get(t + "/{ch}/simple/{project}/{version}/{filename}", self._file)
+            r.add_get(t + "/{ch}/label/{label}/simple/{project}/{version}/{filename}", self._file)
 
     def _check_channel(self, request: web.Request) -> str:
         if request.match_info["ch"].lower() != self.channel.lower():
+            raise web.HTTPNotFound(text="channel not found")
+        if request.match_info.get("token") != self.token:
+            # What the service answers for a private channel without (or with a wrong) token.
             raise web.HTTPNotFound(text="channel not found")
         return request.match_info.get("label", "main")
 
@@ -330,7 +338,8 @@ class FakeAnacondaChannel(FakeServer):
 
     def _prefix(self, label: str) -> str:
         ch = self.channel.lower()
-        return f"/{ch}/simple" if label == "main" else f"/{ch}/label/{label}/simple"
+        t = f"/t/{self.token}" if self.token else ""
+        return f"{t}/{ch}/simple" if label == "main" else f"{t}/{ch}/label/{label}/simple"
 
     async def _project(self, request: web.Request) -> web.StreamResponse:
         label = self._check_channel(request)
