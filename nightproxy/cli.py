@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         where = sub.add_mutually_exclusive_group()
         where.add_argument("--config")
         where.add_argument("--cache-dir", help="work on this cache directory directly")
+        if name == "import":
+            sub.add_argument(
+                "--trust-aliases",
+                action="store_true",
+                help="also take which upstream file each blob stands for (for files whose feed "
+                "publishes no sha256); only for archives you made yourself",
+            )
         if name == "stats":
             sub.add_argument("--json", action="store_true", help="print JSON")
         elif name == "prune":
@@ -167,16 +174,25 @@ def _cache(args: argparse.Namespace) -> int:
         if args.cache_command == "stats":
             return _stats(store, as_json=args.json)
         if args.cache_command in {"export", "import"}:
-            return _transfer(store, args.cache_command, Path(args.archive))
+            return _transfer(
+                store,
+                args.cache_command,
+                Path(args.archive),
+                trust_aliases=getattr(args, "trust_aliases", False),
+            )
         return _prune(store, dry_run=args.dry_run)
     finally:
         store.close()
 
 
-def _transfer(store: CacheStore, command: str, archive: Path) -> int:
+def _transfer(store: CacheStore, command: str, archive: Path, *, trust_aliases: bool) -> int:
     exporting = command == "export"
+    skipped = 0
     try:
-        files, size = (export_cache if exporting else import_cache)(store, archive)
+        if exporting:
+            files, size = export_cache(store, archive)
+        else:
+            files, size, skipped = import_cache(store, archive, trust_aliases=trust_aliases)
     except TransferError as exc:
         print(f"nightproxy: {exc}", file=sys.stderr)
         return 1
@@ -190,6 +206,11 @@ def _transfer(store: CacheStore, command: str, archive: Path) -> int:
         print(f"exported {files} files, {size} bytes to {archive}")
     else:
         print(f"imported {files} files, {size} bytes from {archive}")
+        if skipped:
+            print(
+                f"left out {skipped} file aliases (files of feeds that publish no sha256 are "
+                "downloaded and verified again on first use); --trust-aliases takes them"
+            )
     return 0
 
 

@@ -345,7 +345,7 @@ class FillManager:
                     filename=filename,
                     upstream=upstream,
                 )
-                self.store.admitted(sha, fill.written, reserved, filename)
+                self.store.admitted(sha, fill.written, reserved, filename, upstream=upstream)
                 reserved = 0
                 fill.cached = True
                 if fill.key != sha:

@@ -93,6 +93,9 @@ class Entry:
     #: Other names the same bytes were fetched under: platform wheels of one release usually
     #: have identical METADATA, so one metadata blob serves several wheels.
     also: tuple[str, ...] = ()
+    #: The upstream whose download the blob was admitted from; "" when not known (rebuilt from
+    #: the directory, or imported from an archive, which cannot vouch for it).
+    upstream: str = ""
 
     def add_name(self, filename: str) -> None:
         if not self.filename:
@@ -156,8 +159,13 @@ class CacheStore:
 
     def _load(self) -> None:
         assert self._db is not None
-        rows = self._db.execute("SELECT sha256, size, last_use, filename FROM blobs").fetchall()
-        known = {sha: Entry(size, last_use, filename) for sha, size, last_use, filename in rows}
+        rows = self._db.execute(
+            "SELECT sha256, size, last_use, filename, upstream FROM blobs"
+        ).fetchall()
+        known = {
+            sha: Entry(size, last_use, filename, upstream=upstream)
+            for sha, size, last_use, filename, upstream in rows
+        }
         for sha, filename in self._db.execute("SELECT sha256, filename FROM blob_names"):
             entry = known.get(sha)
             if entry is not None:
@@ -393,7 +401,9 @@ class CacheStore:
         self.admit_file(tmp, sha, len(data), filename=filename, upstream=upstream)
         return sha
 
-    def admitted(self, sha256: str, size: int, reserved: int, filename: str) -> None:
+    def admitted(
+        self, sha256: str, size: int, reserved: int, filename: str, *, upstream: str = ""
+    ) -> None:
         """Memory: account a blob that ``admit_file`` put in place, consuming its reservation."""
         self.release(reserved)
         entry = self._entries.get(sha256)
@@ -403,8 +413,13 @@ class CacheStore:
             entry.add_name(filename)
             self.touch(sha256)
             return
-        self._entries[sha256] = Entry(size, time.time(), filename)
+        self._entries[sha256] = Entry(size, time.time(), filename, upstream=upstream)
         self._bytes += size
+
+    def upstream_of(self, sha256: str) -> str:
+        """The upstream a blob was downloaded from, "" if not known."""
+        entry = self._entries.get(sha256)
+        return entry.upstream if entry is not None else ""
 
     def record_alias(self, key: str, sha256: str) -> None:
         """Disk I/O. Remember that a file key without a published hash verified as ``sha256``."""

@@ -93,8 +93,18 @@ def _staged_copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> s
     return digest.hexdigest()
 
 
-def import_cache(store: CacheStore, archive: Path) -> tuple[int, int]:
-    """Verify and admit every blob of an exported archive; return (files added, bytes)."""
+def import_cache(
+    store: CacheStore, archive: Path, *, trust_aliases: bool = False
+) -> tuple[int, int, int]:
+    """Verify and admit every blob of an exported archive; return (files added, bytes, file
+    aliases left out).
+
+    A blob's bytes are checked against its name, but nothing in an archive can vouch for which
+    upstream file a blob stands for where the feed publishes no hash: that is the alias (file
+    key to sha256), and the upstream recorded for the blob. Both are taken only with
+    ``trust_aliases`` (an archive you made yourself): otherwise such files are downloaded and
+    verified again on first use, and an archive cannot swap the bytes behind a file.
+    """
     staged: dict[str, tuple[Path, int]] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -136,7 +146,7 @@ def import_cache(store: CacheStore, archive: Path) -> tuple[int, int]:
                 sha,
                 size,
                 filename=str(blob.get("filename", "")),
-                upstream=str(blob.get("upstream", "")),
+                upstream=str(blob.get("upstream", "")) if trust_aliases else "",
             )
             store.admitted(sha, size, 0, str(blob.get("filename", "")))
             store.touch(sha, float(blob.get("last_use", time.time())))
@@ -144,13 +154,18 @@ def import_cache(store: CacheStore, archive: Path) -> tuple[int, int]:
     finally:
         # Whatever was not moved into the store (a failure part-way) must not stay in tmp/.
         _discard(staged)
-    for key, sha in manifest["aliases"].items():
-        if isinstance(key, str) and isinstance(sha, str) and store.has(sha):
+    aliases = [
+        (key, sha)
+        for key, sha in manifest["aliases"].items()
+        if isinstance(key, str) and isinstance(sha, str) and store.has(sha)
+    ]
+    if trust_aliases:
+        for key, sha in aliases:
             store.record_alias(key, sha)
     victims = store.reserve(0) or []
     store.delete_blobs(victims)
     store.flush()
-    return len(staged), added
+    return len(staged), added, 0 if trust_aliases else len(aliases)
 
 
 def _read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:

@@ -409,10 +409,10 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such file\n")
     store = request.app[keys.STORE]
     sha = await _cached(store, key, filename)
-    if sha is not None:
+    if sha is not None and await _may_serve(request, project, key, filename, sha):
         return _serve_cached(request, sha)
     pub = await _find_file(request, project, key)
-    if pub is None or pub.filename != filename:
+    if pub is None or pub.filename != filename or not _allowed(request, project, pub):
         raise web.HTTPNotFound(text=f"{filename} is not listed by any upstream of {project}\n")
     if request.method == "HEAD":
         # Never download for a HEAD: answer from what the index knows.
@@ -431,6 +431,30 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
         # Not kept (larger than the budget, or failed): answer the whole file, 200, honestly.
         fill = _start_fill(request.app, project, key, pub)
     return await _stream_fill(request, fill)
+
+
+def _allowed(request: web.Request, project: NormalizedName, pub: PublishedFile) -> bool:
+    return pub.source.upstream in request.app[keys.INDEX].upstreams_for(project)
+
+
+async def _may_serve(
+    request: web.Request, project: NormalizedName, key: str, filename: str, sha: str
+) -> bool:
+    """Whether a cached blob may answer for a file of ``project``.
+
+    For a project pinned to some feeds (``projects:``), only if it came from one of them, or
+    one of them publishes this file now: a cache kept across a config change, or filled from
+    another feed before the pin, must not keep serving a feed the project is no longer
+    allowed to come from (dependency confusion through old page URLs and lock files).
+    """
+    app = request.app
+    allowed = app[keys.INDEX].upstreams_for(project)
+    if len(allowed) == len(app[keys.CONFIG].upstreams):
+        return True
+    if app[keys.STORE].upstream_of(sha) in allowed:
+        return True
+    pub = await _find_file(request, project, key)
+    return pub is not None and pub.filename == filename and _allowed(request, project, pub)
 
 
 async def _cached(store: CacheStore, key: str, filename: str) -> str | None:
@@ -489,10 +513,10 @@ async def _metadata_handler(
     store = app[keys.STORE]
     mkey = metadata_key(key)
     sha = await _cached(store, mkey, wheel + METADATA_SUFFIX)
-    if sha is not None:
+    if sha is not None and await _may_serve(request, project, key, wheel, sha):
         return _serve_cached(request, sha, content_type=METADATA_TYPE)
     pub = await _find_file(request, project, key)
-    if pub is None or pub.filename != wheel:
+    if pub is None or pub.filename != wheel or not _allowed(request, project, pub):
         raise web.HTTPNotFound(text=f"{wheel} is not listed by any upstream of {project}\n")
     sha = await _upstream_metadata(app, project, key, pub)
     if sha is None and store.resolve(key) is None and app[keys.FILLS].get(key) is None:
@@ -606,7 +630,9 @@ async def _extracted_metadata(
         filename=source.filename + METADATA_SUFFIX,
         upstream=source.upstream,
     )
-    store.admitted(sha, len(data), len(data), source.filename + METADATA_SUFFIX)
+    store.admitted(
+        sha, len(data), len(data), source.filename + METADATA_SUFFIX, upstream=source.upstream
+    )
     await asyncio.to_thread(store.record_alias, mkey, sha)
     app[keys.INDEX].invalidate(project)
     return sha

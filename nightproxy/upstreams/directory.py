@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 from types import MappingProxyType
 
 import aiohttp
@@ -179,6 +180,7 @@ class DirectoryUpstream(Upstream):
         projects: dict[NormalizedName, dict[str, _Found]] = {}
         if not self.root.is_dir():
             return projects
+        root = self.root.resolve()
         for dirpath, dirnames, filenames in os.walk(self.root):
             depth = Path(dirpath).relative_to(self.root).parts
             if len(depth) >= 1:
@@ -187,12 +189,17 @@ class DirectoryUpstream(Upstream):
                 dist = parse_dist_filename(name)
                 if dist is None:
                     continue
-                path = Path(dirpath) / name
                 try:
+                    # Links are followed only as far as the folder goes: whoever may drop a
+                    # file here must not be able to serve any file the proxy can read.
+                    path = (Path(dirpath) / name).resolve(strict=True)
                     st = path.stat()
-                except OSError:
+                except (OSError, RuntimeError):
                     continue
-                if not path.is_file():
+                if not path.is_relative_to(root):
+                    log.warning("%s: skipping %s, a link to outside %s", self.name, name, root)
+                    continue
+                if not S_ISREG(st.st_mode):
                     continue
                 projects.setdefault(dist.project, {}).setdefault(
                     name, _Found(path, st.st_size, st.st_mtime_ns)
