@@ -164,3 +164,22 @@ async def test_weak_form_of_the_page_etag_is_304(
 def test_etag_matches(header: str | None, matches: bool) -> None:
     """The If-None-Match comparison of RFC 9110 13.1.2 against the strong tag ``"abc"``."""
     assert etag_matches(header, '"abc"') is matches
+
+
+async def test_as_of_query_with_a_plus_offset_as_typed_is_that_time(
+    proxy: TestServer, raw: aiohttp.ClientSession
+) -> None:
+    """``?as_of=...+01:00`` typed without escaping the ``+`` (which form decoding reads as a
+    space) means the same time as the escaped ``%2B``, the ``+hhmm`` form and the path form."""
+    answers = []
+    for target in (
+        "/simple/demo/?as_of=2099-01-01T00:00:00+01:00",
+        "/simple/demo/?as_of=2099-01-01T00:00:00%2B01:00",
+        "/simple/demo/?as_of=2099-01-01T00:00:00+0100",
+        "/as-of/2099-01-01T00:00:00+01:00/simple/demo/",
+    ):
+        url = URL(f"http://{proxy.host}:{proxy.port}{target}", encoded=True)
+        async with raw.get(url, headers={"Accept": PIP_ACCEPT}) as resp:
+            answers.append((resp.status, await resp.text()))
+    assert [status for status, _text in answers] == [200, 200, 200, 200]
+    assert len({text for _status, text in answers}) == 1

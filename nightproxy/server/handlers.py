@@ -130,6 +130,8 @@ def _as_of(request: web.Request) -> datetime | None:
     raw = request.match_info.get("as_of")
     if raw is None and request.query_string:
         raw = request.query.get("as_of")
+        if raw is not None:
+            raw = _plus_offset(raw)
     if raw is None:
         return None
     when = parse_upload_time(raw)
@@ -141,6 +143,19 @@ def _as_of(request: web.Request) -> datetime | None:
                 text=f"as_of: {raw!r} is not an ISO 8601 time such as 2026-11-20T00:00:00Z\n"
             ) from None
     return when
+
+
+def _plus_offset(value: str) -> str:
+    """A query's ``+hh:mm`` (or ``+hhmm``) offset, which form decoding turned into a space.
+
+    ``?as_of=2030-01-01T00:00:00+01:00`` as typed arrives as ``...00:00:00 01:00``; a space
+    can stand nowhere else at the end of an ISO 8601 time.
+    """
+    for width in (5, 4):  # "hh:mm", "hhmm"
+        tail = value[-width:]
+        if len(value) > width and value[-width - 1] == " " and tail.replace(":", "").isdigit():
+            return f"{value[: -width - 1]}+{tail}"
+    return value
 
 
 def _format(request: web.Request) -> Format:
