@@ -87,7 +87,15 @@ class PublishedFile:
     #: Build time used for retention and where it came from (never published as upload-time).
     build_time: datetime | None = None
     build_time_source: BuildTimeSource | None = None
+    #: Size of the verified copy the proxy holds, for feeds that list no size (PEP 700 makes
+    #: ``size`` mandatory from API 1.1, which the pages announce).
+    cached_size: int | None = None
 
     @property
     def filename(self) -> str:
         return self.source.filename
+
+    @property
+    def size(self) -> int | None:
+        """The size to publish: the feed's, else that of the verified copy the proxy holds."""
+        return self.source.size if self.source.size is not None else self.cached_size

@@ -580,7 +580,9 @@ async def as_of_proxy(
 ) -> TestServer:
     fake = FakeSimpleIndex()
     for days in (1, 5, 10):
-        fake.add_file("dask", build_wheel(wheelhouse, "dask", nightly(days)))
+        # Uploaded, as nightlies are, some hours into the day their version names.
+        uploaded = today() - timedelta(days=days) + timedelta(hours=2)
+        fake.add_file("dask", build_wheel(wheelhouse, "dask", nightly(days)), upload_time=uploaded)
     fake.add_file("dask", build_wheel(wheelhouse, "dask", "2026.1.0"), upload_time=today())
     await start_fake(fake)
     return await start_proxy(make_config([simple_entry("nightly", fake)]))

@@ -416,6 +416,11 @@ class CacheStore:
         self._entries[sha256] = Entry(size, time.time(), filename, upstream=upstream)
         self._bytes += size
 
+    def size_of(self, sha256: str) -> int | None:
+        """A held blob's size (it was verified before it was admitted), None if not held."""
+        entry = self._entries.get(sha256)
+        return entry.size if entry is not None else None
+
     def upstream_of(self, sha256: str) -> str:
         """The upstream a blob was downloaded from, "" if not known."""
         entry = self._entries.get(sha256)

@@ -177,8 +177,8 @@ def file_entry(pub: PublishedFile, extra: Mapping[str, Any] | None = None) -> di
         # crash on it, which is why PEP 714 renamed it. The public index's old misspelling
         # is kept, as that index does: those pips ignore it and some tools read it.
         entry["data-dist-info-metadata"] = meta
-    if src.size is not None:
-        entry["size"] = src.size
+    if pub.size is not None:
+        entry["size"] = pub.size
     if src.upload_time is not None:
         entry["upload-time"] = format_upload_time(src.upload_time)
     nightproxy: dict[str, Any] = {"upstream": src.upstream}

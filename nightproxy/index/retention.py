@@ -5,7 +5,8 @@
   newest dev versions of the project, which are always shown so that a project that stopped
   building nightly never disappears.
 - ``dev_only`` upstreams contribute dev and pre-releases only.
-- An ``as_of`` view hides every file built after that instant.
+- An ``as_of`` view hides every file that did not exist yet at that instant: one built after
+  it, or uploaded after it (a nightly stamped with a day's date is uploaded hours into it).
 
 Settings are resolved per file's upstream (project, then upstream, then global).
 """
@@ -51,6 +52,18 @@ def _version(pub: PublishedFile) -> Version | None:
     return dist.version if dist else None
 
 
+def available_since(pub: PublishedFile) -> datetime | None:
+    """From when a file existed: the later of its build time and its feed's upload time.
+
+    A build date read from the version is often earlier than the upload (``devYYYYMMDD`` is
+    that day's midnight), and an ``as_of`` view must not show a file its own page says was
+    uploaded later: ``upload-time`` is what clients filter on (``uv --exclude-newer``).
+    Build time alone still ages files for ``dev_max_age``. None: nothing dates the file.
+    """
+    known = [t for t in (pub.build_time, pub.source.upload_time) if t is not None]
+    return max(known, default=None)
+
+
 def dev_only_files(files: Iterable[DistFile]) -> tuple[DistFile, ...]:
     """The dev and pre-release files of a feed configured ``dev_only``."""
     kept = []
@@ -77,8 +90,10 @@ def apply_retention(
             continue
         if pub.source.upstream in dev_only and not version.is_prerelease:
             continue
-        if as_of is not None and pub.build_time is not None and pub.build_time > as_of:
-            continue
+        if as_of is not None:
+            since = available_since(pub)
+            if since is not None and since > as_of:
+                continue
         candidates.append((pub, version))
     reference = as_of or now
     # The newest dev versions per upstream policy's keep_latest, over the whole project.

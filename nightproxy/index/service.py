@@ -540,11 +540,21 @@ class IndexService:
             for name, page in pages
         )
         keys = [file_key(f) for f in merged]
+        # PEP 700 (API 1.1) requires a size the feed may not list; the verified copy has one.
+        sizes = {
+            key: size
+            for file, key in zip(merged, keys, strict=True)
+            if file.size is None
+            and (sha := self.store.resolve(key)) is not None
+            and (size := self.store.size_of(sha)) is not None
+        }
         first_seen = await asyncio.to_thread(self.store.first_seen, keys, now)
         policy = Policy.for_project(self.config, project)
         published = []
         for file, key in zip(merged, keys, strict=True):
-            published.append(self._published(project, file, key, first_seen.get(key, now)))
+            published.append(
+                self._published(project, file, key, first_seen.get(key, now), sizes.get(key))
+            )
         return apply_retention(
             published,
             policy,
@@ -554,7 +564,12 @@ class IndexService:
         )
 
     def _published(
-        self, project: NormalizedName, file: DistFile, key: str, first_seen: float
+        self,
+        project: NormalizedName,
+        file: DistFile,
+        key: str,
+        first_seen: float,
+        cached_size: int | None = None,
     ) -> PublishedFile:
         hashes = file.hashes
         if "sha256" not in hashes:
@@ -562,10 +577,12 @@ class IndexService:
             if verified is not None:
                 # Publish only what we hashed ourselves from the bytes we hold.
                 hashes = {**hashes, "sha256": verified}
-        meta: bool | Mapping[str, str] = file.core_metadata
+        # ``.metadata`` is served for wheels only, so nothing else may advertise it: pip
+        # aborts on the 404 of an advertised sdist's metadata instead of reading the sdist.
+        meta: bool | Mapping[str, str] = False
         if file.filename.endswith(".whl"):
             known = self.store.alias(f"m:{key}")
-            meta = {"sha256": known} if known else (meta or True)
+            meta = {"sha256": known} if known else (file.core_metadata or True)
         when, source = build_time(file, datetime.fromtimestamp(first_seen, UTC))
         return PublishedFile(
             source=file,
@@ -574,6 +591,7 @@ class IndexService:
             core_metadata=meta,
             build_time=when,
             build_time_source=source,
+            cached_size=cached_size,
         )
 
     async def find_file(self, project: NormalizedName, key: str) -> PublishedFile | None:

@@ -504,8 +504,8 @@ def _start_fill(
         if fill.cached:
             # Stored and verified: metadata now comes from the wheel on disk.
             app[keys.REMOTE_METADATA].forget(key)
-        if fill.cached and source.sha256 is None:
-            # The page can now publish the hash we verified ourselves.
+        if fill.cached and (source.sha256 is None or source.size is None):
+            # The page can now publish the hash we verified, and the size, ourselves.
             index.invalidate(project)
 
     return app[keys.FILLS].start(
