@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from nightproxy.index.service import BREAKER_THRESHOLD
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import free_port, nightproxy_serve
@@ -136,10 +137,12 @@ async def test_readyz_503_when_the_only_upstream_is_down_and_the_cache_is_empty(
     make_config: MakeConfig,
     start_proxy: StartProxy,
 ) -> None:
-    """One failed page request with nothing cached: not ready, state ``down`` with its error."""
-    proxy = await start_proxy(make_config(upstream_config(simple_upstream)))
+    """An upstream failing until its circuit breaker opens, with nothing cached: not ready,
+    state ``down`` with its error."""
+    proxy = await start_proxy(make_config(upstream_config(simple_upstream), index={"ttl": "0s"}))
     simple_upstream.down = True
-    assert await page(http, proxy, "demo") == 502
+    for _ in range(BREAKER_THRESHOLD):
+        assert await page(http, proxy, "demo") == 502
     status, body = await get_json(http, proxy.make_url("/readyz"))
     assert status == 503
     assert body["status"] == "unavailable"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -360,6 +361,8 @@ class FillManager:
             fill.error = exc
         except Exception as exc:
             log.warning("fill of %s from %r failed: %s", filename, upstream, exc)
+            if isinstance(exc, OSError) and exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+                self.store.note_write_error()
             fill.error = exc
         finally:
             # Settle the fill before any await: a request arriving meanwhile must start a new

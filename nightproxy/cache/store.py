@@ -33,6 +33,9 @@ from typing import TypedDict
 
 log = logging.getLogger(__name__)
 
+#: How long after a failed write (a full disk) the cache counts as not writable.
+WRITE_ERROR_WINDOW = 60.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,
@@ -129,6 +132,8 @@ class CacheStore:
         self._reserved = 0
         self._pins: Counter[str] = Counter()
         self._dirty: set[str] = set()
+        #: When a write to the cache last failed (``note_write_error``), None if never.
+        self.last_write_error: float | None = None
         #: ``flush`` takes the set in a thread while the event loop adds to it.
         self._dirty_lock = threading.Lock()
         self._db_lock = threading.Lock()
@@ -415,6 +420,14 @@ class CacheStore:
             return
         self._entries[sha256] = Entry(size, time.time(), filename, upstream=upstream)
         self._bytes += size
+
+    def note_write_error(self) -> None:
+        """Memory: a write to the cache failed (a full disk): readiness says so for a while."""
+        self.last_write_error = time.time()
+
+    def write_failing(self, window: float = WRITE_ERROR_WINDOW) -> bool:
+        """Whether a write to the cache failed within the last ``window`` seconds."""
+        return self.last_write_error is not None and time.time() - self.last_write_error < window
 
     def size_of(self, sha256: str) -> int | None:
         """A held blob's size (it was verified before it was admitted), None if not held."""

@@ -14,10 +14,12 @@ import contextlib
 import gzip
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from cachetools import LRUCache
 from packaging.utils import NormalizedName
@@ -256,6 +258,18 @@ class IndexService:
                 delay,
             )
 
+    async def _save(self, write: Callable[..., None], *args: object) -> None:
+        """Persist page state in a thread; a failure (a full disk) costs the copy, not the page.
+
+        What is saved only serves stale-if-error and keep_missing after a restart: the page in
+        hand is still the one to answer with.
+        """
+        try:
+            await asyncio.to_thread(write, *args)
+        except (OSError, sqlite3.Error) as exc:
+            self.store.note_write_error()
+            log.warning("could not save page state to the cache (%s): serving it anyway", exc)
+
     async def _fetch(self, upstream: str, project: NormalizedName) -> PageEntry:
         """Fetch (or revalidate) one upstream's page; raises UpstreamError on failure."""
         if self._breaker_open(upstream):
@@ -294,19 +308,19 @@ class IndexService:
             if previous.page is not None:
                 # Confirmed current: that counts as a good fetch for stale-if-error, also
                 # after a restart.
-                await asyncio.to_thread(self.store.touch_page, upstream, project, now)
+                await self._save(self.store.touch_page, upstream, project, now)
         elif isinstance(result, NotFound | NotModified):
             self._generation += 1
             entry = PageEntry(None, now, self._generation)
         else:
             self._generation += 1
             entry = PageEntry(result, now, self._generation)
-            await asyncio.to_thread(_persist_page, self.store, upstream, now, result)
+            await self._save(_persist_page, self.store, upstream, now, result)
         if entry.page is not baseline and self._note_removed(
             upstream, project, baseline, entry.page
         ):
             body = gone_to_json(self._gone[(upstream, project)])
-            await asyncio.to_thread(self.store.save_retained, upstream, project, body)
+            await self._save(self.store.save_retained, upstream, project, body)
         self._put_entry((upstream, project), entry)
         return entry
 
@@ -353,6 +367,7 @@ class IndexService:
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(self._fetch(upstream, project))
+            future.add_done_callback(_retrieve)
             self._inflight[key] = future
             future.add_done_callback(lambda _f: self._inflight.pop(key, None))
         return await asyncio.shield(future)
@@ -467,6 +482,7 @@ class IndexService:
         future = self._view_inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(self._build_view(project, as_of, view))
+            future.add_done_callback(_retrieve)
             self._view_inflight[key] = future
             future.add_done_callback(lambda _f: self._view_inflight.pop(key, None))
         built = await asyncio.shield(future)
@@ -750,6 +766,13 @@ def _as_upstream_error(upstream: str, exc: Exception) -> UpstreamError:
         where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
     log.warning("upstream %r: unexpected %s%s", upstream, type(exc).__name__, where)
     return UpstreamError(upstream, f"unexpected {type(exc).__name__}")
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared future's failure as seen: its waiters may all be gone (cancelled at
+    shutdown), and asyncio would log it as an error nobody retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _log_task_error(task: asyncio.Task[object]) -> None:

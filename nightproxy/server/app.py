@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL = 30.0
 #: On shutdown, after clients' responses are done (``serve``'s shutdown timeout), how long
 #: downloads nobody waits for any more may run on to finish filling the cache.
-DRAIN_TIMEOUT = 5.0
+DRAIN_TIMEOUT = 25.0
 
 
 def create_app(config: Config) -> web.Application:

@@ -47,9 +47,16 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     store = app[keys.STORE]
     index = app[keys.INDEX]
-    writable = await asyncio.to_thread(os.access, store.tmp_dir, os.W_OK)
+    # Permissions alone do not show a full disk: a write that failed lately does.
+    writable = not store.write_failing() and await asyncio.to_thread(
+        os.access, store.tmp_dir, os.W_OK
+    )
     upstreams = {name: _upstream_json(h) for name, h in index.health.items()}
-    serving_upstream = any(h.state != "down" for h in index.health.values())
+    # A failing upstream counts as able to serve again once its circuit breaker lets requests
+    # through: readiness that waited for a request to succeed would never see one, since an
+    # unready pod gets no traffic.
+    now = index.clock()
+    serving_upstream = any(h.state != "down" or h.open_until <= now for h in index.health.values())
     cache_can_serve = store.file_count > 0
     # Without a writable cache, upstreams can still serve pages and streamed files, but a
     # proxy that cannot keep what it fetches is not ready for a fleet of CI jobs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from typing import cast
 
 import aiohttp
@@ -52,6 +53,13 @@ async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: f
         keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     await runner.setup()
+    # No reload to do on SIGHUP (restart to apply a new config), and dying of it would cut
+    # downloads off and drop the last access lines: say so and carry on.
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.warning("SIGHUP ignored: restart nightproxy to apply a new config"),
+        )
     try:
         try:
             await web.TCPSite(runner, host, port).start()
