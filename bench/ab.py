@@ -77,7 +77,7 @@ def main() -> int:
     if error:
         raise SystemExit(f"bench venv: {error}")
     reps = 5
-    fx = fixture.build(WORK / "fixture", reps, False, 5)  # herd files unused: the cheap 5 MB ones
+    fx = fixture.build(WORK / "fixture", reps, False, 2)  # herd files unused: --quick's 2 MB
     work = WORK / "ab"
     nginx = tg.Nginx(work / "nginx", fx.root)
     load = LoadClient()
