@@ -203,3 +203,47 @@ async def test_a_link_out_of_a_directory_feed_is_not_served(
     assert status == 200
     body = (await get(http, page.join(URL(files[wheel.name]["url"]))))[1]
     assert body == wheel.read_bytes()
+
+
+async def test_a_pinned_projects_imported_file_is_still_a_hit_while_its_feed_is_down(
+    start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A cache moved with export and import (no ``--trust-aliases``) knows no file's feed; a
+    pinned project's file in it is still served from the cache when the feed cannot be
+    asked, as it is for any other project."""
+    good, other = FakeSimpleIndex(), FakeSimpleIndex()
+    wheel = build_wheel(tmp_path / "g", "demo", "1.0")
+    good.add_file("demo", wheel)
+    other.add_file("other", build_wheel(tmp_path / "o", "other", "1.0"))
+    await start_fake(good)
+    await start_fake(other)
+    feeds = (
+        f"  - {{name: good, kind: simple, url: '{simple_url(good)}'}}\n"
+        f"  - {{name: other, kind: simple, url: '{simple_url(other)}'}}\n"
+    )
+    pin = "projects:\n  demo: [good]\n"
+    first = write_config(tmp_path / "a.yaml", tmp_path / "cache-a", feeds, pin)
+    proxy = await start_proxy(load_config(first))
+    _status, files, page = await page_files(http, proxy, "demo")
+    url = page.join(URL(files[wheel.name]["url"]))
+    assert (await get(http, url))[0] == 200
+    await proxy.close()
+    moved = write_config(tmp_path / "b.yaml", tmp_path / "cache-b", feeds, pin)
+    for args in (
+        ("export", tmp_path / "c.tar", "--config", first),
+        ("import", tmp_path / "c.tar", "--config", moved),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "nightproxy", "cache", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+    good.down = True
+    proxy = await start_proxy(load_config(moved))
+    status, body, source = await get(http, proxy.make_url(url.path))
+    assert (status, source) == (200, "hit")
+    assert body == wheel.read_bytes()

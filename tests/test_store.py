@@ -26,6 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from nightproxy.cache import store as store_module
 from nightproxy.cache.store import CacheStore
 
 MAX_AGE = 3600.0
@@ -282,6 +283,35 @@ def test_blob_without_row_is_adopted_at_open(tmp_path: Path) -> None:
     try:
         assert second.has(a)
         assert second.used_bytes == 100
+    finally:
+        second.close()
+
+
+def test_a_lost_database_is_rebuilt_without_reading_every_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More row-less blobs than crash leftovers could be (the database was lost) are kept at
+    their size, so start-up does not hash the whole cache before listening; a few are hashed."""
+    monkeypatch.setattr(store_module, "ROWLESS_HASH_LIMIT", 2)
+    root = tmp_path / "cache"
+    first = open_store(root, max_size=10**6)
+    shas = [put(first, blob(f"b{i}"), name=f"b{i}.whl") for i in range(3)]
+    first.close()
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(root / f"state.sqlite{suffix}")
+    hashed: list[str] = []
+    original = CacheStore._digest_matches
+
+    def counting(self: CacheStore, sha256: str) -> bool:
+        hashed.append(sha256)
+        return original(self, sha256)
+
+    monkeypatch.setattr(CacheStore, "_digest_matches", counting)
+    second = open_store(root, max_size=10**6)
+    try:
+        assert all(second.has(sha) for sha in shas)
+        assert hashed == []
     finally:
         second.close()
 

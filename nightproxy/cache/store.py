@@ -33,6 +33,9 @@ from typing import TypedDict
 
 log = logging.getLogger(__name__)
 
+#: Blobs without a database row are hashed at start-up up to this many (crash leftovers);
+#: more mean a lost database, and are kept at their size.
+ROWLESS_HASH_LIMIT = 100
 #: How long after a failed write (a full disk) the cache counts as not writable.
 WRITE_ERROR_WINDOW = 60.0
 
@@ -186,6 +189,18 @@ class CacheStore:
         # download; rehashing every blob here would read the whole cache at each start.)
         missing = [sha for sha in known if sha not in on_disk]
         corrupt: list[str] = []
+        rowless = sum(1 for sha in on_disk if sha not in known)
+        # A handful of blobs without a row are crash leftovers: hash them. Many mean the
+        # database itself was lost or replaced; hashing them all would read the whole cache
+        # before the server listens (minutes for tens of GB, past a liveness probe), so they
+        # are taken at their size, as a fresh database would have to.
+        check_rowless = rowless <= ROWLESS_HASH_LIMIT
+        if not check_rowless:
+            log.warning(
+                "%d cached files have no record (state.sqlite lost or new): kept without "
+                "checking their bytes",
+                rowless,
+            )
         for sha, (size, mtime) in on_disk.items():
             entry = known.get(sha)
             if entry is not None:
@@ -198,11 +213,10 @@ class CacheStore:
                     )
                     corrupt.append(sha)
                 continue
-            # No row: a crash between the rename into blobs/ and the insert, a lost database,
-            # or a live server's admission between those two steps when a cache command opens
-            # the store. Nothing recorded vouches for the size, so the bytes must: such blobs
-            # are few, and hashing one is the only check that holds for all three.
-            if self._digest_matches(sha):
+            # No row: a crash between the rename into blobs/ and the insert, or a live server's
+            # admission between those two steps when a cache command opens the store. Nothing
+            # recorded vouches for the size, so the bytes must.
+            if not check_rowless or self._digest_matches(sha):
                 known[sha] = Entry(size, mtime)
                 self._dirty.add(sha)
             else:

@@ -463,13 +463,29 @@ async def _may_serve(
     allowed to come from (dependency confusion through old page URLs and lock files).
     """
     app = request.app
+    store = app[keys.STORE]
     allowed = app[keys.INDEX].upstreams_for(project)
     if len(allowed) == len(app[keys.CONFIG].upstreams):
         return True
-    if app[keys.STORE].upstream_of(sha) in allowed:
+    source = store.upstream_of(sha)
+    if source in allowed:
         return True
-    pub = await _find_file(request, project, key)
-    return pub is not None and pub.filename == filename and _allowed(request, project, pub)
+    # Pinned across the lookup, which may wait for an upstream: an eviction meanwhile would
+    # turn the hit into a 404.
+    with store.pinned(sha):
+        try:
+            pub = await _find_file(request, project, key)
+        except web.HTTPBadGateway:
+            # No allowed feed can answer now. A blob of unknown origin (imported, or found
+            # without its record) is served, verified against its name as it is, rather than
+            # failing a file already here; one known to come from another feed is not.
+            return source == "" and store.has(sha)
+    return (
+        pub is not None
+        and pub.filename == filename
+        and _allowed(request, project, pub)
+        and store.has(sha)
+    )
 
 
 async def _cached(store: CacheStore, key: str, filename: str) -> str | None:
