@@ -206,7 +206,7 @@ def _log_skipped(upstream: str, where: str, skipped: int) -> None:
 def _html_file(
     attrs: Mapping[str, str | None], base: str, upstream: str, project: NormalizedName
 ) -> DistFile | None:
-    """One anchor as a file; ValueError for a link ``urllib`` or ``packaging`` cannot take."""
+    """One anchor as a file; ValueError for a link ``urllib`` cannot take."""
     href = attrs.get("href")
     if not href:
         return None

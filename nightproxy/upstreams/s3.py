@@ -170,12 +170,7 @@ class S3Upstream(Upstream):
             for _page in range(MAX_LIST_PAGES):
                 root = await self._list_page(token)
                 for item in root.iter(_NS + "Contents"):
-                    try:
-                        self._add(found, item)
-                    except ValueError:
-                        # packaging refuses some names only by raising (a version of
-                        # thousands of digits): that key is not a distribution.
-                        continue
+                    self._add(found, item)
                 truncated = (_find(root, "IsTruncated") or "false").lower() == "true"
                 token = _find(root, "NextContinuationToken")
                 if not truncated or not token:
