@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from nightproxy.index.parse import (
     parse_upload_time,
 )
 from nightproxy.model import ProjectPage
+from nightproxy.upstreams import simple as simple_module
 from nightproxy.upstreams.base import PARSE_INLINE_MAX
 from nightproxy.upstreams.directory import DirectoryUpstream
 from nightproxy.upstreams.http import UpstreamError
@@ -507,6 +509,69 @@ async def test_a_dotted_static_tree_project_listed_is_served(
     assert await listed(http, proxy) == {"zope-interface"}
     assert await filenames(http, proxy, "zope-interface") == {DOTTED_WHEEL}
     assert requested == ["/whl/nightly/zope.interface/"]
+
+
+async def test_a_dotted_static_tree_project_is_found_on_a_fresh_proxy(
+    serve: Serve, make_config: MakeConfig, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """pip asking a fresh proxy straight for ``/simple/zope-interface/``: the tree's 404 for
+    that spelling makes the proxy read the tree's list once, which links the dotted folder;
+    a second miss soon after reads no list again."""
+    requested: list[str] = []
+
+    async def project(request: web.Request) -> web.Response:
+        requested.append(request.path)
+        if request.match_info["p"] != "zope.interface":
+            return web.Response(status=404)
+        return web.Response(
+            text=html([(f"/whl/nightly/{DOTTED_WHEEL}", DOTTED_WHEEL)]), content_type="text/html"
+        )
+
+    async def root(request: web.Request) -> web.Response:
+        requested.append(request.path)
+        return web.Response(
+            text=html([("zope.interface/", "zope.interface")]), content_type="text/html"
+        )
+
+    tree = await serve({"/whl/nightly/": root, "/whl/nightly/{p}/": project})
+    proxy = await start_proxy(make_config([simple("tree", tree, "/whl/nightly/")]))
+
+    assert await filenames(http, proxy, "zope-interface") == {DOTTED_WHEEL}
+    async with http.get(proxy.make_url("/simple/no-such/")) as resp:
+        assert resp.status == 404
+    assert requested == [
+        "/whl/nightly/zope-interface/",
+        "/whl/nightly/",
+        "/whl/nightly/zope.interface/",
+        "/whl/nightly/no-such/",
+    ]
+
+
+async def test_a_project_list_too_large_is_not_read_for_a_miss(
+    serve: Serve,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An index whose list is too large to be a static tree's (the public index) answers a
+    miss with its 404; the list is given up on at its size, not read whole for the miss."""
+    monkeypatch.setattr(simple_module, "RELIST_MAX_BYTES", 1000)
+
+    async def root(_request: web.Request) -> web.Response:
+        body = html([(f"p{i}/", f"p{i}") for i in range(200)])
+        return web.Response(text=body, content_type="text/html")
+
+    async def missing(_request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    tree = await serve({"/simple/": root, "/simple/{p}/": missing})
+    proxy = await start_proxy(make_config([simple("big", tree)]))
+    with caplog.at_level(logging.DEBUG, logger="nightproxy.upstreams.simple"):
+        async with http.get(proxy.make_url("/simple/zope-interface/")) as resp:
+            assert resp.status == 404
+    assert "project list not read for a miss: the project list is too large" in caplog.text
 
 
 async def test_a_project_list_link_to_another_host_is_not_followed(

@@ -111,10 +111,17 @@ class Credentials:
 
 
 async def read_page_body(
-    response: aiohttp.ClientResponse, upstream: str, what: str = "a page"
+    response: aiohttp.ClientResponse,
+    upstream: str,
+    what: str = "a page",
+    *,
+    limit: int | None = None,
 ) -> bytes:
-    """A page's whole body, at most ``MAX_PAGE_BYTES``; a cut or stalled body is UpstreamError."""
-    if response.content_length is not None and response.content_length > MAX_PAGE_BYTES:
+    """A page's whole body, at most ``limit`` bytes (``MAX_PAGE_BYTES``); a cut or stalled
+    body is UpstreamError."""
+    if limit is None:
+        limit = MAX_PAGE_BYTES
+    if response.content_length is not None and response.content_length > limit:
         raise UpstreamError(upstream, f"{what} is too large")
     parts: list[bytes] = []
     size = 0
@@ -123,7 +130,7 @@ async def read_page_body(
         while chunk := await response.content.read(_PAGE_READ):
             parts.append(chunk)
             size += len(chunk)
-            if size > MAX_PAGE_BYTES:
+            if size > limit:
                 raise UpstreamError(upstream, f"{what} is too large")
     except TimeoutError as exc:
         raise UpstreamError(upstream, f"timed out reading {what}") from exc

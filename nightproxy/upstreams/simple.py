@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import urlsplit
@@ -33,6 +36,8 @@ from nightproxy.upstreams.http import (
     split_userinfo,
 )
 from nightproxy.upstreams.ranges import HttpRangeReader
+
+log = logging.getLogger(__name__)
 
 PAGE_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
@@ -95,9 +100,6 @@ class HttpIndexUpstream(Upstream):
             urls[name] = f"{base.scheme}://{base.netloc}{path}"
         return urls
 
-    async def _read_page(self, response: aiohttp.ClientResponse) -> bytes:
-        return await read_page_body(response, self.name)
-
     def _check_status(self, response: aiohttp.ClientResponse, what: str) -> None:
         if response.status in {401, 403}:
             raise UpstreamError(
@@ -158,7 +160,7 @@ class HttpIndexUpstream(Upstream):
             if response.status == 403 and await self._is_missing_object(response):
                 return NotFound()
             self._check_status(response, f"project page {project}")
-            body = await self._read_page(response)
+            body = await read_page_body(response, self.name, f"the page of {project}")
             final_url = str(response.url)
             content_type = response.headers.get("Content-Type", "")
             page_etag = response.headers.get("ETag")
@@ -174,6 +176,11 @@ class HttpIndexUpstream(Upstream):
         )
 
     async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+        return await self._fetch_list(None)
+
+    async def _fetch_list(self, limit: int | None) -> frozenset[NormalizedName]:
+        """The project list, read whole up to ``limit`` bytes (None: the page limit); learns
+        the page URLs it links."""
         async with request(
             self.session,
             self.name,
@@ -185,7 +192,7 @@ class HttpIndexUpstream(Upstream):
             retry_budget=self.page_retry_budget,
         ) as response:
             self._check_status(response, "project list")
-            body = await self._read_page(response)
+            body = await read_page_body(response, self.name, "the project list", limit=limit)
             final_url = str(response.url)
             content_type = response.headers.get("Content-Type", "")
 
@@ -234,7 +241,40 @@ class HttpIndexUpstream(Upstream):
         )
 
 
+#: A project a static tree answers 404 for may sit in a folder spelled otherwise
+#: (``zope.interface/``): its project list says where. That list is read for a miss at most
+#: this often, and only while it is this small: a tree lists a few hundred projects in well
+#: under a MiB, while an index of hundreds of thousands is never read for a miss.
+RELIST_INTERVAL = 600.0
+RELIST_MAX_BYTES = 4 * 1024 * 1024
+
+
 class SimpleUpstream(HttpIndexUpstream):
     def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
         assert config.url is not None  # guaranteed by config validation
         super().__init__(config, session, config.url)
+        self._relisted_at: float | None = None
+        self._relist_lock = asyncio.Lock()
+
+    async def fetch_project(
+        self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        result = await super().fetch_project(project, etag=etag, last_modified=last_modified)
+        if isinstance(result, NotFound) and project not in self._page_urls:
+            await self._relist()
+            if project in self._page_urls:
+                # Another URL, so the old page's validators do not apply.
+                return await super().fetch_project(project)
+        return result
+
+    async def _relist(self) -> None:
+        """Read the project list again, to learn folders spelled otherwise (not too often)."""
+        async with self._relist_lock:
+            now = time.monotonic()
+            if self._relisted_at is not None and now - self._relisted_at < RELIST_INTERVAL:
+                return  # read lately, maybe just now for a miss that held the lock
+            self._relisted_at = now
+            try:
+                await self._fetch_list(RELIST_MAX_BYTES)
+            except UpstreamError as exc:
+                log.debug("%s: project list not read for a miss: %s", self.name, exc.reason)
