@@ -483,12 +483,9 @@ async def test_a_directory_download_of_an_unchanged_file_is_whole(tmp_path: Path
 DOTTED_WHEEL = "zope.interface-7.0.dev20250101-py3-none-any.whl"
 
 
-async def test_a_dotted_static_tree_project_listed_is_served(
-    serve: Serve, make_config: MakeConfig, start_proxy: StartProxy, http: aiohttp.ClientSession
-) -> None:
-    """A tree folder ``zope.interface/`` (dots kept, no redirect) is fetched where the list
-    links it once the list has been read."""
-    requested: list[str] = []
+def dotted_tree_pages(requested: list[str]) -> Handler:
+    """A tree's project pages: only the dotted folder ``zope.interface/`` exists. Each request
+    path is appended to ``requested``."""
 
     async def project(request: web.Request) -> web.Response:
         requested.append(request.path)
@@ -498,10 +495,20 @@ async def test_a_dotted_static_tree_project_listed_is_served(
             text=html([(f"/whl/nightly/{DOTTED_WHEEL}", DOTTED_WHEEL)]), content_type="text/html"
         )
 
+    return project
+
+
+async def test_a_dotted_static_tree_project_listed_is_served(
+    serve: Serve, make_config: MakeConfig, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """A tree folder ``zope.interface/`` (dots kept, no redirect) is fetched where the list
+    links it once the list has been read."""
+    requested: list[str] = []
+
     tree = await serve(
         {
             "/whl/nightly/": html_handler(html([("zope.interface/", "zope.interface")])),
-            "/whl/nightly/{p}/": project,
+            "/whl/nightly/{p}/": dotted_tree_pages(requested),
         }
     )
     proxy = await start_proxy(make_config([simple("tree", tree, "/whl/nightly/")]))
@@ -519,21 +526,13 @@ async def test_a_dotted_static_tree_project_is_found_on_a_fresh_proxy(
     a second miss soon after reads no list again."""
     requested: list[str] = []
 
-    async def project(request: web.Request) -> web.Response:
-        requested.append(request.path)
-        if request.match_info["p"] != "zope.interface":
-            return web.Response(status=404)
-        return web.Response(
-            text=html([(f"/whl/nightly/{DOTTED_WHEEL}", DOTTED_WHEEL)]), content_type="text/html"
-        )
-
     async def root(request: web.Request) -> web.Response:
         requested.append(request.path)
         return web.Response(
             text=html([("zope.interface/", "zope.interface")]), content_type="text/html"
         )
 
-    tree = await serve({"/whl/nightly/": root, "/whl/nightly/{p}/": project})
+    tree = await serve({"/whl/nightly/": root, "/whl/nightly/{p}/": dotted_tree_pages(requested)})
     proxy = await start_proxy(make_config([simple("tree", tree, "/whl/nightly/")]))
 
     assert await filenames(http, proxy, "zope-interface") == {DOTTED_WHEEL}

@@ -497,10 +497,9 @@ async def _cached(store: CacheStore, key: str, filename: str) -> str | None:
     sha = store.resolve(key, filename)
     if sha is None:
         return None
-    # Pinned across the check, and touched first: the age sweep or another fill's eviction
-    # must not delete it between the check and the response, which pins it in turn before
-    # anything else can run.
-    store.touch(sha)
+    # Pinned across the check: the age sweep or another fill's eviction must not delete it
+    # between the check and the response, which touches and pins it in turn before anything
+    # else can run.
     with store.pinned(sha):
         present = await asyncio.to_thread(store.path_for(sha).is_file)
     if present and store.has(sha):
