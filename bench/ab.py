@@ -23,6 +23,7 @@ in their medians: a change to the cold path has to beat that to be told from noi
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,7 @@ def main() -> int:
     reps = 5
     fx = fixture.build(WORK / "fixture", reps, False, 2)  # herd files unused: --quick's 2 MB
     work = WORK / "ab"
+    shutil.rmtree(work, ignore_errors=True)  # caches of an earlier run would be warm
     nginx = tg.Nginx(work / "nginx", fx.root)
     load = LoadClient()
     sides: list[Side] = []
@@ -106,6 +108,10 @@ def main() -> int:
                 for name in order:
                     if args.warm_load > 0:
                         warm_load(load, warm[name], args.warm_load)
+                    else:
+                        # A side's background work after its download (making spare files)
+                        # must not land in the next side's figure.
+                        tg.settle()
                     out: dict[str, Any] = load.call(
                         {"op": "fetch", "url": urls[name], "clients": 1, "timeout": 300}, 360)
                     got = out["clients"][0]

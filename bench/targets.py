@@ -334,6 +334,9 @@ class Target:
         old = self.cache_dir()
         self.generation += 1
         shutil.rmtree(old, ignore_errors=True)
+        # A directory of this generation may be left by an earlier run of the harness in the
+        # same work directory (the last generation is never removed): it would be warm.
+        shutil.rmtree(self.cache_dir(), ignore_errors=True)
         self.start()
 
 
