@@ -521,3 +521,32 @@ async def test_every_request_shape_is_answered_as_aiohttps_ordinary_path_would(
         assert [h for h in mine.headers if h[0] not in CLOCK_HEADERS] == [
             h for h in reference.headers if h[0] not in CLOCK_HEADERS
         ], label
+
+
+async def test_a_connection_closed_before_it_began_waiting_is_closed_at_once(
+    proxy: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graceful shutdown closes every connection. One accepted so recently that it is not yet
+    waiting for a request (its task not started yet, as before Python 3.12) is closed at once:
+    it must not drop its request's bytes and hang until the shutdown timeout."""
+    server = proxy.runner.server
+    assert server is not None
+    real = server.connection_made
+
+    def close_before_its_task_runs(handler: Any, transport: asyncio.Transport) -> None:
+        real(handler, transport)
+        # Runs before the handler's own task takes its first step (scheduled after this).
+        asyncio.get_running_loop().call_soon(handler.close)
+
+    monkeypatch.setattr(server, "connection_made", close_before_its_task_runs)
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    try:
+        writer.write(get("/healthz"))
+        await writer.drain()
+        try:
+            data = await asyncio.wait_for(reader.read(1), 20)
+        except ConnectionResetError:
+            data = b""  # closed with the request unread: the kernel answers with a reset
+        assert data == b""
+    finally:
+        writer.close()

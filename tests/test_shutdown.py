@@ -27,14 +27,23 @@ WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
 
 
 async def _refuses_connections(base: URL) -> bool:
-    """True once a brand-new connection to the proxy fails (its listener is closed)."""
+    """True once a brand-new connection to the proxy fails (its listener is closed).
+
+    A probe whose connection the proxy accepted just before the signal was handled gets no
+    answer until the drain ends (aiohttp closes connections idle at shutdown, dropping a
+    request that had not been read yet): it gives up after a second, and the next probe
+    tells.
+    """
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as fresh:
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as fresh:
         try:
             async with fresh.get(base.join(URL("/healthz"))) as resp:
                 await resp.read()
         except aiohttp.ClientConnectionError:
             return True
+        except TimeoutError:
+            return False
     return False
 
 

@@ -126,6 +126,18 @@ class PageProtocol(RequestHandler):
 
     __slots__ = ()
 
+    def close(self) -> None:
+        # Graceful shutdown calls this on every connection. aiohttp's close() ends an idle
+        # connection by cancelling its wait for a request, but before Python 3.12 a connection
+        # accepted just before the signal may not be waiting yet (its task is not started
+        # eagerly): it would then start waiting for a request whose bytes close() makes it
+        # drop, and keep the client hanging until the shutdown timeout. With nothing received
+        # and nothing running, closing it at once is what close() means.
+        if self._waiter is None and not self._messages and not self._request_in_progress:
+            self.force_close()
+        else:
+            super().close()
+
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter
         if waiter is None or waiter.done() or self._messages:
