@@ -193,6 +193,8 @@ class CacheConfig:
     max_size: int = 20 * 1024**3
     #: Seconds.
     max_age: float = 14 * 86400
+    #: Bytes of page cache kept ready for the next cold downloads (``cache/spares.py``).
+    spare_memory: int = 128 * 1024**2
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,6 +681,10 @@ def _positive_duration(node: _Node) -> float:
     return seconds
 
 
+def _size(node: _Node) -> int:
+    return parse_size(node.value, node.path, node.file)
+
+
 def _positive_size(node: _Node) -> int:
     size = parse_size(node.value, node.path, node.file)
     if size == 0:
@@ -804,12 +810,13 @@ def _server(section: _Section) -> ServerConfig:
 
 
 def _cache(section: _Section, base: Path) -> CacheConfig:
-    section.only(("dir", "max_size", "max_age"))
+    section.only(("dir", "max_size", "max_age", "spare_memory"))
     defaults = CacheConfig(dir=base / ".nightproxy-cache")
     return CacheConfig(
         dir=section.read("dir", lambda n: _path(n, base), defaults.dir),
         max_size=section.read("max_size", _positive_size, defaults.max_size),
         max_age=section.read("max_age", _positive_duration, defaults.max_age),
+        spare_memory=section.read("spare_memory", _size, defaults.spare_memory),
     )
 
 

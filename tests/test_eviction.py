@@ -48,7 +48,10 @@ def blob_files(cache_dir: Path) -> dict[str, int]:
 
 
 def tmp_files(cache_dir: Path) -> list[Path]:
-    return [p for p in (cache_dir / "tmp").iterdir() if p.is_file()]
+    """Leftovers of fills in ``tmp/`` (spare files, made ahead for the next fills, are not)."""
+    return [
+        p for p in (cache_dir / "tmp").iterdir() if p.is_file() and not p.name.startswith("spare.")
+    ]
 
 
 async def wait_until(predicate: Any, what: str) -> None:

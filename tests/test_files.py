@@ -33,7 +33,10 @@ def blob_files(cache_dir: Path) -> list[Path]:
 
 
 def tmp_files(cache_dir: Path) -> list[Path]:
-    return [p for p in (cache_dir / "tmp").rglob("*") if p.is_file()]
+    """Leftovers of fills in ``tmp/`` (spare files, made ahead for the next fills, are not)."""
+    return [
+        p for p in (cache_dir / "tmp").rglob("*") if p.is_file() and not p.name.startswith("spare.")
+    ]
 
 
 async def file_url(

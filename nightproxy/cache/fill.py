@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import BinaryIO
 
+from nightproxy.cache.spares import SparePool
 from nightproxy.cache.store import CacheStore
 from nightproxy.upstreams.base import CHUNK_SIZE, Download
 
@@ -139,7 +140,7 @@ async def read_span(
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-def _write_batch(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
+def _write_batch(fd: int, batch: list[bytes], offset: int) -> None:
     for start in range(0, len(batch), _IOV_MAX):
         part = batch[start : start + _IOV_MAX]
         total = sum(map(len, part))
@@ -147,8 +148,11 @@ def _write_batch(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash
         if written < total:
             _pwrite_rest(fd, part, offset, written)
         offset += total
-        for data in part:
-            digest.update(data)
+
+
+def _hash_batch(digest: hashlib._Hash, batch: list[bytes]) -> None:
+    for data in batch:
+        digest.update(data)
 
 
 def _pwrite_rest(fd: int, part: list[bytes], offset: int, done: int) -> None:
@@ -175,11 +179,14 @@ CHUNK_OVERHEAD = 64
 
 
 class _Spooler:
-    """Writes a fill's chunks to its file in a thread, one batch per hop.
+    """Writes a fill's chunks to its file in a thread, one batch per hop, and hashes them.
 
     Whatever arrives while a batch is being written becomes the next batch: a slow upstream's
     bytes reach readers at once, a fast one's go in few large hops, and chunks are never joined
-    (copied) on the event loop.
+    (copied) on the event loop. A batch is hashed in another thread while the next one is
+    written, so readers get its bytes as soon as they are written, and hashing (a third of a
+    fill's CPU time) runs beside the writing on another core. At most one batch waits to be
+    hashed: memory stays bounded when hashing is the slower part.
     """
 
     def __init__(
@@ -192,6 +199,7 @@ class _Spooler:
         self._batch: list[bytes] = []
         self._size = 0
         self._writing: asyncio.Task[None] | None = None
+        self._hashing: asyncio.Future[None] | None = None
 
     async def put(self, chunk: bytes) -> None:
         self._batch.append(chunk)
@@ -200,22 +208,35 @@ class _Spooler:
         if writing is None or writing.done():
             if writing is not None:
                 writing.result()  # a failed write fails the fill
-            self._writing = asyncio.create_task(self._drain())
+            # The batch is what has arrived by now, not by the time the task first runs (the
+            # download may hand over several buffered chunks before that): a fill's first
+            # bytes reach readers after one chunk is written, not several.
+            self._writing = asyncio.create_task(self._drain(*self._take()))
         elif self._size + CHUNK_OVERHEAD * len(self._batch) >= SPOOL_LIMIT:
             await asyncio.shield(writing)
 
-    async def _drain(self) -> None:
+    def _take(self) -> tuple[list[bytes], int]:
+        batch, size = self._batch, self._size
+        self._batch, self._size = [], 0
+        return batch, size
+
+    async def _drain(self, batch: list[bytes], size: int) -> None:
         fill = self._fill
-        while self._batch:
-            batch, size = self._batch, self._size
-            self._batch, self._size = [], 0
-            await asyncio.to_thread(_write_batch, self._fd, batch, fill.written, self._digest)
+        while batch:
+            await asyncio.to_thread(_write_batch, self._fd, batch, fill.written)
             fill.written += size
             self._on_written(size)
             fill._notify()
+            if self._hashing is not None:
+                await self._hashing
+            self._hashing = asyncio.get_running_loop().run_in_executor(
+                None, _hash_batch, self._digest, batch
+            )
+            batch, size = self._take()
 
     async def close(self) -> None:
-        """Wait for the running write, then write what is left (unless the fill failed).
+        """Wait for the running write, then write and hash what is left (unless the fill
+        failed): the digest is complete when this returns.
 
         Returns only once no thread writes to the descriptor any more, even when the fill is
         cancelled meanwhile (the cancellation is passed on afterwards): the caller closes the
@@ -233,18 +254,31 @@ class _Spooler:
                 raise asyncio.CancelledError
             writing.result()
         if self._batch:
-            await self._drain()
+            await self._drain(*self._take())
+        if self._hashing is not None:
+            await self._hashing
 
 
 class FillManager:
-    """Owns every running fill; at most one per file key."""
+    """Owns every running fill; at most one per file key.
 
-    def __init__(self, store: CacheStore) -> None:
+    With ``spare_memory`` (bytes), it also keeps that much page cache ready for the next fills
+    (``SparePool``), made while no fill runs; ``start`` begins making it.
+    """
+
+    def __init__(self, store: CacheStore, *, spare_memory: int = 0) -> None:
         self.store = store
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.upstream_bytes = 0
         self.hash_mismatches = 0
+        #: Set while no fill runs.
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.spares = SparePool(store.tmp_dir, spare_memory, self.idle)
+
+    def start_spares(self) -> None:
+        self.spares.start()
 
     @property
     def in_flight(self) -> int:
@@ -269,6 +303,7 @@ class FillManager:
             return fill
         fill = Fill(key, self.store.temp_path(key), expected_sha256)
         self._fills[key] = fill
+        self.idle.clear()
         task = asyncio.create_task(
             self._run(fill, opener, filename=filename, upstream=upstream, on_done=on_done),
             name=f"fill {filename}",
@@ -288,12 +323,18 @@ class FillManager:
     ) -> None:
         reserved = 0
         digest = hashlib.sha256()
+        spared = False
         try:
-            fill._fd = await asyncio.to_thread(
-                os.open, fill.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644
-            )
             async with opener() as download:
                 fill.size = download.size
+                spare = self.spares.take(download.size)
+                if spare is None:
+                    fill._fd = await asyncio.to_thread(
+                        os.open, fill.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644
+                    )
+                else:
+                    spared = True
+                    fill.tmp_path, fill._fd = spare
                 if download.size is not None:
                     victims = self.store.reserve(download.size)
                     if victims is not None:
@@ -339,12 +380,7 @@ class FillManager:
                         await asyncio.to_thread(self.store.delete_blobs, victims)
             if reserved:
                 await asyncio.to_thread(
-                    self.store.admit_file,
-                    fill.tmp_path,
-                    sha,
-                    fill.written,
-                    filename=filename,
-                    upstream=upstream,
+                    self._admit, fill, sha, spared, filename=filename, upstream=upstream
                 )
                 self.store.admitted(sha, fill.written, reserved, filename, upstream=upstream)
                 reserved = 0
@@ -368,6 +404,8 @@ class FillManager:
             # Settle the fill before any await: a request arriving meanwhile must start a new
             # fill (or find the cached file), never join this finished one.
             self._fills.pop(fill.key, None)
+            if not self._fills:
+                self.idle.set()
             if reserved:
                 self.store.release(reserved)
             try:
@@ -391,12 +429,24 @@ class FillManager:
     def _count(self, size: int) -> None:
         self.upstream_bytes += size
 
+    def _admit(self, fill: Fill, sha: str, spared: bool, *, filename: str, upstream: str) -> None:
+        """Move a verified fill into the store (disk I/O: run in a thread)."""
+        assert fill._fd is not None
+        if spared:
+            # A spare is larger than most files: cut it to the bytes written (a no-op for a
+            # file that outgrew it) before the store, and readers from it, see its size.
+            os.ftruncate(fill._fd, fill.written)
+        self.store.admit_file(
+            fill.tmp_path, sha, fill.written, filename=filename, upstream=upstream
+        )
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.spares.close()
 
     async def drain(self, timeout: float) -> None:
         """Let running fills finish (graceful shutdown), then cancel what is left."""

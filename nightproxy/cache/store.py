@@ -3,8 +3,9 @@
 Layout under ``cache.dir``::
 
     blobs/<aa>/<sha256>   verified bytes, named by their own digest
-    tmp/                  fills in progress; anything left here after a crash is deleted
+    tmp/                  fills in progress, spare files; all deleted when the server starts
     state.sqlite          size, last use, source of each blob; aliases; last good pages
+    boot_id               the boot the cache was last opened in (see ``_holes_possible``)
 
 A blob is only ever created by renaming a complete, verified temporary file into place, so
 whatever is under ``blobs/`` may be served once start-up found its size to be the recorded one.
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 #: Blobs without a database row are hashed at start-up up to this many (crash leftovers);
 #: more mean a lost database, and are kept at their size.
 ROWLESS_HASH_LIMIT = 100
+#: Identifies the running kernel's boot: a different one means the machine restarted.
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 #: How long after a failed write (a full disk) the cache counts as not writable.
 WRITE_ERROR_WINDOW = 60.0
 
@@ -163,9 +166,24 @@ class CacheStore:
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         self._db = db
-        self._load()
+        boot = _read_text(BOOT_ID)
+        self._load(check_holes=self._holes_possible(boot))
+        if boot is not None:
+            _write_text(self.root / "boot_id", boot)
 
-    def _load(self) -> None:
+    def _holes_possible(self, boot: str | None) -> bool:
+        """Whether the machine restarted since the cache was last opened.
+
+        A fill written into a spare file (``spares.py``) has its full size before its bytes
+        reach the disk, so a kernel crash or power loss can leave a blob of the right size with
+        holes where data was never written back. A process that merely died leaves nothing of
+        the kind (the kernel still writes its pages), so the blobs are searched for holes only
+        after a restart: an ``lseek`` per blob.
+        """
+        previous = _read_text(self.root / "boot_id")
+        return boot is not None and previous is not None and previous != boot
+
+    def _load(self, *, check_holes: bool = False) -> None:
         assert self._db is not None
         rows = self._db.execute(
             "SELECT sha256, size, last_use, filename, upstream FROM blobs"
@@ -203,6 +221,14 @@ class CacheStore:
             )
         for sha, (size, mtime) in on_disk.items():
             entry = known.get(sha)
+            if check_holes and _has_hole(self.path_for(sha), size):
+                log.warning(
+                    "cached %s has a hole after the machine restarted (bytes never written "
+                    "back): deleted as corrupt",
+                    sha,
+                )
+                corrupt.append(sha)
+                continue
             if entry is not None:
                 if entry.size != size:
                     log.warning(
@@ -588,3 +614,35 @@ class CacheStore:
 
     def temp_path(self, key: str) -> Path:
         return self.tmp_dir / f"{key}.{os.getpid()}.{time.monotonic_ns()}.part"
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".new")
+    try:
+        tmp.write_text(text + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot record %s: %s", path, exc)
+
+
+def _has_hole(path: Path, size: int) -> bool:
+    """Disk I/O. Whether the file has a hole before ``size`` (where holes can be told)."""
+    if size == 0 or not hasattr(os, "SEEK_HOLE"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) < size
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

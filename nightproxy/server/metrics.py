@@ -63,6 +63,11 @@ class _LiveCollector(Collector):
             value=self.fills.hash_mismatches,
         )
         yield GaugeMetricFamily(
+            "nightproxy_spare_files",
+            "Spare files (page cache made ready) waiting for the next cold downloads",
+            value=self.fills.spares.ready,
+        )
+        yield GaugeMetricFamily(
             "nightproxy_downloads_in_flight",
             "Upstream downloads running now",
             value=self.fills.in_flight,
