@@ -140,7 +140,7 @@ async def read_span(
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-def _write_batch(fd: int, batch: list[bytes], offset: int) -> None:
+def _write_batch(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
     for start in range(0, len(batch), _IOV_MAX):
         part = batch[start : start + _IOV_MAX]
         total = sum(map(len, part))
@@ -148,11 +148,8 @@ def _write_batch(fd: int, batch: list[bytes], offset: int) -> None:
         if written < total:
             _pwrite_rest(fd, part, offset, written)
         offset += total
-
-
-def _hash_batch(digest: hashlib._Hash, batch: list[bytes]) -> None:
-    for data in batch:
-        digest.update(data)
+        for data in part:
+            digest.update(data)
 
 
 def _pwrite_rest(fd: int, part: list[bytes], offset: int, done: int) -> None:
@@ -179,14 +176,11 @@ CHUNK_OVERHEAD = 64
 
 
 class _Spooler:
-    """Writes a fill's chunks to its file in a thread, one batch per hop, and hashes them.
+    """Writes a fill's chunks to its file in a thread, one batch per hop.
 
     Whatever arrives while a batch is being written becomes the next batch: a slow upstream's
     bytes reach readers at once, a fast one's go in few large hops, and chunks are never joined
-    (copied) on the event loop. A batch is hashed in another thread while the next one is
-    written, so readers get its bytes as soon as they are written, and hashing (a third of a
-    fill's CPU time) runs beside the writing on another core. At most one batch waits to be
-    hashed: memory stays bounded when hashing is the slower part.
+    (copied) on the event loop.
     """
 
     def __init__(
@@ -199,7 +193,6 @@ class _Spooler:
         self._batch: list[bytes] = []
         self._size = 0
         self._writing: asyncio.Task[None] | None = None
-        self._hashing: asyncio.Future[None] | None = None
 
     async def put(self, chunk: bytes) -> None:
         self._batch.append(chunk)
@@ -223,20 +216,14 @@ class _Spooler:
     async def _drain(self, batch: list[bytes], size: int) -> None:
         fill = self._fill
         while batch:
-            await asyncio.to_thread(_write_batch, self._fd, batch, fill.written)
+            await asyncio.to_thread(_write_batch, self._fd, batch, fill.written, self._digest)
             fill.written += size
             self._on_written(size)
             fill._notify()
-            if self._hashing is not None:
-                await self._hashing
-            self._hashing = asyncio.get_running_loop().run_in_executor(
-                None, _hash_batch, self._digest, batch
-            )
             batch, size = self._take()
 
     async def close(self) -> None:
-        """Wait for the running write, then write and hash what is left (unless the fill
-        failed): the digest is complete when this returns.
+        """Wait for the running write, then write what is left (unless the fill failed).
 
         Returns only once no thread writes to the descriptor any more, even when the fill is
         cancelled meanwhile (the cancellation is passed on afterwards): the caller closes the
@@ -255,15 +242,13 @@ class _Spooler:
             writing.result()
         if self._batch:
             await self._drain(*self._take())
-        if self._hashing is not None:
-            await self._hashing
 
 
 class FillManager:
     """Owns every running fill; at most one per file key.
 
     With ``spare_memory`` (bytes), it also keeps that much page cache ready for the next fills
-    (``SparePool``), made while no fill runs; ``start`` begins making it.
+    (``SparePool``), made while no fill runs; ``start_spares`` begins making it.
     """
 
     def __init__(self, store: CacheStore, *, spare_memory: int = 0) -> None:
