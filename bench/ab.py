@@ -111,7 +111,7 @@ def main() -> int:
                     else:
                         # A side's background work after its download (making spare files)
                         # must not land in the next side's figure.
-                        tg.settle()
+                        tg.settle(max_wait=3.0)
                     out: dict[str, Any] = load.call(
                         {"op": "fetch", "url": urls[name], "clients": 1, "timeout": 300}, 360)
                     got = out["clients"][0]
