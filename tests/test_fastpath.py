@@ -550,3 +550,32 @@ async def test_a_connection_closed_before_it_began_waiting_is_closed_at_once(
         assert data == b""
     finally:
         writer.close()
+
+
+async def test_a_request_taken_but_not_yet_handled_when_shutdown_closes_is_answered(
+    proxy: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown closing a connection in the moment between aiohttp taking a request off its
+    queue and starting its handler still lets that request be answered."""
+    server = proxy.runner.server
+    assert server is not None
+    real = server.request_factory
+    closed: list[bool] = []
+
+    def close_before_the_handler_starts(
+        message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+    ) -> Any:
+        # Called after the request left the queue, before its handler task exists.
+        asyncio.get_running_loop().call_soon(lambda: (closed.append(True), protocol.close()))
+        return real(message, payload, protocol, writer, task)
+
+    monkeypatch.setattr(server, "request_factory", close_before_the_handler_starts)
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    try:
+        writer.write(get("/healthz"))
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 20)
+        assert closed
+        assert data.startswith(b"HTTP/1.1 200"), data
+    finally:
+        writer.close()

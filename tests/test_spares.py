@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from nightproxy.cache import spares as spares_module
 from nightproxy.cache import store as store_module
 from nightproxy.cache.fill import FillManager
-from nightproxy.cache.spares import MIN_FILL, PREFIX, SparePool
+from nightproxy.cache.spares import MAX_SPARES, MIN_FILL, PREFIX, SPARE_SIZE, SparePool
 from nightproxy.cache.store import CacheStore
 from nightproxy.server import keys
 from tests.conftest import MakeConfig, StartFake, StartProxy
@@ -181,6 +181,13 @@ async def test_a_failure_to_make_a_spare_is_logged_and_tried_again(
         await wait_until(lambda: spares.ready == 1, "made on the next request")
     finally:
         await spares.close()
+
+
+def test_the_number_of_spares_is_capped(tmp_path: Path) -> None:
+    """However much memory is configured, at most ``MAX_SPARES`` spares (each holds an open
+    descriptor) are kept."""
+    pool = SparePool(tmp_path, 1000 * SPARE_SIZE, asyncio.Event())
+    assert pool.target == MAX_SPARES
 
 
 async def test_no_spare_memory_means_no_spares(tmp_path: Path) -> None:
@@ -393,3 +400,18 @@ def test_a_whole_blob_survives_a_restart_of_the_machine(tmp_path: Path, boot_id:
     again = CacheStore(root, 10 * MIB, 3600.0)
     again.open()
     assert again.has(sha)
+
+
+def test_a_cache_without_a_boot_record_is_searched_for_holes(
+    tmp_path: Path, boot_id: Path
+) -> None:
+    """A missing (or empty) record of the last boot cannot vouch for the blobs: they are
+    searched for holes, as after a restart of the machine."""
+    root = tmp_path / "cache"
+    store = CacheStore(root, 10 * MIB, 3600.0)
+    store.open()
+    sha = holey_blob(store, tmp_path, MIB)
+    (root / "boot_id").write_text("")
+    again = CacheStore(root, 10 * MIB, 3600.0)
+    again.open()
+    assert not again.has(sha)

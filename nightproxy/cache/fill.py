@@ -365,7 +365,7 @@ class FillManager:
                         await asyncio.to_thread(self.store.delete_blobs, victims)
             if reserved:
                 await asyncio.to_thread(
-                    self._admit, fill, sha, spared, filename=filename, upstream=upstream
+                    self._admit, fill, fill._fd, sha, spared, filename=filename, upstream=upstream
                 )
                 self.store.admitted(sha, fill.written, reserved, filename, upstream=upstream)
                 reserved = 0
@@ -414,13 +414,14 @@ class FillManager:
     def _count(self, size: int) -> None:
         self.upstream_bytes += size
 
-    def _admit(self, fill: Fill, sha: str, spared: bool, *, filename: str, upstream: str) -> None:
+    def _admit(
+        self, fill: Fill, fd: int | None, sha: str, spared: bool, *, filename: str, upstream: str
+    ) -> None:
         """Move a verified fill into the store (disk I/O: run in a thread)."""
-        assert fill._fd is not None
-        if spared:
+        if spared and fd is not None:
             # A spare is larger than most files: cut it to the bytes written (a no-op for a
             # file that outgrew it) before the store, and readers from it, see its size.
-            os.ftruncate(fill._fd, fill.written)
+            os.ftruncate(fd, fill.written)
         self.store.admit_file(
             fill.tmp_path, sha, fill.written, filename=filename, upstream=upstream
         )

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: The size of one spare: most wheels fit, and a larger file still writes its first part
 #: into ready pages.
 SPARE_SIZE = 64 * 1024 * 1024
+#: At most this many spares, each holding an open descriptor (1 GiB of page cache).
+MAX_SPARES = 16
 #: A file announced smaller than this writes so few new pages that a spare would be wasted.
 MIN_FILL = 1024 * 1024
 _READ_CHUNK = 1024 * 1024
@@ -56,7 +58,7 @@ class SparePool:
     def __init__(self, tmp_dir: Path, total: int, idle: asyncio.Event) -> None:
         self._tmp_dir = tmp_dir
         self.size = min(SPARE_SIZE, total)
-        self.target = total // self.size if self.size > 0 else 0
+        self.target = min(MAX_SPARES, total // self.size) if self.size > 0 else 0
         self._idle = idle
         self._ready: list[Spare] = []
         self._wanted = asyncio.Event()

@@ -172,16 +172,17 @@ class CacheStore:
             _write_text(self.root / "boot_id", boot)
 
     def _holes_possible(self, boot: str | None) -> bool:
-        """Whether the machine restarted since the cache was last opened.
+        """Whether the machine may have restarted since the cache was last opened.
 
         A fill written into a spare file (``spares.py``) has its full size before its bytes
         reach the disk, so a kernel crash or power loss can leave a blob of the right size with
         holes where data was never written back. A process that merely died leaves nothing of
-        the kind (the kernel still writes its pages), so the blobs are searched for holes only
-        after a restart: an ``lseek`` per blob.
+        the kind (the kernel still writes its pages), so the blobs are searched for holes (an
+        ``lseek`` each) unless the cache was last opened in this very boot: also when that
+        record is missing or empty (a cache from before it existed, a record lost in a crash)
+        and where no boot id can be read.
         """
-        previous = _read_text(self.root / "boot_id")
-        return boot is not None and previous is not None and previous != boot
+        return boot is None or _read_text(self.root / "boot_id") != boot
 
     def _load(self, *, check_holes: bool = False) -> None:
         assert self._db is not None
@@ -624,9 +625,13 @@ def _read_text(path: Path) -> str | None:
 
 
 def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``; synced first, so a crash leaves the old or the new."""
     tmp = path.with_name(path.name + ".new")
     try:
-        tmp.write_text(text + "\n")
+        with open(tmp, "w") as fh:
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         tmp.replace(path)
     except OSError as exc:
         log.warning("cannot record %s: %s", path, exc)

@@ -124,16 +124,21 @@ class _Page(NamedTuple):
 class PageProtocol(RequestHandler):
     """aiohttp's connection protocol, answering warm project pages without a request object."""
 
-    __slots__ = ()
+    __slots__ = ("_loop_started",)
+
+    async def start(self) -> None:
+        self._loop_started = True
+        await super().start()
 
     def close(self) -> None:
         # Graceful shutdown calls this on every connection. aiohttp's close() ends an idle
         # connection by cancelling its wait for a request, but before Python 3.12 a connection
-        # accepted just before the signal may not be waiting yet (its task is not started
-        # eagerly): it would then start waiting for a request whose bytes close() makes it
-        # drop, and keep the client hanging until the shutdown timeout. With nothing received
-        # and nothing running, closing it at once is what close() means.
-        if self._waiter is None and not self._messages and not self._request_in_progress:
+        # accepted just before the signal may not have started its loop yet (its task is not
+        # started eagerly): it would then wait for a request whose bytes close() makes it
+        # drop, and keep the client hanging until the shutdown timeout. A connection whose
+        # loop never ran and that holds no request is closed at once; any other is left to
+        # aiohttp, which answers what it has taken.
+        if not getattr(self, "_loop_started", False) and not self._messages:
             self.force_close()
         else:
             super().close()
