@@ -203,7 +203,9 @@ class CacheStore:
         # only be corruption (a torn write): delete it, or it would be served as a hit forever
         # (every request touches it, so LRU never takes it). Only the size is checked, not the
         # bytes: on ext4's default data=ordered mode a file's size grows only once its data is
-        # written, so a crash leaves a blob short, never a right-size file of unwritten data.
+        # written, so a crash leaves a blob short. The exception is a fill written over a spare
+        # file, whose size is set first: after a restart of the machine such a blob may have
+        # the right size and holes, which ``check_holes`` looks for (``_holes_possible``).
         # (An fsync of every blob before admitting it would stall the last byte of every cold
         # download; rehashing every blob here would read the whole cache at each start.)
         missing = [sha for sha in known if sha not in on_disk]
