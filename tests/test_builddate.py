@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from packaging.version import Version
 
 from nightproxy.index.builddate import build_time, version_timestamp
-from nightproxy.model import DistFile
+from nightproxy.simple_api.records import DistFile
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 FIRST_SEEN = datetime(2026, 11, 21, 6, 30, tzinfo=UTC)

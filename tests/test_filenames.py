@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nightproxy.index.filenames import MAX_FILENAME, DistName, parse_dist_filename
+from nightproxy.simple_api.filenames import MAX_FILENAME, DistName, parse_dist_filename
 
 
 def test_a_version_too_long_for_an_int_is_no_distribution() -> None:

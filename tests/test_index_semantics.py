@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from nightproxy.config import RetentionConfig
-from nightproxy.index.render import render_project_json
 from nightproxy.index.retention import Policy, apply_retention, available_since
-from nightproxy.model import DistFile, PublishedFile
+from nightproxy.simple_api.records import DistFile, PublishedFile
+from nightproxy.simple_api.render import render_project_json
 from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import html_anchors

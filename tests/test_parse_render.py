@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from packaging.utils import canonicalize_name
 
-from nightproxy.index.parse import (
+from nightproxy.simple_api.negotiate import negotiate
+from nightproxy.simple_api.parse import (
     HTML_TYPE,
     JSON_TYPE,
     PageParseError,
@@ -19,13 +20,12 @@ from nightproxy.index.parse import (
     parse_project_json,
     parse_upload_time,
 )
-from nightproxy.index.render import (
+from nightproxy.simple_api.records import DistFile, PublishedFile
+from nightproxy.simple_api.render import (
     format_upload_time,
-    negotiate,
     render_project_html,
     render_project_json,
 )
-from nightproxy.model import DistFile, PublishedFile
 
 PROJECT = canonicalize_name("demo")
 BASE = "https://proxy.example/simple/demo/"

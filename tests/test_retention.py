@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from nightproxy.config import Config, RetentionConfig, config_from_mapping
 from nightproxy.index.retention import Policy, apply_retention
-from nightproxy.model import DistFile, PublishedFile
+from nightproxy.simple_api.records import DistFile, PublishedFile
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 DAY = 86400.0

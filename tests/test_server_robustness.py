@@ -17,9 +17,9 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from nightproxy.index.render import negotiate
 from nightproxy.server import keys
 from nightproxy.server.access import ConnectionLog
+from nightproxy.simple_api.negotiate import negotiate
 from tests.conftest import JSON_TYPE, MakeConfig, StartProxy
 from tests.wheels import build_wheel
 

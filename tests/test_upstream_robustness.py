@@ -27,13 +27,13 @@ from packaging.utils import canonicalize_name
 from yarl import URL
 
 from nightproxy.config import UpstreamConfig
-from nightproxy.index.parse import (
+from nightproxy.simple_api.parse import (
     PageParseError,
     parse_project_json,
     parse_project_list,
     parse_upload_time,
 )
-from nightproxy.model import ProjectPage
+from nightproxy.simple_api.records import ProjectPage
 from nightproxy.upstreams import simple as simple_module
 from nightproxy.upstreams.base import PARSE_INLINE_MAX
 from nightproxy.upstreams.directory import DirectoryUpstream

@@ -13,7 +13,7 @@ from typing import IO
 
 from packaging.utils import canonicalize_name
 
-from nightproxy.index.filenames import parse_dist_filename
+from nightproxy.simple_api.filenames import parse_dist_filename
 from nightproxy.upstreams.base import RangeFetch
 
 #: METADATA is a few KiB; a huge one is a hostile archive, not a wheel.

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 from packaging.version import Version
 
-from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.model import BuildTimeSource, DistFile
+from nightproxy.simple_api.filenames import parse_dist_filename
 
 #: Dates before this are not nightly timestamps but ordinary numbers (dev123).
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)

@@ -8,9 +8,9 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from nightproxy.index.parse import parse_upload_time
-from nightproxy.index.render import format_upload_time
 from nightproxy.model import DistFile, ProjectPage
+from nightproxy.simple_api.parse import parse_upload_time
+from nightproxy.simple_api.render import format_upload_time
 
 
 def _file_to_dict(f: DistFile) -> dict[str, Any]:

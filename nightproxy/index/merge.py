@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from packaging.version import Version
 
-from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.model import DistFile
+from nightproxy.simple_api.filenames import parse_dist_filename
 
 _NO_VERSION = Version("0")
 

@@ -21,8 +21,8 @@ from packaging.utils import NormalizedName
 from packaging.version import Version
 
 from nightproxy.config import Config, RetentionConfig, effective_retention
-from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.model import DistFile, PublishedFile
+from nightproxy.simple_api.filenames import parse_dist_filename
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,17 +29,17 @@ from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config, effective_retention
 from nightproxy.index.builddate import build_time
 from nightproxy.index.codec import gone_from_json, gone_to_json, page_from_json, page_to_json
-from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.index.merge import merge_files
-from nightproxy.index.render import (
-    Format,
+from nightproxy.index.retention import Policy, apply_retention, dev_only_files
+from nightproxy.model import DistFile, ProjectPage, PublishedFile
+from nightproxy.simple_api.filenames import parse_dist_filename
+from nightproxy.simple_api.negotiate import Format
+from nightproxy.simple_api.render import (
     render_index_html,
     render_index_json,
     render_project_html,
     render_project_json,
 )
-from nightproxy.index.retention import Policy, apply_retention, dev_only_files
-from nightproxy.model import DistFile, ProjectPage, PublishedFile
 from nightproxy.upstreams.base import NotFound, NotModified, Upstream
 from nightproxy.upstreams.http import UpstreamError
 

@@ -35,7 +35,6 @@ from aiohttp.web_protocol import RequestHandler
 from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
-from nightproxy.index.render import Format, negotiate
 from nightproxy.index.service import ProjectView, Rendered
 from nightproxy.server import access, keys
 from nightproxy.server.handlers import (
@@ -46,6 +45,7 @@ from nightproxy.server.handlers import (
     max_age,
     static_headers,
 )
+from nightproxy.simple_api.negotiate import Format, negotiate
 
 log = logging.getLogger(__name__)
 

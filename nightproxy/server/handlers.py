@@ -23,9 +23,6 @@ from nightproxy.cache.fill import Fill, FillError, read_span
 from nightproxy.cache.keys import is_file_key, metadata_key
 from nightproxy.cache.metadata import MetadataError, extract_metadata
 from nightproxy.cache.store import CacheStore
-from nightproxy.index.filenames import METADATA_SUFFIX, is_safe_filename, parse_dist_filename
-from nightproxy.index.parse import parse_upload_time
-from nightproxy.index.render import CONTENT_TYPES, Format, negotiate, weighted_list
 from nightproxy.index.service import (
     AllUpstreamsFailedError,
     IndexView,
@@ -35,6 +32,9 @@ from nightproxy.index.service import (
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
 from nightproxy.server.ops import setup_ops_routes
+from nightproxy.simple_api.filenames import METADATA_SUFFIX, is_safe_filename, parse_dist_filename
+from nightproxy.simple_api.negotiate import CONTENT_TYPES, Format, negotiate, weighted_list
+from nightproxy.simple_api.parse import parse_upload_time
 from nightproxy.upstreams.base import Download
 from nightproxy.upstreams.http import UpstreamError
 

@@ -27,8 +27,8 @@ from cachetools import LRUCache
 from packaging.utils import NormalizedName
 
 from nightproxy.config import UpstreamConfig
-from nightproxy.index.parse import parse_upload_time
 from nightproxy.model import ProjectPage
+from nightproxy.simple_api.parse import parse_upload_time
 from nightproxy.upstreams.base import FetchResult, NotModified, run_parser
 from nightproxy.upstreams.http import (
     Credentials,

@@ -26,8 +26,8 @@ import aiohttp
 from packaging.utils import NormalizedName
 
 from nightproxy.config import UpstreamConfig
-from nightproxy.index.filenames import parse_dist_filename
 from nightproxy.model import DistFile, ProjectPage
+from nightproxy.simple_api.filenames import parse_dist_filename
 from nightproxy.upstreams.base import (
     CHUNK_SIZE,
     Download,

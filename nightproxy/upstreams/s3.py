@@ -26,9 +26,9 @@ import aiohttp
 from packaging.utils import NormalizedName
 
 from nightproxy.config import UpstreamConfig
-from nightproxy.index.filenames import parse_dist_filename
-from nightproxy.index.parse import parse_upload_time
 from nightproxy.model import DistFile, ProjectPage
+from nightproxy.simple_api.filenames import parse_dist_filename
+from nightproxy.simple_api.parse import parse_upload_time
 from nightproxy.upstreams.base import (
     FILE_READ_BUFFER,
     Download,

@@ -13,8 +13,8 @@ import aiohttp
 from packaging.utils import NormalizedName
 
 from nightproxy.config import UpstreamConfig
-from nightproxy.index.parse import PageParseError, parse_project_links, parse_project_page
 from nightproxy.model import DistFile, ProjectPage
+from nightproxy.simple_api.parse import PageParseError, parse_project_links, parse_project_page
 from nightproxy.upstreams.base import (
     FILE_READ_BUFFER,
     Download,

@@ -19,8 +19,8 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from packaging.utils import NormalizedName, canonicalize_name
 
-from nightproxy.index.filenames import parse_dist_filename
-from nightproxy.model import DistFile, ProjectPage
+from nightproxy.simple_api.filenames import parse_dist_filename
+from nightproxy.simple_api.records import DistFile, ProjectPage
 
 log = logging.getLogger(__name__)
 

@@ -1,118 +1,23 @@
-"""Pure renderers: published files -> PEP 503 HTML / PEP 691 JSON bytes, and negotiation.
+"""Pure renderers: published files -> PEP 503 HTML / PEP 691 JSON bytes.
 
 Pages are rendered once per change of their inputs and served as bytes, so nothing here is on
-the per-request hot path except ``negotiate``.
+the per-request hot path (negotiation is in ``negotiate``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from html import escape
-from typing import Any, Literal
+from typing import Any
 
 from packaging.utils import NormalizedName
 
-from nightproxy.index.filenames import parse_dist_filename
-from nightproxy.index.parse import HTML_TYPE, JSON_TYPE
-from nightproxy.model import PublishedFile
+from nightproxy.simple_api.filenames import parse_dist_filename
+from nightproxy.simple_api.records import PublishedFile
 
 API_VERSION = "1.1"
-
-Format = Literal["json", "html"]
-
-#: Media types we can produce, in our order of preference on a tie.
-_OFFERS: tuple[tuple[str, Format], ...] = (
-    (JSON_TYPE, "json"),
-    (HTML_TYPE, "html"),
-    ("text/html", "html"),
-)
-CONTENT_TYPES: Mapping[Format, str] = {"json": JSON_TYPE, "html": "text/html; charset=utf-8"}
-#: PEP 691's meta-version: whatever version the server thinks best, which is always v1 here
-#: (the response still names the concrete v1 type, as the PEP requires).
-_LATEST: Mapping[str, str] = {
-    "application/vnd.pypi.simple.latest+json": JSON_TYPE,
-    "application/vnd.pypi.simple.latest+html": HTML_TYPE,
-}
-_FORMAT_ALIASES: Mapping[str, Format] = {
-    JSON_TYPE: "json",
-    HTML_TYPE: "html",
-    "application/vnd.pypi.simple.latest+json": "json",
-    "application/vnd.pypi.simple.latest+html": "html",
-    "text/html": "html",
-    "json": "json",
-    "html": "html",
-}
-
-
-#: Which offer a wildcard at equal q gets: curl's and browsers' ``*/*`` gets HTML.
-_WILDCARD_PREFERENCE: Mapping[str, int] = {"text/html": 2, JSON_TYPE: 1, HTML_TYPE: 0}
-
-
-def weighted_list(header: str) -> list[tuple[str, float]]:
-    """An HTTP list with q-values (Accept, Accept-Encoding) as lower-cased (token, q) pairs."""
-    entries = []
-    for part in header.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if not math.isfinite(q):
-            q = 0.0
-        entries.append((media.lower(), q))
-    return entries
-
-
-def _specificity(media_range: str, offer: str) -> int | None:
-    """How specifically ``media_range`` names ``offer``: 2 exact, 1 ``type/*``, 0 ``*/*``."""
-    if media_range == offer:
-        return 2
-    if media_range.endswith("/*") and offer.startswith(media_range[:-1]):
-        return 1
-    if media_range == "*/*":
-        return 0
-    return None
-
-
-@lru_cache(maxsize=256)
-def negotiate(accept: str | None, format_param: str | None = None) -> Format | None:
-    """Pick the page format; None means nothing the client accepts (406).
-
-    ``?format=`` wins over ``Accept`` (as the public index does). No Accept header means HTML,
-    the PEP 503 default. q-values are honoured with and without spaces. As RFC 9110 says, an
-    offer's quality is that of the most specific range naming it, so ``json;q=0, */*`` never
-    picks JSON. At equal q an exact media type beats a wildcard, and a bare ``*/*`` (curl,
-    browsers, old tools) gets HTML. PEP 691's ``latest`` types count as the v1 ones.
-    """
-    if format_param:
-        return _FORMAT_ALIASES.get(format_param.strip().lower())
-    if not accept or not accept.strip():
-        return "html"
-    entries = [(_LATEST.get(media, media), q) for media, q in weighted_list(accept)]
-    best: tuple[float, int, int, Format] | None = None
-    for rank, (offer, fmt) in enumerate(_OFFERS):
-        matches = [
-            (spec, q) for media, q in entries if (spec := _specificity(media, offer)) is not None
-        ]
-        if not matches:
-            continue
-        top = max(spec for spec, _q in matches)
-        q = max(q for spec, q in matches if spec == top)
-        if q <= 0:
-            continue
-        exact = top == 2
-        candidate = (q, int(exact), -rank if exact else _WILDCARD_PREFERENCE[offer], fmt)
-        if best is None or candidate[:3] > best[:3]:
-            best = candidate
-    return best[3] if best else None
 
 
 def format_upload_time(value: datetime) -> str:

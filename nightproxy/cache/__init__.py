@@ -1,0 +1,1 @@
+"""The pull-through cache: blobs on disk, their database, fills from upstreams."""

@@ -1,0 +1,1 @@
+"""The merged index: upstream pages merged, retained, dated and rendered as views."""

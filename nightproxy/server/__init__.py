@@ -1,0 +1,1 @@
+"""The HTTP server: the app factory, its typed state, handlers, middlewares and metrics."""
