@@ -57,7 +57,9 @@ def wheel(name: str, version: str, pad: int) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         info = f"{name}-{version}.dist-info"
         z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         z.writestr(f"{name}/pad.bin", os.urandom(pad))
         z.writestr(f"{info}/RECORD", "")
     return buf.getvalue()
@@ -72,11 +74,15 @@ def make_upstream(root: Path) -> list[str]:
         fn = f"stress-1.0.dev{i}-py3-none-any.whl"
         data = wheel("stress", f"1.0.dev{i}", FILE_SIZE)
         (root / "files" / fn).write_bytes(data)
-        links.append(f'<a href="../../files/{fn}#sha256={hashlib.sha256(data).hexdigest()}">{fn}</a>')
+        links.append(
+            f'<a href="../../files/{fn}#sha256={hashlib.sha256(data).hexdigest()}">{fn}</a>'
+        )
         names.append(fn)
     page = root / "simple" / "stress"
     page.mkdir(parents=True)
-    (page / "index.html").write_text("<!DOCTYPE html><html><body>" + "".join(links) + "</body></html>")
+    (page / "index.html").write_text(
+        "<!DOCTYPE html><html><body>" + "".join(links) + "</body></html>"
+    )
     (root / "simple" / "index.html").write_text('<a href="stress/">stress</a>')
     return names
 
@@ -114,14 +120,19 @@ class Server:
         path.write_text(json.dumps(cfg))
         env = dict(os.environ, PYTHONPATH=str(self.tree), PYTHONUNBUFFERED="1")
 
-        def low_limit() -> None:
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
-
-        self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "nightproxy", "serve", "--config", str(path)],
-            cwd=self.work, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-            preexec_fn=low_limit)  # noqa: PLW1509
+        self.proc = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                'ulimit -Sn 1024 && exec "$0" -m nightproxy serve --config "$1"',
+                sys.executable,
+                str(path),
+            ],
+            cwd=self.work,
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def base(self) -> str:
@@ -150,12 +161,17 @@ async def wait_up(url: str, seconds: float = 30) -> None:
 
 
 async def file_urls(base: str) -> list[str]:
-    async with aiohttp.ClientSession() as s, s.get(
-        f"{base}/simple/stress/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            f"{base}/simple/stress/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        ) as r,
+    ):
         page = await r.json(content_type=None)
-    return [aiohttp.client.URL(f"{base}/simple/stress/").join(aiohttp.client.URL(f["url"])).human_repr()
-            for f in page["files"]]
+    return [
+        aiohttp.client.URL(f"{base}/simple/stress/").join(aiohttp.client.URL(f["url"])).human_repr()
+        for f in page["files"]
+    ]
 
 
 async def flood(server: Server, urls: list[str], clients: int, seconds: float) -> dict[str, Any]:
@@ -198,8 +214,13 @@ async def flood(server: Server, urls: list[str], clients: int, seconds: float) -
         await asyncio.gather(sample(), *(client(i) for i in range(clients)))
     lat.sort()
     pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3, 1)) if lat else None
-    return {"answers": dict(statuses), "p50_ms": pct and pct(0.5), "p99_ms": pct and pct(0.99),
-            "peak_fds": peak_fds, "peak_rss_mib": round(peak_rss / 2**20, 1)}
+    return {
+        "answers": dict(statuses),
+        "p50_ms": pct and pct(0.5),
+        "p99_ms": pct and pct(0.99),
+        "peak_fds": peak_fds,
+        "peak_rss_mib": round(peak_rss / 2**20, 1),
+    }
 
 
 async def after_feed_down(urls: list[str]) -> dict[str, int]:
@@ -253,10 +274,14 @@ async def slowloris(server: Server, slow: int, seconds: float) -> dict[str, Any]
     await asyncio.gather(drip(), probe())
     for w in writers:
         w.close()
-    return {"connections": len(writers), "probe_ok": len(lat), "probe_failed": failures,
-            "probe_p50_ms": round(statistics.median(lat) * 1e3, 1) if lat else None,
-            "probe_max_ms": round(max(lat) * 1e3, 1) if lat else None,
-            "log_growth_kib": round((server.log.stat().st_size - log_before) / 1024, 1)}
+    return {
+        "connections": len(writers),
+        "probe_ok": len(lat),
+        "probe_failed": failures,
+        "probe_p50_ms": round(statistics.median(lat) * 1e3, 1) if lat else None,
+        "probe_max_ms": round(max(lat) * 1e3, 1) if lat else None,
+        "log_growth_kib": round((server.log.stat().st_size - log_before) / 1024, 1),
+    }
 
 
 async def run_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -264,9 +289,20 @@ async def run_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     up_root = work / "upstream"
     make_upstream(up_root)
     up_port = free_port()
-    upstream = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "http.server", str(up_port), "--bind", "127.0.0.1",
-         "--directory", str(up_root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    upstream = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(up_port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(up_root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = Server(tree, work, f"http://127.0.0.1:{up_port}/simple/")
     try:
         await wait_up(f"http://127.0.0.1:{up_port}/simple/")
