@@ -14,6 +14,7 @@ from nightproxy.config import Config, config_from_mapping
 from nightproxy.server.app import create_app
 from nightproxy.server.runner import ProxyRunner
 from tests.fakes import FakeSimpleIndex
+from tests.seaweed import private_seaweed, s3_prefix, seaweed  # noqa: F401 (fixtures)
 from tests.wheels import build_wheel
 
 PIP_ACCEPT = (
