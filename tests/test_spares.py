@@ -402,9 +402,7 @@ def test_a_whole_blob_survives_a_restart_of_the_machine(tmp_path: Path, boot_id:
     assert again.has(sha)
 
 
-def test_a_cache_without_a_boot_record_is_searched_for_holes(
-    tmp_path: Path, boot_id: Path
-) -> None:
+def test_a_cache_without_a_boot_record_is_searched_for_holes(tmp_path: Path, boot_id: Path) -> None:
     """A missing (or empty) record of the last boot cannot vouch for the blobs: they are
     searched for holes, as after a restart of the machine."""
     root = tmp_path / "cache"

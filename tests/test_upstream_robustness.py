@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from packaging.utils import canonicalize_name
 from yarl import URL
 
-from nightproxy.config import UpstreamConfig
+from nightproxy.config import DirectoryOptions, UpstreamConfig
 from nightproxy.simple_api.parse import (
     PageParseError,
     parse_project_json,
@@ -441,7 +441,9 @@ async def test_a_file_overwritten_in_place_is_listed_and_served_anew(
 async def listed_file(root: Path, content: bytes) -> tuple[DirectoryUpstream, Path, ProjectPage]:
     path = root / "demo-1.0.dev0-py3-none-any.whl"
     path.write_bytes(content)
-    upstream = DirectoryUpstream(UpstreamConfig(name="local", kind="directory", path=root))
+    upstream = DirectoryUpstream(
+        UpstreamConfig(name="local", kind="directory", options=DirectoryOptions(path=root))
+    )
     page = await upstream.fetch_project(canonicalize_name("demo"))
     assert isinstance(page, ProjectPage)
     return upstream, path, page
