@@ -17,6 +17,9 @@ from tests.fakes import FakeSimpleIndex
 from tests.seaweed import private_seaweed, s3_prefix, seaweed  # noqa: F401 (fixtures)
 from tests.wheels import build_wheel
 
+#: Fixtures of trusted publishing (a local CA and OIDC issuer), usable from any test module.
+pytest_plugins = ("tests.oidc_issuer",)
+
 PIP_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
     "text/html; q=0.01"
