@@ -21,7 +21,7 @@ from packaging.version import Version
 
 from nightproxy.server import fastpath, keys
 from nightproxy.server.app import create_app
-from nightproxy.server.handlers import PROJECT_PAGE
+from nightproxy.server.pages import PROJECT_PAGE
 from tests.conftest import (
     JSON_TYPE,
     PIP_ACCEPT,

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from nightproxy.server.handlers import etag_matches
+from nightproxy.server.pages import etag_matches
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
 

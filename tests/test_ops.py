@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from nightproxy.index.service import BREAKER_THRESHOLD
+from nightproxy.index.health import BREAKER_THRESHOLD
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import free_port, nightproxy_serve

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from nightproxy.index import service
+from nightproxy.index import health as breaker
 from nightproxy.server import keys
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
@@ -53,12 +53,12 @@ async def test_a_page_is_served_when_its_state_cannot_be_saved(
     """With the disk full, a fresh page is still answered from the upstream, and readiness
     reports the cache as not writable."""
     proxy = await start_proxy(make_config([entry(upstream)]))
-    store = proxy.app[keys.STORE]
+    state = proxy.app[keys.INDEX].state
 
     def full(*_args: Any, **_kwargs: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    store.save_page = full  # type: ignore[method-assign]
+    state.save_page = full  # type: ignore[method-assign]
     async with http.get(proxy.make_url("/simple/demo/"), headers={"Accept": PIP_ACCEPT}) as resp:
         assert resp.status == 200
         doc = json.loads(await resp.read())
@@ -92,12 +92,12 @@ async def test_readiness_comes_back_once_the_circuit_breaker_lets_requests_throu
     in between (an unready pod gets none)."""
     proxy = await start_proxy(make_config([entry(upstream)], index={"ttl": "0s"}))
     upstream.down = True
-    for _ in range(service.BREAKER_THRESHOLD):
+    for _ in range(breaker.BREAKER_THRESHOLD):
         async with http.get(proxy.make_url("/simple/demo/")) as resp:
             assert resp.status == 502
     assert (await readyz(http, proxy))[0] == 503
     index = proxy.app[keys.INDEX]
-    index.clock = lambda: time.time() + service.BREAKER_MAX_DELAY + 1
+    index.clock = lambda: time.time() + breaker.BREAKER_MAX_DELAY + 1
     assert (await readyz(http, proxy))[0] == 200
 
 
@@ -117,7 +117,7 @@ async def test_a_page_fetch_left_without_waiters_logs_no_unretrieved_error(
     waiter.cancel()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         async with asyncio.timeout(WAIT):
-            while index._view_inflight:
+            while index.views.inflight:
                 await asyncio.sleep(0.05)
         del waiter
         gc.collect()

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from nightproxy.index import service
+from nightproxy.index import health as breaker
+from nightproxy.index import pages, views
 from nightproxy.server import keys
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
@@ -104,10 +105,10 @@ async def test_unexpected_error_in_one_upstream_counts_toward_its_circuit_breake
         make_config([entry("good", good), entry("bad", other)], index={"ttl": "0s"})
     )
     break_upstream(proxy, "bad", "fetch_project")
-    for _ in range(service.BREAKER_THRESHOLD):
+    for _ in range(breaker.BREAKER_THRESHOLD):
         assert (await get_json(http, proxy, "/simple/demo/"))[0] == 200
     health = proxy.app[keys.INDEX].health["bad"]
-    assert health.failures == service.BREAKER_THRESHOLD
+    assert health.failures == breaker.BREAKER_THRESHOLD
     assert health.last_error == "unexpected ValueError"
     assert health.open_until > time.time()
 
@@ -168,14 +169,14 @@ async def test_as_of_views_are_bounded_and_still_answer(
 ) -> None:
     """Every distinct as_of time builds a view; only the most recent few are kept, and an
     evicted time is simply built again."""
-    monkeypatch.setattr(service, "AS_OF_VIEW_LIMIT", 4)
+    monkeypatch.setattr(views, "AS_OF_VIEW_LIMIT", 4)
     proxy = await start_proxy(make_config([entry("good", good)]))
     times = [f"2099-01-{day:02d}T00:00:00Z" for day in range(1, 11)]
     for when in [*times, times[0]]:
         status, _headers, doc = await get_json(http, proxy, f"/simple/demo/?as_of={when}")
         assert status == 200
         assert filenames(doc) == {"demo-1.0-py3-none-any.whl"}
-    assert len(proxy.app[keys.INDEX]._as_of_views) == 4
+    assert len(proxy.app[keys.INDEX].views.as_of) == 4
 
 
 async def test_made_up_project_names_do_not_grow_the_service_without_bound(
@@ -187,14 +188,14 @@ async def test_made_up_project_names_do_not_grow_the_service_without_bound(
 ) -> None:
     """Names no upstream has are answered 404 and remembered only up to a bound; a real
     project is still served after them."""
-    monkeypatch.setattr(service, "ABSENT_LIMIT", 8)
-    monkeypatch.setattr(service, "VIEW_LIMIT", 8)
+    monkeypatch.setattr(pages, "ABSENT_LIMIT", 8)
+    monkeypatch.setattr(views, "VIEW_LIMIT", 8)
     proxy = await start_proxy(make_config([entry("good", good)]))
     for n in range(30):
         assert (await get_json(http, proxy, f"/simple/nosuch{n}/"))[0] == 404
     index = proxy.app[keys.INDEX]
-    assert len(index._absent) <= 8
-    assert len(index._views) <= 8
+    assert len(index.pages._absent) <= 8
+    assert len(index.views.current) <= 8
     status, _headers, doc = await get_json(http, proxy, "/simple/demo/")
     assert status == 200
     assert filenames(doc) == {"demo-1.0-py3-none-any.whl"}

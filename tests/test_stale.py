@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from nightproxy.index.service import BREAKER_BASE_DELAY, BREAKER_THRESHOLD
+from nightproxy.index.health import BREAKER_BASE_DELAY, BREAKER_THRESHOLD
 from nightproxy.server import keys
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex

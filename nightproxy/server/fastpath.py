@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from email.utils import formatdate
 from functools import lru_cache
 from typing import NamedTuple, cast
@@ -35,9 +36,10 @@ from aiohttp.web_protocol import RequestHandler
 from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
-from nightproxy.index.service import ProjectView, Rendered
+from nightproxy.index.prepared import Prepared
+from nightproxy.index.service import ProjectView
 from nightproxy.server import access, keys
-from nightproxy.server.handlers import (
+from nightproxy.server.pages import (
     PROJECT_PAGE,
     SEPARATE_WRITE,
     accepts_gzip,
@@ -92,14 +94,19 @@ def _representation(
     return project, fmt, accepts_gzip(accept_encoding)
 
 
+#: Per prepared representation, the reply's status line and headers as last sent: (the
+#: second, the max-age, the bytes), reused within that second.
+_WIRE: weakref.WeakKeyDictionary[Prepared, tuple[int, str, bytes]] = weakref.WeakKeyDictionary()
+
+
 def _head(
-    rendered: Rendered, view: ProjectView, fmt: Format, gzipped: bool, now: float
+    rendered: Prepared, view: ProjectView, fmt: Format, gzipped: bool, now: float
 ) -> bytes | None:
     """The status line and headers of a reply, built once a second per representation; None
     if a value could split a header (aiohttp would refuse it too, on the ordinary path)."""
     second = int(time.time())
     freshness = max_age(view, now)
-    cached = rendered.wire
+    cached = _WIRE.get(rendered)
     if cached is not None and cached[0] == second and cached[1] == freshness:
         return cached[2]
     lines = ["HTTP/1.1 200 OK\r\n"]
@@ -111,7 +118,7 @@ def _head(
     lines.append(f"Date: {formatdate(second, usegmt=True)}\r\n")
     lines.append(f"Server: {SERVER_SOFTWARE}\r\n\r\n")
     head = "".join(lines).encode("latin-1")
-    rendered.wire = (second, freshness, head)
+    _WIRE[rendered] = (second, freshness, head)
     return head
 
 
@@ -256,7 +263,7 @@ class PageProtocol(RequestHandler):
         view = index.fresh_view(project)
         if view is None or not (view.files or view.inputs):
             return None
-        rendered = view.rendered(fmt, gzipped)
+        rendered = view.prepared.get(fmt, gzipped)
         if rendered is None:
             return None
         head = _head(rendered, view, fmt, gzipped, index.clock())

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from nightproxy import __version__
 from nightproxy.config import mask_url
-from nightproxy.index.service import UpstreamHealth
+from nightproxy.index.health import UpstreamHealth
 from nightproxy.server import keys
 from nightproxy.server.metrics import CONTENT_TYPE
 
