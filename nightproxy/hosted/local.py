@@ -1,0 +1,265 @@
+"""A hosted feed in a local folder.
+
+Layout, under the feed's ``path``::
+
+    <project>/<filename>              what the feed lists, for anything that reads the folder
+    .nightproxy/feed.sqlite           the records (``records.RecordDB``): the authority
+    .nightproxy/blobs/<ab>/<sha256>   every file's and METADATA's bytes, by content
+    .nightproxy/staging/              upload bodies being received
+
+``<project>/<filename>`` is a hard link to its blob. The server serves the blob, never the
+named path: a link to the old bytes keeps meaning the old bytes after an overwrite replaced
+the named file, and an open download keeps reading the bytes it opened when they are
+deleted. A blob appears only by renaming a complete, fsynced file, inside the write
+transaction that records it, so a crash leaves either the old feed or the new one; the named
+links are brought in line with the records when the feed opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Collection
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+
+from packaging.utils import NormalizedName
+
+from nightproxy.hosted.records import FileRecord, NewFile, RecordDB, Writer
+from nightproxy.hosted.storage import (
+    REASON_MISSING,
+    REASON_REPLACED,
+    CommitResult,
+    Outcome,
+    RestoreConflictError,
+    Staged,
+    Storage,
+    fsync_dir,
+    fsync_file,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".nightproxy"
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_dir = root / STATE_DIR
+        self.blob_dir = self.state_dir / "blobs"
+        super().__init__(self.state_dir / "staging")
+        self._db: RecordDB | None = None
+
+    @property
+    def db(self) -> RecordDB:
+        if self._db is None:
+            raise RuntimeError(f"the feed in {self.root} is not open")
+        return self._db
+
+    def blob(self, digest: str) -> Path:
+        return self.blob_dir / digest[:2] / digest
+
+    def named(self, project: str, filename: str) -> Path:
+        return self.root / project / filename
+
+    # -- opening and repair ------------------------------------------------------------------
+
+    async def open(self, now: datetime) -> None:
+        await asyncio.to_thread(self._open, now)
+
+    def _open(self, now: datetime) -> None:
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.clean_staging()
+        self._db = RecordDB(self.state_dir / "feed.sqlite")
+        with self.db.write() as writer:
+            self._repair(writer, now)
+
+    def _repair(self, writer: Writer, now: datetime) -> None:
+        """Bring the named links and the blobs in line with the records after a crash."""
+        # Trashed first: a trashed file may share its name and bytes with a live one.
+        for record in self.db.trashed():
+            self._unlink_named(record)
+        for record in self.db.live():
+            if not self.blob(record.sha256).is_file():
+                log.error(
+                    "%s/%s: its bytes are missing from %s: moved to the trash",
+                    record.project,
+                    record.filename,
+                    self.blob_dir,
+                )
+                writer.trash(record, REASON_MISSING, "bytes missing from storage", now)
+                self._unlink_named(record)
+                continue
+            self._link_named(record)
+        needed = writer.all_digests()
+        for folder in self.blob_dir.iterdir():
+            for blob in folder.iterdir() if folder.is_dir() else ():
+                if blob.name not in needed:
+                    # Stored by an upload whose transaction never committed.
+                    blob.unlink()
+
+    def _link_named(self, record: FileRecord) -> None:
+        """Make ``<project>/<filename>`` the record's bytes, replacing whatever is there."""
+        blob = self.blob(record.sha256)
+        named = self.named(record.project, record.filename)
+        with suppress(FileNotFoundError):
+            if os.path.samestat(named.stat(), blob.stat()):
+                return
+        named.parent.mkdir(exist_ok=True)
+        spare = named.parent / f".{uuid.uuid4().hex}.link"
+        os.link(blob, spare)
+        os.replace(spare, named)
+        fsync_dir(named.parent)
+
+    def _unlink_named(self, record: FileRecord) -> None:
+        """Remove ``<project>/<filename>`` if it still is this record's bytes."""
+        named = self.named(record.project, record.filename)
+        try:
+            if not os.path.samestat(named.stat(), self.blob(record.sha256).stat()):
+                return
+        except FileNotFoundError:
+            return
+        named.unlink()
+        with suppress(OSError):
+            named.parent.rmdir()  # only when that was the project's last file
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(db.close)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def generation(self) -> int:
+        return await asyncio.to_thread(self.db.generation)
+
+    async def live(self, project: NormalizedName | None = None) -> list[FileRecord]:
+        return await asyncio.to_thread(self.db.live, project)
+
+    async def trashed(self, project: NormalizedName | None = None) -> list[FileRecord]:
+        return await asyncio.to_thread(self.db.trashed, project)
+
+    async def deletions(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.db.deletions)
+
+    def local_path(self, digest: str) -> Path | None:
+        return self.blob(digest)
+
+    async def read_blob(self, digest: str) -> bytes:
+        return await asyncio.to_thread(self.blob(digest).read_bytes)
+
+    # -- changing --------------------------------------------------------------------------------
+
+    async def commit(self, staged: Staged, new: NewFile, *, overwrite: bool) -> CommitResult:
+        return await asyncio.to_thread(self._commit, staged, new, overwrite)
+
+    def _commit(self, staged: Staged, new: NewFile, overwrite: bool) -> CommitResult:
+        fsync_file(staged.path)
+        metadata_tmp: Path | None = None
+        if staged.metadata is not None:
+            metadata_tmp = staged.path.with_suffix(".metadata")
+            with open(metadata_tmp, "wb") as handle:
+                handle.write(staged.metadata)
+                handle.flush()
+                os.fsync(handle.fileno())
+        try:
+            with self.db.write() as writer:
+                existing = writer.live_named(new.project, new.filename)
+                if existing is not None and existing.sha256 == new.sha256:
+                    return CommitResult(Outcome.UNCHANGED, existing)
+                if existing is not None and not overwrite:
+                    return CommitResult(Outcome.EXISTS, existing)
+                if existing is not None:
+                    writer.trash(
+                        existing, REASON_REPLACED, f"replaced by {new.uploader}", new.upload_time
+                    )
+                self._place(staged.path, new.sha256)
+                if metadata_tmp is not None and new.metadata_sha256 is not None:
+                    self._place(metadata_tmp, new.metadata_sha256)
+                record = writer.insert(new)
+        finally:
+            if metadata_tmp is not None:
+                with suppress(FileNotFoundError):
+                    metadata_tmp.unlink()
+        # After the commit: the records are the truth, and a crash here is repaired on open.
+        self._link_named(record)
+        outcome = Outcome.CREATED if existing is None else Outcome.REPLACED
+        return CommitResult(outcome, record, replaced=existing)
+
+    def _place(self, source: Path, digest: str) -> None:
+        """Move a complete file into the blob of its digest (kept if that is there already)."""
+        blob = self.blob(digest)
+        if blob.is_file():
+            return
+        blob.parent.mkdir(exist_ok=True)
+        os.replace(source, blob)
+        fsync_dir(blob.parent)
+
+    async def trash(
+        self, records: Collection[FileRecord], reason: str, detail: str, now: datetime
+    ) -> list[FileRecord]:
+        return await asyncio.to_thread(self._trash, records, reason, detail, now)
+
+    def _trash(
+        self, records: Collection[FileRecord], reason: str, detail: str, now: datetime
+    ) -> list[FileRecord]:
+        with self.db.write() as writer:
+            current = [r for r in writer.by_ids([r.id for r in records]) if r.trashed_at is None]
+            for record in current:
+                writer.trash(record, reason, detail, now)
+        for record in current:
+            self._unlink_named(record)
+        return current
+
+    async def restore(self, records: Collection[FileRecord], now: datetime) -> list[FileRecord]:
+        return await asyncio.to_thread(self._restore, records, now)
+
+    def _restore(self, records: Collection[FileRecord], now: datetime) -> list[FileRecord]:
+        with self.db.write() as writer:
+            current = [r for r in writer.by_ids([r.id for r in records]) if r.trashed_at]
+            names: set[tuple[str, str]] = set()
+            for record in current:
+                key = (record.project, record.filename)
+                if writer.live_named(record.project, record.filename) is not None or key in names:
+                    raise RestoreConflictError(
+                        f"{record.project}/{record.filename}: a file of that name is listed; "
+                        "delete it first"
+                    )
+                if not self.blob(record.sha256).is_file():
+                    raise RestoreConflictError(f"{record.filename}: its bytes are gone")
+                names.add(key)
+                writer.restore(record, now)
+            restored = writer.by_ids([r.id for r in current])
+        for record in restored:
+            self._link_named(record)
+        return restored
+
+    async def purge(self, records: Collection[FileRecord], protect: Collection[str]) -> int:
+        return await asyncio.to_thread(self._purge, records, protect)
+
+    def _purge(self, records: Collection[FileRecord], protect: Collection[str]) -> int:
+        removed = 0
+        with self.db.write() as writer:
+            # A file being downloaded stays in the trash until the next purge.
+            current = [
+                r
+                for r in writer.by_ids([r.id for r in records])
+                if r.trashed_at and r.sha256 not in protect
+            ]
+            for record in current:
+                writer.forget(record)
+            digests = {r.sha256 for r in current} | {
+                r.metadata_sha256 for r in current if r.metadata_sha256 is not None
+            }
+            for digest in digests:
+                if writer.referenced(digest):
+                    continue
+                with suppress(FileNotFoundError):
+                    # An open download keeps reading the unlinked bytes to the end.
+                    self.blob(digest).unlink()
+                    removed += 1
+        return removed
