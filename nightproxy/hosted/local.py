@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from nightproxy.hosted.storage import (
     Outcome,
     RestoreConflictError,
     Staged,
+    StaleError,
     Storage,
     fsync_dir,
     fsync_file,
@@ -200,17 +201,31 @@ class LocalStorage(Storage):
         fsync_dir(blob.parent)
 
     async def trash(
-        self, records: Collection[FileRecord], reason: str, detail: str, now: datetime
+        self,
+        records: Collection[FileRecord],
+        reason: str,
+        detail: str | Mapping[int, str],
+        now: datetime,
+        *,
+        if_generation: int | None = None,
     ) -> list[FileRecord]:
-        return await asyncio.to_thread(self._trash, records, reason, detail, now)
+        return await asyncio.to_thread(self._trash, records, reason, detail, now, if_generation)
 
     def _trash(
-        self, records: Collection[FileRecord], reason: str, detail: str, now: datetime
+        self,
+        records: Collection[FileRecord],
+        reason: str,
+        detail: str | Mapping[int, str],
+        now: datetime,
+        if_generation: int | None,
     ) -> list[FileRecord]:
         with self.db.write() as writer:
+            if if_generation is not None and writer.generation() != if_generation:
+                raise StaleError(f"the feed in {self.root} changed meanwhile")
             current = [r for r in writer.by_ids([r.id for r in records]) if r.trashed_at is None]
             for record in current:
-                writer.trash(record, reason, detail, now)
+                text = detail if isinstance(detail, str) else detail.get(record.id, "")
+                writer.trash(record, reason, text, now)
         for record in current:
             self._unlink_named(record)
         return current

@@ -188,9 +188,7 @@ class RecordDB:
     def generation(self) -> int:
         """Changes whenever any process changed the feed."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM counters WHERE name = ?", (GENERATION,))
-            found = row.fetchone()
-        return int(found[0]) if found else 0
+            return Writer(self._db).generation()
 
     def live(self, project: NormalizedName | None = None) -> list[FileRecord]:
         return self._select("trashed_at IS NULL", project)
@@ -222,6 +220,12 @@ class Writer:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+
+    def generation(self) -> int:
+        found = self._db.execute(
+            "SELECT value FROM counters WHERE name = ?", (GENERATION,)
+        ).fetchone()
+        return int(found[0]) if found else 0
 
     def live_named(self, project: NormalizedName, filename: str) -> FileRecord | None:
         row = self._db.execute(

@@ -17,7 +17,7 @@ import enum
 import fcntl
 import os
 import uuid
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +51,10 @@ class CommitResult:
     record: FileRecord
     #: The record the upload replaced, now in the trash.
     replaced: FileRecord | None = None
+
+
+class StaleError(Exception):
+    """The feed changed since the listing a change was planned from."""
 
 
 class RestoreConflictError(Exception):
@@ -99,9 +103,20 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def trash(
-        self, records: Collection[FileRecord], reason: str, detail: str, now: datetime
+        self,
+        records: Collection[FileRecord],
+        reason: str,
+        detail: str | Mapping[int, str],
+        now: datetime,
+        *,
+        if_generation: int | None = None,
     ) -> list[FileRecord]:
-        """Stop listing these files, keeping their bytes; the ones that were still live."""
+        """Stop listing these files, keeping their bytes; the ones that were still live.
+
+        ``detail`` is one text for all, or one per record id. With ``if_generation``, nothing
+        changes (``StaleError``) if the feed changed since that generation: a plan made from
+        an older listing is made again rather than applied to a feed it did not see.
+        """
 
     @abc.abstractmethod
     async def restore(self, records: Collection[FileRecord], now: datetime) -> list[FileRecord]:
