@@ -47,6 +47,7 @@ from nightproxy.upstreams.http import (
     request,
 )
 from nightproxy.upstreams.ranges import HttpRangeReader
+from nightproxy.upstreams.sigv4 import sign_s3
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 #: A listing is read page by page; a runaway continuation loop must still end.
@@ -105,18 +106,13 @@ class S3Upstream(Upstream):
     def _signed_headers(self, method: str, url: str) -> dict[str, str]:
         if not (self.config.access_key_id and self.config.secret_access_key):
             return {}
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials as AwsCredentials
-
-        aws_request = AWSRequest(method=method, url=url, headers={})
-        signer = S3SigV4Auth(
-            AwsCredentials(self.config.access_key_id, self.config.secret_access_key),
-            "s3",
-            self.config.region,
+        return sign_s3(
+            method,
+            url,
+            access_key_id=self.config.access_key_id,
+            secret_access_key=self.config.secret_access_key,
+            region=self.config.region,
         )
-        signer.add_auth(aws_request)
-        return {k: str(v) for k, v in aws_request.headers.items()}
 
     def _sign_get(self, url: str) -> dict[str, str]:
         return self._signed_headers("GET", url)
