@@ -1,7 +1,8 @@
 """The one error type of configuration loading, and how errors name places and values.
 
 Every message names the file and the key path (``upstreams[1].url``) so a user finds the line
-without reading a traceback. A value is echoed only when it cannot be a credential.
+without reading a traceback. A value is echoed only when it cannot be a credential, and then cut
+short: a 100 KB mistake must still make a one-line error.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-__all__ = ["FILE_KEY", "ConfigError", "describe", "index_path", "key_path"]
+__all__ = ["FILE_KEY", "ConfigError", "cut", "describe", "index_path", "key_path", "shown"]
 
 #: The key reported for problems with the file as a whole (missing, empty, not YAML).
 FILE_KEY: Final = "(file)"
+#: How much of a value or key an error echoes before cutting it short.
+ECHO_LIMIT: Final = 80
 
 
 class ConfigError(Exception):
@@ -33,8 +36,21 @@ class ConfigError(Exception):
         return f"{self.file}: {self.key}: {self.message}"
 
 
+def cut(text: str) -> str:
+    """``text`` itself, or its first :data:`ECHO_LIMIT` characters and an ellipsis."""
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "…"
+
+
+def shown(text: str) -> str:
+    """A value quoted for an error message, cut short. Never call it on a credential."""
+    return repr(cut(text))
+
+
 def key_path(parent: str, key: object) -> str:
-    return f"{parent}.{key}" if parent else str(key)
+    name = str(key)
+    # A key with a control character (a NUL, a line break) would garble the one-line error.
+    name = cut(name if name.isprintable() else repr(name))
+    return f"{parent}.{name}" if parent else name
 
 
 def index_path(parent: str, index: int) -> str:

@@ -15,7 +15,7 @@ from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from nightproxy.config.env import Expanded
-from nightproxy.config.errors import FILE_KEY, ConfigError, describe, index_path, key_path
+from nightproxy.config.errors import FILE_KEY, ConfigError, describe, index_path, key_path, shown
 from nightproxy.config.masking import mask_url
 from nightproxy.config.units import parse_duration, parse_size
 
@@ -126,6 +126,9 @@ def read_str(node: Node) -> str:
         raise node.error(f"expected a string, got {describe(node.value)}")
     if not node.value.strip():
         raise node.error("must not be empty")
+    if "\0" in node.value:
+        # No path, URL or name may hold one, and os calls fail on it with a bare ValueError.
+        raise node.error("must not contain a NUL character")
     return str(node.value)  # drops the Expanded marker
 
 
@@ -189,7 +192,7 @@ def read_choice(node: Node, choices: Sequence[_S]) -> _S:
     for choice in choices:
         if choice == text:
             return choice
-    raise node.error(f"must be one of {', '.join(choices)}, got {text!r}")
+    raise node.error(f"must be one of {', '.join(choices)}, got {shown(text)}")
 
 
 def read_http_url(node: Node) -> str:
@@ -198,7 +201,7 @@ def read_http_url(node: Node) -> str:
         parts = urlsplit(text)
         _ = parts.port  # validates the port number
     except ValueError:
-        raise node.error(f"{mask_url(text)!r} is not a valid URL") from None
+        raise node.error(f"{shown(mask_url(text))} is not a valid URL") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise node.error("expected an http:// or https:// URL")
     if not parts.hostname:
@@ -226,5 +229,9 @@ def read_s3_url(node: Node) -> str:
 
 def read_path(node: Node, base: Path) -> Path:
     """A path with ``~`` expanded; a relative one is taken relative to ``base``."""
-    path = Path(read_str(node)).expanduser()
+    try:
+        path = Path(read_str(node)).expanduser()
+    except RuntimeError:
+        # `~user/...` for a user this machine does not know, or no home directory at all.
+        raise node.error("cannot expand ~: no such user or no home directory") from None
     return path if path.is_absolute() else base / path

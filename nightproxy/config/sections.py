@@ -10,7 +10,7 @@ from typing import Final
 
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 
-from nightproxy.config.errors import describe
+from nightproxy.config.errors import describe, shown
 from nightproxy.config.reader import (
     Node,
     Section,
@@ -130,9 +130,11 @@ def _read_pinned(node: Node, upstream_names: Sequence[str]) -> tuple[str, ...]:
     for item in node.items():
         name = read_str(item)
         if name not in upstream_names:
-            raise item.error(f"unknown upstream {name!r}; configured: {', '.join(upstream_names)}")
+            raise item.error(
+                f"unknown upstream {shown(name)}; configured: {', '.join(upstream_names)}"
+            )
         if name in chosen:
-            raise item.error(f"upstream {name!r} is listed twice")
+            raise item.error(f"upstream {shown(name)} is listed twice")
         chosen.add(name)
     # Priority always comes from the upstreams list, whatever order the pin was written in.
     return tuple(name for name in upstream_names if name in chosen)
@@ -142,7 +144,7 @@ def read_project_name(key: str, node: Node) -> NormalizedName:
     try:
         return canonicalize_name(key, validate=True)
     except InvalidName:
-        raise node.error(f"{key!r} is not a valid project name") from None
+        raise node.error(f"{shown(key)} is not a valid project name") from None
 
 
 def read_projects(
@@ -154,7 +156,8 @@ def read_projects(
         name = read_project_name(key, node)
         if name in written_as:
             raise node.error(
-                f"duplicate project: {key!r} and {written_as[name]!r} both normalize to {name!r}"
+                f"duplicate project: {shown(key)} and {shown(written_as[name])} both normalize "
+                f"to {shown(name)}"
             )
         written_as[name] = key
         if isinstance(node.value, list):

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from nightproxy.config.errors import ConfigError, describe
+from nightproxy.config.errors import ConfigError, describe, shown
 
 __all__ = ["format_duration", "parse_duration", "parse_size"]
 
@@ -37,7 +37,11 @@ _SIZE_UNITS: Final[Mapping[str, int]] = MappingProxyType(
 
 
 def parse_duration(value: object, key: str, file: Path) -> float:
-    """Seconds from ``30s``/``10m``/``1.5h``/``7d``/``2w``; a bare number means seconds."""
+    """Seconds from ``30s``/``10m``/``1.5h``/``7d``/``2w``.
+
+    A number needs its unit: ``ttl: 10`` could mean seconds or minutes, so it is refused with
+    the advice to write ``10s``. Only zero, the same in every unit, may go without one.
+    """
     # bool is an int subclass: `ttl: yes` is a mistake, not one second.
     if isinstance(value, bool):
         raise ConfigError(file, key, "expected a duration such as 10m, got a boolean")
@@ -46,7 +50,9 @@ def parse_duration(value: object, key: str, file: Path) -> float:
             raise ConfigError(file, key, "must be a finite duration")
         if value < 0:
             raise ConfigError(file, key, "must not be negative")
-        return float(value)
+        if value != 0:
+            raise ConfigError(file, key, _unit_missing(f"{value:g}"))
+        return 0.0
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("-"):
@@ -54,11 +60,18 @@ def parse_duration(value: object, key: str, file: Path) -> float:
         match = _DURATION_RE.fullmatch(text)
         if match is None:
             raise ConfigError(
-                file, key, f"invalid duration {text!r}; use a number and one of s, m, h, d, w"
+                file, key, f"invalid duration {shown(text)}; use a number and one of s, m, h, d, w"
             )
+        number = Decimal(match["number"])
+        if match["unit"] is None and number != 0:
+            raise ConfigError(file, key, _unit_missing(match["number"]))
         # Decimal keeps "1.5h" exact; the float conversion happens once, at the end.
-        return float(Decimal(match["number"]) * _DURATION_UNITS[match["unit"] or "s"])
+        return float(number * _DURATION_UNITS[match["unit"] or "s"])
     raise ConfigError(file, key, f"expected a duration such as 10m, got {describe(value)}")
+
+
+def _unit_missing(number: str) -> str:
+    return f"a duration needs a unit: write {number}s for seconds (or use m, h, d, w)"
 
 
 def parse_size(value: object, key: str, file: Path) -> int:
@@ -78,7 +91,7 @@ def parse_size(value: object, key: str, file: Path) -> int:
         match = _SIZE_RE.fullmatch(text)
         if match is None:
             raise ConfigError(
-                file, key, f"invalid size {text!r}; use a number and a unit such as MB or GiB"
+                file, key, f"invalid size {shown(text)}; use a number and a unit such as MB or GiB"
             )
         unit = match["unit"]
         if unit is None and "." in match["number"]:
@@ -89,9 +102,13 @@ def parse_size(value: object, key: str, file: Path) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """The largest unit that states ``seconds`` exactly, so ``600`` reads back as ``10m``."""
+    """``seconds`` the way a user would write it: the largest of d, h, m, s that states it
+    exactly, so ``600`` reads back as ``10m`` and ``14d`` stays ``14d``.
+
+    Weeks are never chosen: ``14d`` turned into ``2w`` reads as a different setting.
+    """
     if seconds > 0:
-        for unit in ("w", "d", "h", "m", "s"):
+        for unit in ("d", "h", "m", "s"):
             factor = _DURATION_UNITS[unit]
             if seconds % factor == 0:
                 return f"{int(seconds // factor)}{unit}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from nightproxy.config.errors import ConfigError, describe, key_path
+from nightproxy.config.errors import ConfigError, describe, key_path, shown
 from nightproxy.config.kinds import (
     ADDRESSING,
     KINDS,
@@ -87,9 +87,9 @@ def _read_headers(node: Node) -> Mapping[str, str]:
         value = child.value
         if not isinstance(value, str):
             raise child.error(f"expected a string, got {describe(value)}")
-        if "\r" in value or "\n" in value:
+        if "\r" in value or "\n" in value or "\0" in value:
             # Would let a value smuggle extra headers into every upstream request.
-            raise child.error("header values must not contain line breaks")
+            raise child.error("header values must not contain line breaks or NUL characters")
         headers[key] = str(value)
     return MappingProxyType(headers)
 
@@ -97,7 +97,9 @@ def _read_headers(node: Node) -> Mapping[str, str]:
 def _read_upstream_name(node: Node) -> str:
     name = read_str(node)
     if _UPSTREAM_NAME_RE.fullmatch(name) is None:
-        raise node.error(f"invalid upstream name {name!r}; use lowercase letters, digits and -")
+        raise node.error(
+            f"invalid upstream name {shown(name)}; use lowercase letters, digits and -"
+        )
     return name
 
 
@@ -189,7 +191,7 @@ def read_upstreams(node: Node, base: Path) -> tuple[UpstreamConfig, ...]:
             raise ConfigError(
                 item.file,
                 key_path(item.path, "name"),
-                f"duplicate upstream name {upstream.name!r} (first used at {earlier})",
+                f"duplicate upstream name {shown(upstream.name)} (first used at {earlier})",
             )
         first_use[upstream.name] = item.path
         upstreams.append(upstream)

@@ -1,8 +1,9 @@
 """Reading ``nightproxy.yaml`` from disk: text, YAML, then validation.
 
-PyYAML's ``safe_load`` silently accepts two things no reader of the result could want: a key
-given twice in one mapping (the last would win) and a value that contains itself (which no
-reader could walk to its end). Both are refused here, at their key path, before construction.
+PyYAML's ``safe_load`` silently accepts three things no reader of the result could want: a key
+given twice in one mapping (the last would win), a value that contains itself (which no reader
+could walk to its end), and aliases that expand to more than memory holds (a "billion laughs").
+All are refused here, at their key path, before construction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from nightproxy.config.validate import config_from_mapping
 __all__ = ["load_config"]
 
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+#: The most values a file may hold with its aliases expanded. A large real configuration
+#: (thousands of projects, hundreds of publishers) holds tens of thousands.
+MAX_VALUES: Final = 100_000
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -76,15 +80,25 @@ def _parse_yaml(text: str, file: Path) -> object:
 
 def _check_keys(loader: yaml.SafeLoader, root: yaml.Node, file: Path) -> None:
     # Each node is walked once, however many aliases point at it; a node met again while its
-    # own children are being walked is a loop.
-    done: set[int] = set()
+    # own children are being walked is a loop. On the way out, each node's size once every
+    # alias in it is expanded is added up from its children's, so a "billion laughs" is caught
+    # after visiting its few dozen nodes, before anything is constructed.
+    done: dict[int, int] = {}
     open_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    stack: list[tuple[yaml.Node, str, list[yaml.Node] | None]] = [(root, "", None)]
     while stack:
-        node, path, leaving = stack.pop()
-        if leaving:
+        node, path, leaving_children = stack.pop()
+        if leaving_children is not None:
             open_nodes.discard(id(node))
-            done.add(id(node))
+            size = 1 + sum(done[id(child)] for child in leaving_children)
+            if size > MAX_VALUES:
+                raise ConfigError(
+                    file,
+                    path or FILE_KEY,
+                    f"holds more than {MAX_VALUES} values once its aliases are expanded; "
+                    "a configuration needs far fewer",
+                )
+            done[id(node)] = size
             continue
         if id(node) in open_nodes:
             raise ConfigError(
@@ -93,24 +107,25 @@ def _check_keys(loader: yaml.SafeLoader, root: yaml.Node, file: Path) -> None:
         if id(node) in done:
             continue
         open_nodes.add(id(node))
-        stack.append((node, path, True))
+        children: list[tuple[yaml.Node, str]] = []
         if isinstance(node, yaml.SequenceNode):
-            for index, child in reversed(list(enumerate(node.value))):
-                stack.append((child, index_path(path, index), False))
+            children = [(child, index_path(path, i)) for i, child in enumerate(node.value)]
         elif isinstance(node, yaml.MappingNode):
-            stack.extend(reversed(_mapping_children(loader, node, path, file)))
+            children = _mapping_children(loader, node, path, file)
+        stack.append((node, path, [child for child, _ in children]))
+        stack.extend((child, child_path, None) for child, child_path in reversed(children))
 
 
 def _mapping_children(
     loader: yaml.SafeLoader, node: yaml.MappingNode, path: str, file: Path
-) -> list[tuple[yaml.Node, str, bool]]:
-    children: list[tuple[yaml.Node, str, bool]] = []
+) -> list[tuple[yaml.Node, str]]:
+    children: list[tuple[yaml.Node, str]] = []
     # By type too: `1:` and `true:` are equal in Python, not in YAML.
     seen: dict[tuple[type, object], yaml.Mark] = {}
     for key_node, value_node in node.value:
         if key_node.tag == _MERGE_TAG:
             # `<<: *defaults` brings keys the mapping may override; those are not duplicates.
-            children.append((value_node, path, False))
+            children.append((value_node, path))
             continue
         key: object = "?"
         if isinstance(key_node, yaml.ScalarNode):
@@ -123,5 +138,5 @@ def _mapping_children(
                     file, key_path(path, key), f"duplicate key (at {first} and again at {again})"
                 )
             seen[identity] = mark
-        children.append((value_node, key_path(path, key), False))
+        children.append((value_node, key_path(path, key)))
     return children
