@@ -9,6 +9,7 @@ from nightproxy.cache.fill import FillManager
 from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
+from nightproxy.hosted.feed import HostedFeed
 from nightproxy.index.service import IndexService
 from nightproxy.server.metrics import Metrics
 from nightproxy.upstreams.base import Upstream
@@ -21,3 +22,4 @@ FILLS = web.AppKey("fills", FillManager)
 INDEX = web.AppKey("index", IndexService)
 METRICS = web.AppKey("metrics", Metrics)
 REMOTE_METADATA = web.AppKey("remote_metadata", RemoteMetadata)
+FEEDS = web.AppKey("feeds", dict[str, HostedFeed])
