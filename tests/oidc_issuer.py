@@ -76,8 +76,7 @@ class OidcIssuer:
         self.url = ""
         self.discovery_fetches = 0
         self.jwks_fetches = 0
-        #: Claims the fake runner puts in job tokens, over ``job_claims``' defaults and the
-        #: audience the client asked for.
+        #: Claims the fake runner puts in job tokens, over ``job_claims``' defaults.
         self.job: dict[str, Any] = {}
         self.job_token_requests: list[str] = []
 
@@ -115,8 +114,7 @@ class OidcIssuer:
             return web.json_response({"message": "bad request token"}, status=401)
         audience = request.query.get("audience", "")
         self.job_token_requests.append(audience)
-        claims = self.job_claims(**{"aud": audience, **self.job})
-        return web.json_response({"value": self.sign(claims)})
+        return web.json_response({"value": self.sign(self.job_claims(aud=audience, **self.job))})
 
     def runner_env(self) -> dict[str, str]:
         """The environment a GitHub Actions job with ``id-token: write`` has."""

@@ -131,16 +131,32 @@ def test_a_duration_from_the_environment_needs_its_unit_too(tmp_path: Path) -> N
     assert "write 10s" in error.message
 
 
-@pytest.mark.parametrize("path", ["README.md", "nightproxy.yaml"])
-def test_the_shipped_examples_still_load(tmp_path: Path, path: str) -> None:
-    """The shipped nightproxy.yaml and the README's configuration reference use units
-    everywhere and pass validation."""
-    text = (Path(__file__).resolve().parents[1] / path).read_text()
-    if path == "README.md":
-        text = text.split("## Configuration reference", 1)[1].split("```yaml\n", 1)[1]
-        text = text.split("```", 1)[0]
-    config = load(tmp_path, text, {"AZURE_PAT": "pat"})
-    assert config.upstreams
+README_ENV = dict.fromkeys(
+    ("AZURE_PAT", "SKLEARN_UPLOAD_TOKEN", "FEED_ADMIN_TOKEN"), "environment-value-0123456789"
+) | {"SHARED_KEY_ID": "id", "SHARED_SECRET": "secret"}
+
+
+def readme_examples() -> list[str]:
+    """The YAML blocks of the README's configuration reference."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    reference = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in reference.split("```yaml\n")[1:]]
+
+
+def test_the_shipped_config_still_loads(tmp_path: Path) -> None:
+    """The shipped nightproxy.yaml uses units everywhere and passes validation."""
+    text = (Path(__file__).resolve().parents[1] / "nightproxy.yaml").read_text()
+    assert load(tmp_path, text).upstreams
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_the_readme_examples_still_load(tmp_path: Path, index: int) -> None:
+    """Each YAML example of the README's configuration reference passes validation (with an
+    upstream added where the example shows only other sections)."""
+    text = readme_examples()[index]
+    if "upstreams:" not in text:
+        text += UPSTREAM
+    assert load(tmp_path, text, README_ENV).upstreams
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ traceback, and no error message, ``repr`` or :func:`masked` output ever echoes a
 Where things are:
 
 - ``records``, ``kinds``, ``retention``: the typed records (one options record per upstream kind);
+  ``hosted_reader``, ``storage_reader``: the validation of a hosted feed's and a bucket's keys;
 - ``units``: durations and sizes; ``env``: ``${VAR}`` expansion; ``masking``: credentials kept
   out of what people read; ``effective``: the masked configuration ``check`` prints;
 - ``reader``: the small validation toolkit; ``sections``, ``upstream_reader``, ``validate``:
@@ -20,11 +21,15 @@ from __future__ import annotations
 from nightproxy.config.discovery import find_config_path, prepare_cache_dir
 from nightproxy.config.effective import masked
 from nightproxy.config.errors import FILE_KEY, ConfigError
+from nightproxy.config.hosted_reader import token_digest
 from nightproxy.config.kinds import (
     Addressing,
     AnacondaOptions,
     AzureOptions,
     DirectoryOptions,
+    GithubPublisher,
+    HostedOptions,
+    Publisher,
     S3Options,
     SimpleOptions,
     UpstreamConfig,
@@ -38,8 +43,12 @@ from nightproxy.config.records import (
     IndexConfig,
     LogFormat,
     LoggingConfig,
+    OidcConfig,
     ProjectConfig,
+    PublishingConfig,
     ServerConfig,
+    SharedCacheConfig,
+    TlsConfig,
     effective_retention,
 )
 from nightproxy.config.retention import INHERIT, RetentionConfig, RetentionOverride
@@ -57,15 +66,22 @@ __all__ = [
     "Config",
     "ConfigError",
     "DirectoryOptions",
+    "GithubPublisher",
+    "HostedOptions",
     "IndexConfig",
     "LogFormat",
     "LoggingConfig",
+    "OidcConfig",
     "ProjectConfig",
+    "Publisher",
+    "PublishingConfig",
     "RetentionConfig",
     "RetentionOverride",
     "S3Options",
     "ServerConfig",
+    "SharedCacheConfig",
     "SimpleOptions",
+    "TlsConfig",
     "UpstreamConfig",
     "UpstreamKind",
     "UpstreamOptions",
@@ -79,4 +95,5 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "prepare_cache_dir",
+    "token_digest",
 ]

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, Final, Literal, get_args
 
+from packaging.utils import NormalizedName
+
 from nightproxy.config.masking import safe_repr
 from nightproxy.config.retention import RetentionOverride
 
@@ -21,6 +23,9 @@ __all__ = [
     "AnacondaOptions",
     "AzureOptions",
     "DirectoryOptions",
+    "GithubPublisher",
+    "HostedOptions",
+    "Publisher",
     "S3Options",
     "SimpleOptions",
     "UpstreamConfig",
@@ -28,7 +33,7 @@ __all__ = [
     "UpstreamOptions",
 ]
 
-UpstreamKind = Literal["simple", "anaconda", "azure", "s3", "directory"]
+UpstreamKind = Literal["simple", "anaconda", "azure", "s3", "directory", "hosted"]
 Addressing = Literal["path", "virtual"]
 
 KINDS: Final[tuple[UpstreamKind, ...]] = get_args(UpstreamKind)
@@ -80,12 +85,67 @@ class DirectoryOptions:
     path: Path
 
 
-UpstreamOptions = SimpleOptions | AnacondaOptions | AzureOptions | S3Options | DirectoryOptions
-
-
-def _no_headers() -> Mapping[str, str]:
+def _empty() -> Mapping[str, str]:
     # A factory, not a shared default: Python 3.11 dataclasses reject unhashable defaults.
     return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class GithubPublisher:
+    """A GitHub Actions workflow trusted to publish a project (trusted publishing)."""
+
+    #: ``owner/repo``, as written in the configuration.
+    repository: str
+    #: The workflow's file name under ``.github/workflows/``, such as ``wheels.yml``.
+    workflow: str
+    #: The deployment environment the job must run in; None: any.
+    environment: str | None = None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Publisher:
+    """Who may publish one project of a hosted feed."""
+
+    #: The lowercase hex sha256 of each upload token. The tokens themselves are never kept.
+    tokens: tuple[str, ...] = ()
+    github: tuple[GithubPublisher, ...] = ()
+
+    def __repr__(self) -> str:
+        return safe_repr(self)
+
+
+def _no_publishers() -> Mapping[NormalizedName, Publisher]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class HostedOptions:
+    """A feed this server stores itself and accepts uploads to.
+
+    It lives in a local folder (``path``) or, when the upstream's ``url`` is ``s3://``, in a
+    bucket reached as ``s3`` says.
+    """
+
+    KIND: ClassVar[UpstreamKind] = "hosted"
+    path: Path | None = None
+    s3: S3Options | None = None
+    #: Whether an upload of an existing filename with other bytes replaces it.
+    overwrite: bool = False
+    max_file_size: int = 2 * 1024**3
+    #: Seconds a deleted file stays restorable before its bytes are removed.
+    trash: float = 7 * 86400
+    #: By normalized project name.
+    publishers: Mapping[NormalizedName, Publisher] = field(default_factory=_no_publishers)
+    #: sha256 hex digests of the tokens that may publish and delete any project of the feed.
+    admins: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return safe_repr(self)
+
+
+UpstreamOptions = (
+    SimpleOptions | AnacondaOptions | AzureOptions | S3Options | DirectoryOptions | HostedOptions
+)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -97,9 +157,12 @@ class UpstreamConfig:
     timeout: float = 30.0
     #: Overrides ``index.ttl`` when set.
     ttl: float | None = None
-    headers: Mapping[str, str] = field(default_factory=_no_headers)
+    headers: Mapping[str, str] = field(default_factory=_empty)
     dev_only: bool = False
     retention: RetentionOverride = field(default_factory=RetentionOverride)
+    #: An http(s) URL of the outbound HTTP proxy to reach this upstream through, which may
+    #: carry credentials; None: the environment's ``HTTPS_PROXY``/``NO_PROXY``.
+    proxy: str | None = None
     #: The options of this upstream's kind; its type always matches ``kind``.
     options: UpstreamOptions = SimpleOptions()
 
@@ -134,7 +197,10 @@ class UpstreamConfig:
 
     @property
     def s3(self) -> S3Options | None:
-        """How to reach the bucket of an upstream stored in one."""
+        """How to reach the bucket of an upstream stored in one (``s3``, or ``hosted`` with an
+        ``s3://`` url)."""
+        if isinstance(self.options, HostedOptions):
+            return self.options.s3
         return self.options if isinstance(self.options, S3Options) else None
 
     @property
@@ -160,4 +226,6 @@ class UpstreamConfig:
     @property
     def path(self) -> Path | None:
         """The local folder of an upstream kept on this machine."""
-        return self.options.path if isinstance(self.options, DirectoryOptions) else None
+        if isinstance(self.options, DirectoryOptions | HostedOptions):
+            return self.options.path
+        return None

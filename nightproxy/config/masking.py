@@ -19,8 +19,9 @@ __all__ = ["MASK", "mask_path", "mask_url", "safe_repr", "safe_value"]
 
 MASK: Final = "***"
 
-_SECRET_FIELDS: Final = frozenset({"password", "token", "secret_access_key"})
-_URL_FIELDS: Final = frozenset({"url", "api_url", "endpoint"})
+#: Fields whose values are secrets, or digests of secrets that are no one's business either.
+_SECRET_FIELDS: Final = frozenset({"password", "token", "secret_access_key", "tokens", "admins"})
+_URL_FIELDS: Final = frozenset({"url", "api_url", "endpoint", "proxy", "issuer"})
 _SECRET_QUERY_NAMES: Final = frozenset(
     {
         "sig",

@@ -8,6 +8,7 @@ typed value or raises a :class:`ConfigError` at the key it read.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +23,18 @@ from nightproxy.config.units import parse_duration, parse_size
 __all__ = [
     "Node",
     "Section",
+    "off_or",
     "read_bool",
     "read_choice",
     "read_duration",
+    "read_file",
     "read_http_url",
+    "read_https_url",
     "read_int",
     "read_path",
     "read_positive_duration",
     "read_positive_size",
+    "read_rate",
     "read_s3_url",
     "read_size",
     "read_str",
@@ -209,6 +214,13 @@ def read_http_url(node: Node) -> str:
     return text
 
 
+def read_https_url(node: Node) -> str:
+    text = read_http_url(node)
+    if urlsplit(text).scheme.lower() != "https":
+        raise node.error("expected an https:// URL")
+    return text
+
+
 def read_s3_url(node: Node) -> str:
     """``s3://bucket/prefix/``, normalized to end in ``/``."""
     text = read_str(node)
@@ -235,3 +247,44 @@ def read_path(node: Node, base: Path) -> Path:
         # `~user/...` for a user this machine does not know, or no home directory at all.
         raise node.error("cannot expand ~: no such user or no home directory") from None
     return path if path.is_absolute() else base / path
+
+
+def read_file(node: Node, base: Path) -> Path:
+    """The path of a file that exists and can be read now (a certificate, a CA bundle)."""
+    path = read_path(node, base)
+    where = shown(str(path))
+    try:
+        if not path.exists():
+            raise node.error(f"no such file: {where}")
+        if not path.is_file():
+            raise node.error(f"{where} is not a file")
+    except OSError as exc:
+        raise node.error(f"cannot use {where}: {exc.strerror or exc}") from None
+    if not os.access(path, os.R_OK):
+        raise node.error(f"cannot read {where}: permission denied")
+    return path
+
+
+def read_rate(node: Node) -> int:
+    """Bytes per second from a size, written alone or followed by ``/s`` (``8MiB/s``)."""
+    value = node.value
+    if isinstance(value, str):
+        text = value.strip()
+        value = text.removesuffix("/s").rstrip() if text.endswith("/s") else text
+    return parse_size(value, node.path, node.file)
+
+
+def _says_off(value: object) -> bool:
+    # Unquoted `off` is YAML 1.1 for false, so false, null and "off" all mean off.
+    if value is None or value is False:
+        return True
+    return isinstance(value, str) and value.strip().lower() == "off"
+
+
+def off_or(reader: Callable[[Node], _T]) -> Callable[[Node], _T | None]:
+    """``reader``, except that ``off`` (or ``false``, or null) reads as None."""
+
+    def read(node: Node) -> _T | None:
+        return None if _says_off(node.value) else reader(node)
+
+    return read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Final, Literal, get_args
 
 from packaging.utils import NormalizedName
 
-from nightproxy.config.kinds import UpstreamConfig
+from nightproxy.config.kinds import S3Options, UpstreamConfig
+from nightproxy.config.masking import safe_repr
 from nightproxy.config.retention import RetentionConfig, RetentionOverride
 
 __all__ = [
@@ -18,8 +20,12 @@ __all__ = [
     "IndexConfig",
     "LogFormat",
     "LoggingConfig",
+    "OidcConfig",
     "ProjectConfig",
+    "PublishingConfig",
     "ServerConfig",
+    "SharedCacheConfig",
+    "TlsConfig",
     "effective_retention",
 ]
 
@@ -30,9 +36,49 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The certificate chain and private key HTTPS is served with (PEM files that existed
+    when the configuration was read)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    #: Serving processes; ``"auto"``: one per CPU this process may run on.
+    workers: int | Literal["auto"] = 1
+    #: Client connections one serving process holds open at once; past it, new ones get 503.
+    max_connections: int = 4096
+    #: HTTPS when set, plain HTTP otherwise.
+    tls: TlsConfig | None = None
+
+    def worker_count(self) -> int:
+        """``workers`` as a number, ``auto`` resolved for the machine this runs on."""
+        if isinstance(self.workers, int):
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except AttributeError:  # not every platform has CPU affinity
+            return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SharedCacheConfig:
+    """A cache tier in an object store, shared by every replica (``cache.shared``)."""
+
+    #: ``s3://bucket/prefix/``, normalized to end in ``/``.
+    url: str
+    s3: S3Options = field(default_factory=S3Options)
+    #: Bytes the shared tier may hold; None: no bound.
+    max_size: int | None = None
+    #: Seconds an object unused this long is removed; None: never.
+    max_age: float | None = 14 * 86400
+
+    def __repr__(self) -> str:
+        return safe_repr(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +89,14 @@ class CacheConfig:
     max_age: float = 14 * 86400
     #: Bytes of page cache kept ready for the next cold downloads (``cache/spares.py``).
     spare_memory: int = 128 * 1024**2
+    #: Bytes per second below which a download counts as stalled; None: no floor.
+    fill_min_rate: int | None = 1024
+    #: Seconds a download may stay below ``fill_min_rate`` before it is abandoned.
+    fill_stall_timeout: float = 60.0
+    #: Bytes per second the background check of cached files against their sha256 may read;
+    #: None: no background check.
+    scrub_rate: int | None = 8 * 1024**2
+    shared: SharedCacheConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +122,24 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """The OIDC issuer whose tokens trusted publishing accepts (``publishing.oidc``)."""
+
+    issuer: str = "https://token.actions.githubusercontent.com"
+    #: The ``aud`` a token must carry, and what ``/_/oidc/audience`` answers.
+    audience: str = "nightproxy"
+    #: CA certificates to verify a private issuer with; None: the system's.
+    ca_bundle: Path | None = None
+    #: Seconds a minted upload token stays valid.
+    token_lifetime: float = 15 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class PublishingConfig:
+    oidc: OidcConfig = field(default_factory=OidcConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     #: Absolute path of the file this came from; relative paths in it were resolved against it.
     source: Path
@@ -79,6 +151,7 @@ class Config:
     #: In priority order.
     upstreams: tuple[UpstreamConfig, ...]
     projects: Mapping[NormalizedName, ProjectConfig]
+    publishing: PublishingConfig = field(default_factory=PublishingConfig)
 
     def upstream_names_for(self, project: NormalizedName) -> tuple[str, ...]:
         """The upstreams to consult for ``project``: its pinned ones, else all, by priority."""

@@ -9,14 +9,12 @@ from types import MappingProxyType
 from typing import Final
 
 from nightproxy.config.errors import ConfigError, describe, key_path, shown
+from nightproxy.config.hosted_reader import HOSTED_KEYS, read_hosted_options, read_trash
 from nightproxy.config.kinds import (
-    ADDRESSING,
     KINDS,
-    Addressing,
     AnacondaOptions,
     AzureOptions,
     DirectoryOptions,
-    S3Options,
     SimpleOptions,
     UpstreamConfig,
     UpstreamKind,
@@ -35,6 +33,7 @@ from nightproxy.config.reader import (
     read_str,
 )
 from nightproxy.config.sections import RETENTION_KEYS, read_retention_override
+from nightproxy.config.storage_reader import S3_KEYS, read_s3_options
 
 __all__ = ["read_upstreams"]
 
@@ -47,8 +46,8 @@ _UPSTREAM_COMMON_KEYS: Final = (
     "headers",
     "dev_only",
     "retention",
+    "proxy",
 )
-S3_KEYS: Final = ("endpoint", "addressing", "region", "access_key_id", "secret_access_key")
 _KIND_KEYS: Final[Mapping[UpstreamKind, tuple[str, ...]]] = MappingProxyType(
     {
         "simple": (),
@@ -56,24 +55,45 @@ _KIND_KEYS: Final[Mapping[UpstreamKind, tuple[str, ...]]] = MappingProxyType(
         "azure": ("username", "password"),
         "s3": S3_KEYS,
         "directory": ("path",),
+        "hosted": HOSTED_KEYS,
+    }
+)
+#: Shared keys a kind has no use for, and why.
+_NOT_FOR_KIND: Final[Mapping[tuple[UpstreamKind, str], str]] = MappingProxyType(
+    {
+        # Located by `path`; accepting `url` too would leave two sources.
+        ("directory", "url"): "use path",
+        ("directory", "proxy"): "it reads a local folder",
+        ("hosted", "headers"): "it fetches from no feed",
     }
 )
 _ALL_UPSTREAM_KEYS: Final = frozenset(_UPSTREAM_COMMON_KEYS).union(*_KIND_KEYS.values())
 _UPSTREAM_NAME_RE: Final = re.compile(r"[a-z0-9-]+")
+_HOSTED_RETENTION_KEYS: Final = ("dev_max_age", "keep_latest", "trash")
 
 
 def allowed_upstream_keys(kind: UpstreamKind) -> frozenset[str]:
     allowed = frozenset(_UPSTREAM_COMMON_KEYS) | frozenset(_KIND_KEYS[kind])
-    # A directory upstream is located by `path`; accepting `url` too would leave two sources.
-    return allowed - {"url"} if kind == "directory" else allowed
+    return allowed - {key for k, key in _NOT_FOR_KIND if k == kind}
 
 
 def _wrong_kind_hint(kind: UpstreamKind) -> Callable[[str], str]:
     def hint(key: str) -> str:
-        if kind == "directory" and key == "url":
-            return " for kind 'directory' (use path)"
+        if (kind, key) in _NOT_FOR_KIND:
+            return f" for kind {kind!r} ({_NOT_FOR_KIND[kind, key]})"
         owners = [k for k, keys in _KIND_KEYS.items() if key in keys]
         return f" for kind {kind!r} (only valid for kind {' or '.join(owners)})" if owners else ""
+
+    return hint
+
+
+def _retention_hint(kind: UpstreamKind) -> Callable[[str], str]:
+    def hint(key: str) -> str:
+        if key == "trash" and kind != "hosted":
+            return f" for kind {kind!r} (only valid for kind hosted)"
+        if key == "keep_missing" and kind == "hosted":
+            return " for kind 'hosted' (its files never go missing upstream)"
+        return ""
 
     return hint
 
@@ -103,30 +123,9 @@ def _read_upstream_name(node: Node) -> str:
     return name
 
 
-def read_s3_options(section: Section) -> S3Options:
-    """The keys that say how to reach a bucket (the bucket itself is the ``s3://`` URL)."""
-    endpoint = section.read("endpoint", read_http_url, None)
-    # Custom endpoints (MinIO, Ceph, ...) rarely support virtual-host buckets; AWS prefers them.
-    default_addressing: Addressing = "path" if endpoint is not None else "virtual"
-    access_key_id = section.read("access_key_id", read_str, None)
-    secret_access_key = section.read("secret_access_key", read_str, None)
-    if (access_key_id is None) != (secret_access_key is None):
-        missing = "access_key_id" if access_key_id is None else "secret_access_key"
-        raise section.error_at(
-            missing, "access_key_id and secret_access_key must be given together"
-        )
-    return S3Options(
-        endpoint=endpoint,
-        addressing=section.read(
-            "addressing", lambda n: read_choice(n, ADDRESSING), default_addressing
-        ),
-        region=section.read("region", read_str, S3Options().region),
-        access_key_id=access_key_id,
-        secret_access_key=secret_access_key,
-    )
-
-
-def _read_options(kind: UpstreamKind, section: Section, base: Path) -> UpstreamOptions:
+def _read_options(
+    kind: UpstreamKind, section: Section, base: Path, name: str, url: str | None
+) -> UpstreamOptions:
     if kind == "anaconda":
         return AnacondaOptions(
             label=section.read("label", read_str, None),
@@ -142,7 +141,21 @@ def _read_options(kind: UpstreamKind, section: Section, base: Path) -> UpstreamO
     if kind == "directory":
         path = section.require("path", "is required for kind 'directory'")
         return DirectoryOptions(path=read_path(path, base))
+    if kind == "hosted":
+        trash = read_trash(section.section("retention"))
+        return read_hosted_options(section, name, url, base, trash)
     return SimpleOptions()
+
+
+def _read_url(kind: UpstreamKind, section: Section) -> str | None:
+    if kind == "s3":
+        return read_s3_url(section.require("url"))
+    if kind == "hosted":
+        # A hosted feed is in a local folder unless it is given a bucket.
+        return section.read("url", read_s3_url, None)
+    if kind == "directory":
+        return None
+    return read_http_url(section.require("url"))
 
 
 def _read_upstream(node: Node, base: Path) -> UpstreamConfig:
@@ -152,16 +165,13 @@ def _read_upstream(node: Node, base: Path) -> UpstreamConfig:
     kind = read_choice(section.require("kind"), KINDS)
     section.only(allowed_upstream_keys(kind), _wrong_kind_hint(kind))
     name = _read_upstream_name(section.require("name"))
-
-    url: str | None = None
-    if kind == "s3":
-        url = read_s3_url(section.require("url"))
-    elif kind != "directory":
-        url = read_http_url(section.require("url"))
-    options = _read_options(kind, section, base)
+    url = _read_url(kind, section)
 
     retention = section.section("retention")
-    retention.only(RETENTION_KEYS)
+    retention.only(
+        _HOSTED_RETENTION_KEYS if kind == "hosted" else RETENTION_KEYS, _retention_hint(kind)
+    )
+    options = _read_options(kind, section, base, name, url)
 
     defaults = UpstreamConfig(name=name, kind="simple")
     return UpstreamConfig(
@@ -173,6 +183,7 @@ def _read_upstream(node: Node, base: Path) -> UpstreamConfig:
         headers=section.read("headers", _read_headers, defaults.headers),
         dev_only=section.read("dev_only", read_bool, defaults.dev_only),
         retention=read_retention_override(retention),
+        proxy=section.read("proxy", read_http_url, None),
         options=options,
     )
 

@@ -16,6 +16,7 @@ from nightproxy.config.sections import (
     read_index,
     read_logging,
     read_projects,
+    read_publishing,
     read_retention,
     read_server,
 )
@@ -23,7 +24,16 @@ from nightproxy.config.upstream_reader import read_upstreams
 
 __all__ = ["config_from_mapping"]
 
-_TOP_KEYS: Final = ("server", "cache", "index", "retention", "logging", "upstreams", "projects")
+_TOP_KEYS: Final = (
+    "server",
+    "cache",
+    "index",
+    "retention",
+    "logging",
+    "upstreams",
+    "projects",
+    "publishing",
+)
 
 
 def config_from_mapping(
@@ -46,11 +56,12 @@ def config_from_mapping(
     upstreams = read_upstreams(root.require("upstreams", "at least one upstream is required"), base)
     return Config(
         source=file,
-        server=read_server(root.section("server")),
+        server=read_server(root.section("server"), base),
         cache=read_cache(root.section("cache"), base),
         index=read_index(root.section("index")),
         retention=read_retention(root.section("retention")),
         logging=read_logging(root.section("logging")),
         upstreams=upstreams,
         projects=read_projects(root.section("projects"), [u.name for u in upstreams]),
+        publishing=read_publishing(root.section("publishing"), base),
     )

@@ -52,7 +52,6 @@ class IndexService:
         config: Config,
         upstreams: Mapping[str, Upstream],
         store: CacheStore,
-        state: IndexState,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -60,7 +59,7 @@ class IndexService:
         self.upstreams = dict(upstreams)
         self.store = store
         self._clock = Clock(clock)
-        self.state = state
+        self.state = IndexState(store)
         self.breakers = Breakers(self.upstreams, self._clock)
         self.pages = UpstreamPages(
             config,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 
-from nightproxy.config import UpstreamConfig
+from nightproxy.config import ConfigError, UpstreamConfig
 from nightproxy.upstreams.anaconda import AnacondaUpstream
 from nightproxy.upstreams.azure import AzureUpstream
 from nightproxy.upstreams.base import Upstream
@@ -27,4 +28,13 @@ KINDS: dict[str, Factory] = {
 
 def make_upstream(config: UpstreamConfig, session: aiohttp.ClientSession) -> Upstream:
     """Build the upstream a config entry describes."""
-    return KINDS[config.kind](config, session)
+    factory = KINDS.get(config.kind)
+    if factory is None:
+        # The configuration accepts the hosted kind before its upstream is wired in here:
+        # one line and exit 2 rather than a KeyError traceback at start-up.
+        raise ConfigError(
+            Path("(config)"),
+            f"upstreams: {config.name}",
+            f"kind {config.kind!r} is not served by this build yet",
+        )
+    return factory(config, session)
