@@ -76,7 +76,8 @@ class OidcIssuer:
         self.url = ""
         self.discovery_fetches = 0
         self.jwks_fetches = 0
-        #: Claims the fake runner puts in job tokens, over ``job_claims``' defaults.
+        #: Claims the fake runner puts in job tokens, over ``job_claims``' defaults and the
+        #: audience the client asked for.
         self.job: dict[str, Any] = {}
         self.job_token_requests: list[str] = []
 
@@ -114,7 +115,8 @@ class OidcIssuer:
             return web.json_response({"message": "bad request token"}, status=401)
         audience = request.query.get("audience", "")
         self.job_token_requests.append(audience)
-        return web.json_response({"value": self.sign(self.job_claims(aud=audience, **self.job))})
+        claims = self.job_claims(**{"aud": audience, **self.job})
+        return web.json_response({"value": self.sign(claims)})
 
     def runner_env(self) -> dict[str, str]:
         """The environment a GitHub Actions job with ``id-token: write`` has."""

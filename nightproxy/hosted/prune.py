@@ -21,13 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    NormalizedName,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
+from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_filename
 from packaging.version import Version
 
 from nightproxy.simple_api.filenames import parse_dist_filename
@@ -88,27 +82,31 @@ def _days(delta: timedelta) -> str:
     return f"{days:.1f}d" if days < 10 else f"{days:.0f}d"
 
 
-def tag_group(filename: str) -> str | None:
-    """The platform group of a dev or pre-release file, None for a release or a bad name.
+def platform_of(filename: str) -> str:
+    """A file's platform: its wheel tag set, or ``sdist``.
 
-    A wheel's group is its tag set, written as the filename's tag triple with each part's
-    members sorted (the same set spelled in another order is the same platform).
+    The tag set is written as the filename's tag triple with each part's members sorted (the
+    same set spelled in another order is the same platform).
     """
-    dist = parse_dist_filename(filename)
-    if dist is None or not dist.version.is_prerelease:
-        return None
+    if not filename.endswith(".whl"):
+        return SDIST_GROUP
     try:
-        if filename.endswith(".whl"):
-            tags = parse_wheel_filename(filename)[3]
-        else:
-            parse_sdist_filename(filename)
-            return SDIST_GROUP
-    except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
-        return None
+        tags = parse_wheel_filename(filename)[3]
+    except (InvalidWheelFilename, ValueError):
+        return "?"
     interpreters = ".".join(sorted({tag.interpreter for tag in tags}))
     abis = ".".join(sorted({tag.abi for tag in tags}))
     platforms = ".".join(sorted({tag.platform for tag in tags}))
     return f"{interpreters}-{abis}-{platforms}"
+
+
+def tag_group(filename: str) -> str | None:
+    """The retention group of a dev or pre-release file; None for a release or a bad name."""
+    dist = parse_dist_filename(filename)
+    if dist is None or not dist.version.is_prerelease:
+        return None
+    group = platform_of(filename)
+    return None if group == "?" else group
 
 
 def plan_prune(

@@ -52,6 +52,7 @@ class IndexService:
         config: Config,
         upstreams: Mapping[str, Upstream],
         store: CacheStore,
+        state: IndexState,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -59,7 +60,7 @@ class IndexService:
         self.upstreams = dict(upstreams)
         self.store = store
         self._clock = Clock(clock)
-        self.state = IndexState(store)
+        self.state = state
         self.breakers = Breakers(self.upstreams, self._clock)
         self.pages = UpstreamPages(
             config,

@@ -16,6 +16,7 @@ from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
+from nightproxy.index.state import IndexState
 from nightproxy.logs import BATCH_SECONDS, flush_logs
 from nightproxy.server import handlers, keys
 from nightproxy.server.access import ConnectionLog, access_logger_for
@@ -45,12 +46,23 @@ def create_app(config: Config) -> web.Application:
     )
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
+    # The index's state first: it takes over its tables from the cache's database of
+    # nightproxy 0.x before the cache brings that database forward.
+    app.cleanup_ctx.append(_index_state_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
     handlers.setup_routes(app)
     return app
+
+
+async def _index_state_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = IndexState(app[keys.CONFIG].cache.dir)
+    await asyncio.to_thread(state.open)
+    app[keys.INDEX_STATE] = state
+    yield
+    await asyncio.to_thread(state.close)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -92,7 +104,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     session = app[keys.SESSION]
     upstreams = {u.name: make_upstream(u, session) for u in config.upstreams}
     app[keys.UPSTREAMS] = upstreams
-    app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE])
+    app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE], app[keys.INDEX_STATE])
     app[keys.FILLS] = FillManager(app[keys.STORE], spare_memory=config.cache.spare_memory)
     app[keys.FILLS].start_spares()
     app[keys.REMOTE_METADATA] = RemoteMetadata()

@@ -11,6 +11,7 @@ from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.hosted.feed import HostedFeed
 from nightproxy.index.service import IndexService
+from nightproxy.index.state import IndexState
 from nightproxy.server.metrics import Metrics
 from nightproxy.upstreams.base import Upstream
 
@@ -20,6 +21,7 @@ UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 STORE = web.AppKey("store", CacheStore)
 FILLS = web.AppKey("fills", FillManager)
 INDEX = web.AppKey("index", IndexService)
+INDEX_STATE = web.AppKey("index_state", IndexState)
 METRICS = web.AppKey("metrics", Metrics)
 REMOTE_METADATA = web.AppKey("remote_metadata", RemoteMetadata)
 FEEDS = web.AppKey("feeds", dict[str, HostedFeed])
