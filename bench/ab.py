@@ -109,7 +109,7 @@ def main() -> int:
                     if args.warm_load > 0:
                         warm_load(load, warm[name], args.warm_load)
                     else:
-                        # A side's background work after its download (making spare files)
+                        # A side's background work after its download
                         # must not land in the next side's figure.
                         tg.settle(max_wait=3.0)
                     out: dict[str, Any] = load.call(

@@ -14,7 +14,7 @@ It also serves those same bytes from nginx (a static tree with the same PEP 691 
 
 And it serves them from a bare asyncio protocol (no HTTP framework at all: find the end of the
 request, pick the representation, one write of prepared bytes): the floor of what any Python
-server pays per request here, and so the ceiling for nightproxy's connection-level fast path.
+server pays per request here.
 
 ``--processes 2`` runs two such servers of each kind on one port (SO_REUSEPORT), as many as the
 machine has cores. A figure nightproxy cannot beat is a property of the framework and the
@@ -104,7 +104,7 @@ def serve_raw(port: int, pages: Pages) -> None:
     import asyncio
     import os
 
-    # Status line and headers prepared once per representation, as nightproxy's fast path does.
+    # Status line and headers prepared once per representation.
     prepared = {}
     for key, (body, headers) in pages.items():
         lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in headers.items())]

@@ -123,32 +123,31 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from nightproxy.allocator import tune_allocator
     from nightproxy.logs import setup_logging
     from nightproxy.server.app import create_app
-    from nightproxy.server.runner import ListenError, run
+    from nightproxy.server.runner import ListenError, bind, bound_port, run
 
     config = _load(args.config)
     prepare_cache_dir(config)
     setup_logging(args.log_format or config.logging.format, config.logging.level)
-    tuned = tune_allocator(os.environ)
-    logging.getLogger("nightproxy").debug("allocator thresholds raised: %s", tuned)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    try:
+        sockets = bind(host, port)
+    except ListenError as exc:
+        print(f"nightproxy: {exc}", file=sys.stderr)
+        return 1
+    # Only now: the port is ours, and connections queue until the app answers them.
     logging.getLogger("nightproxy").info(
         "nightproxy %s serving %d upstreams on http://%s:%d/simple/ (config %s)",
         __version__,
         len(config.upstreams),
         host,
-        port,
+        bound_port(sockets),
         config.source,
     )
     # SIGINT/SIGTERM: stop accepting, drain, run cleanup contexts.
-    try:
-        run(create_app(config), host, port, shutdown_timeout=SHUTDOWN_TIMEOUT)
-    except ListenError as exc:
-        print(f"nightproxy: {exc}", file=sys.stderr)
-        return 1
+    run(create_app(config), sockets, shutdown_timeout=SHUTDOWN_TIMEOUT)
     return 0
 
 

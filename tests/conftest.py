@@ -12,7 +12,6 @@ from aiohttp.test_utils import TestServer
 
 from nightproxy.config import Config, config_from_mapping
 from nightproxy.server.app import create_app
-from nightproxy.server.runner import ProxyRunner
 from tests.fakes import FakeSimpleIndex
 from tests.seaweed import private_seaweed, s3_prefix, seaweed  # noqa: F401 (fixtures)
 from tests.wheels import build_wheel
@@ -48,9 +47,7 @@ def make_config(tmp_path: Path) -> MakeConfig:
 
     def make(upstreams: list[dict[str, Any]], **sections: Any) -> Config:
         data: dict[str, Any] = {
-            # Small spares: every fill of 1 MiB or more still goes over one, without making
-            # 128 MiB of page cache for each of the suite's hundreds of servers.
-            "cache": {"dir": str(tmp_path / "cache"), "spare_memory": "8MiB"},
+            "cache": {"dir": str(tmp_path / "cache")},
             "retention": {"dev_max_age": "off"},
             "upstreams": upstreams,
         }
@@ -76,19 +73,12 @@ async def start_fake(aiohttp_server: Any) -> StartFake:
     return start
 
 
-class ProxyTestServer(TestServer):
-    """The proxy as ``nightproxy serve`` runs it: with connections that answer warm pages."""
-
-    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
-        return ProxyRunner(self.app, **kwargs)
-
-
 @pytest.fixture
 async def start_proxy() -> AsyncIterator[StartProxy]:
     servers: list[TestServer] = []
 
     async def start(config: Config) -> TestServer:
-        server = ProxyTestServer(create_app(config))
+        server = TestServer(create_app(config))
         await server.start_server()
         servers.append(server)
         return server

@@ -36,7 +36,6 @@ from nightproxy.upstreams.base import Download
 from tests.conftest import (
     PIP_ACCEPT,
     MakeConfig,
-    ProxyTestServer,
     StartFake,
     StartProxy,
     simple_url,
@@ -106,7 +105,7 @@ async def test_blob_cut_short_while_down_is_fetched_again_after_restart(
     config = make_config([{"name": "main", "kind": "simple", "url": simple_url(fake)}])
 
     async def get_once() -> tuple[int, str | None, bytes]:
-        proxy = ProxyTestServer(create_app(config))
+        proxy = TestServer(create_app(config))
         await proxy.start_server()
         try:
             entry = (await listed(http, proxy))[wheel.name]

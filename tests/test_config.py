@@ -150,7 +150,6 @@ def test_defaults_when_sections_omitted(tmp_path: Path) -> None:
     assert config.cache.dir == tmp_path / ".nightproxy-cache"
     assert config.cache.max_size == 20 * 1024**3
     assert config.cache.max_age == 14 * 86400
-    assert config.cache.spare_memory == 128 * 1024**2
     assert (config.index.ttl, config.index.stale_if_error) == (600, 86400)
     assert config.index.stale_while_revalidate is False
     assert config.retention == RetentionConfig(7 * 86400, 3, 3 * 86400)
@@ -649,19 +648,3 @@ def test_parsers_only_raise_config_error(text: str) -> None:
         except ConfigError:
             continue
         assert value >= 0
-
-
-@pytest.mark.parametrize(("value", "expected"), [("0", 0), ("64MiB", 64 * 1024**2)])
-def test_spare_memory_takes_a_size_and_zero_turns_it_off(
-    tmp_path: Path, value: str, expected: int
-) -> None:
-    """``cache.spare_memory`` is a size; 0 is allowed (no spare files)."""
-    config = load(tmp_path, f"cache: {{spare_memory: {value}}}\n" + UPSTREAM)
-    assert config.cache.spare_memory == expected
-
-
-def test_negative_spare_memory_is_rejected(tmp_path: Path) -> None:
-    """A negative ``cache.spare_memory`` is an error at its key."""
-    error = load_error(tmp_path, "cache: {spare_memory: -1MiB}\n" + UPSTREAM)
-    assert_at(error, tmp_path, "cache.spare_memory")
-    assert "negative" in str(error)

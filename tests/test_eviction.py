@@ -48,10 +48,8 @@ def blob_files(cache_dir: Path) -> dict[str, int]:
 
 
 def tmp_files(cache_dir: Path) -> list[Path]:
-    """Leftovers of fills in ``tmp/`` (spare files, made ahead for the next fills, are not)."""
-    return [
-        p for p in (cache_dir / "tmp").iterdir() if p.is_file() and not p.name.startswith("spare.")
-    ]
+    """Leftovers of fills in ``tmp/``."""
+    return [p for p in (cache_dir / "tmp").iterdir() if p.is_file()]
 
 
 async def wait_until(predicate: Any, what: str) -> None:

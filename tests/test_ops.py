@@ -224,7 +224,6 @@ async def test_every_metric_is_prefixed_nightproxy(
         "nightproxy_stale_pages_served",
         "nightproxy_hash_mismatches",
         "nightproxy_downloads_in_flight",
-        "nightproxy_spare_files",
     ):
         assert expected in names, f"{expected} missing from /metrics"
     offenders = [

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import PIP_ACCEPT, StartFake, simple_url
+from nightproxy.server.app import create_app
+from nightproxy.server.runner import bind, bound_port, serve
+from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, simple_url
 from tests.fakes import FakeSimpleIndex
-from tests.support import free_port, nightproxy_serve
+from tests.support import free_port, nightproxy_serve, wait_healthy
 from tests.wheels import build_wheel, sha256_file
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
@@ -154,3 +157,55 @@ async def test_sigterm_leaves_no_temporary_files_and_keeps_the_verified_file(
     assert leftovers == []
     blobs = [p.name for p in (outcome.cache_dir / "blobs").rglob("*") if p.is_file()]
     assert blobs == [outcome.expected_sha256]
+
+
+@pytest.mark.parametrize("turns", range(10))
+async def test_a_connection_accepted_just_before_shutdown_is_not_left_hanging(
+    make_config: MakeConfig, simple_upstream: FakeSimpleIndex, turns: int
+) -> None:
+    """A client that connected and sent its request a few event-loop turns before shutdown
+    began is answered or disconnected at once, never kept waiting for the shutdown timeout.
+
+    On Python 3.11 a connection accepted in the last turns before the listeners close has no
+    request loop running yet when shutdown closes idle connections; ``turns`` moves the
+    moment of the stop across that window.
+    """
+    upstream = {"name": "main", "kind": "simple", "url": simple_url(simple_upstream)}
+    app = create_app(make_config([upstream]))
+    sockets = bind("127.0.0.1", 0)
+    port = bound_port(sockets)
+    stop = asyncio.Event()
+    # A shutdown timeout far beyond the waits below: a hanging client shows as a timeout.
+    serving = asyncio.create_task(serve(app, sockets, shutdown_timeout=300.0, stop=stop))
+    clients: list[socket.socket] = []
+    try:
+        await wait_healthy(None, port)
+        for _ in range(4):
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(client)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        stop.set()
+        for client in clients:
+            answer = await asyncio.wait_for(asyncio.to_thread(_read_all, client), WAIT)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 200"), answer
+        await asyncio.wait_for(serving, WAIT)
+    finally:
+        for client in clients:
+            client.close()
+        stop.set()
+        if not serving.done():
+            serving.cancel()
+
+
+def _read_all(client: socket.socket) -> bytes:
+    """What the server sends before it closes the connection (b"" for a reset)."""
+    client.settimeout(2 * WAIT)
+    data = b""
+    try:
+        while chunk := client.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data

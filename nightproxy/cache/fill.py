@@ -23,7 +23,6 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import BinaryIO
 
-from nightproxy.cache.spares import SparePool
 from nightproxy.cache.store import CacheStore
 from nightproxy.upstreams.base import CHUNK_SIZE, Download
 
@@ -245,25 +244,14 @@ class _Spooler:
 
 
 class FillManager:
-    """Owns every running fill; at most one per file key.
+    """Owns every running fill; at most one per file key."""
 
-    With ``spare_memory`` (bytes), it also keeps that much page cache ready for the next fills
-    (``SparePool``), made while no fill runs; ``start_spares`` begins making it.
-    """
-
-    def __init__(self, store: CacheStore, *, spare_memory: int = 0) -> None:
+    def __init__(self, store: CacheStore) -> None:
         self.store = store
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.upstream_bytes = 0
         self.hash_mismatches = 0
-        #: Set while no fill runs.
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.spares = SparePool(store.tmp_dir, spare_memory, self.idle)
-
-    def start_spares(self) -> None:
-        self.spares.start()
 
     @property
     def in_flight(self) -> int:
@@ -288,7 +276,6 @@ class FillManager:
             return fill
         fill = Fill(key, self.store.temp_path(key), expected_sha256)
         self._fills[key] = fill
-        self.idle.clear()
         task = asyncio.create_task(
             self._run(fill, opener, filename=filename, upstream=upstream, on_done=on_done),
             name=f"fill {filename}",
@@ -308,18 +295,12 @@ class FillManager:
     ) -> None:
         reserved = 0
         digest = hashlib.sha256()
-        spared = False
         try:
             async with opener() as download:
                 fill.size = download.size
-                spare = self.spares.take(download.size)
-                if spare is None:
-                    fill._fd = await asyncio.to_thread(
-                        os.open, fill.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644
-                    )
-                else:
-                    spared = True
-                    fill.tmp_path, fill._fd = spare
+                fill._fd = await asyncio.to_thread(
+                    os.open, fill.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644
+                )
                 if download.size is not None:
                     victims = self.store.reserve(download.size)
                     if victims is not None:
@@ -365,7 +346,12 @@ class FillManager:
                         await asyncio.to_thread(self.store.delete_blobs, victims)
             if reserved:
                 await asyncio.to_thread(
-                    self._admit, fill, fill._fd, sha, spared, filename=filename, upstream=upstream
+                    self.store.admit_file,
+                    fill.tmp_path,
+                    sha,
+                    fill.written,
+                    filename=filename,
+                    upstream=upstream,
                 )
                 self.store.admitted(sha, fill.written, reserved, filename, upstream=upstream)
                 reserved = 0
@@ -389,8 +375,6 @@ class FillManager:
             # Settle the fill before any await: a request arriving meanwhile must start a new
             # fill (or find the cached file), never join this finished one.
             self._fills.pop(fill.key, None)
-            if not self._fills:
-                self.idle.set()
             if reserved:
                 self.store.release(reserved)
             try:
@@ -414,25 +398,12 @@ class FillManager:
     def _count(self, size: int) -> None:
         self.upstream_bytes += size
 
-    def _admit(
-        self, fill: Fill, fd: int | None, sha: str, spared: bool, *, filename: str, upstream: str
-    ) -> None:
-        """Move a verified fill into the store (disk I/O: run in a thread)."""
-        if spared and fd is not None:
-            # A spare is larger than most files: cut it to the bytes written (a no-op for a
-            # file that outgrew it) before the store, and readers from it, see its size.
-            os.ftruncate(fd, fill.written)
-        self.store.admit_file(
-            fill.tmp_path, sha, fill.written, filename=filename, upstream=upstream
-        )
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.spares.close()
 
     async def drain(self, timeout: float) -> None:
         """Let running fills finish (graceful shutdown), then cancel what is left."""

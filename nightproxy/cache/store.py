@@ -3,9 +3,8 @@
 Layout under ``cache.dir``::
 
     blobs/<aa>/<sha256>   verified bytes, named by their own digest
-    tmp/                  fills in progress, spare files; all deleted when the server starts
+    tmp/                  fills in progress; all deleted when the server starts
     state.sqlite          size, last use, source of each blob; aliases; last good pages
-    boot_id               the boot the cache was last opened in (see ``_holes_possible``)
 
 A blob is only ever created by renaming a complete, verified temporary file into place, so
 whatever is under ``blobs/`` may be served once start-up found its size to be the recorded one.
@@ -37,8 +36,6 @@ log = logging.getLogger(__name__)
 #: Blobs without a database row are hashed at start-up up to this many (crash leftovers);
 #: more mean a lost database, and are kept at their size.
 ROWLESS_HASH_LIMIT = 100
-#: Identifies the running kernel's boot: a different one means the machine restarted.
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 #: How long after a failed write (a full disk) the cache counts as not writable.
 WRITE_ERROR_WINDOW = 60.0
 
@@ -166,25 +163,9 @@ class CacheStore:
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         self._db = db
-        boot = _read_text(BOOT_ID)
-        self._load(check_holes=self._holes_possible(boot))
-        if boot is not None:
-            _write_text(self.root / "boot_id", boot)
+        self._load()
 
-    def _holes_possible(self, boot: str | None) -> bool:
-        """Whether the machine may have restarted since the cache was last opened.
-
-        A fill written into a spare file (``spares.py``) has its full size before its bytes
-        reach the disk, so a kernel crash or power loss can leave a blob of the right size with
-        holes where data was never written back. A process that merely died leaves nothing of
-        the kind (the kernel still writes its pages), so the blobs are searched for holes (an
-        ``lseek`` each) unless the cache was last opened in this very boot: also when that
-        record is missing or empty (a cache from before it existed, a record lost in a crash)
-        and where no boot id can be read.
-        """
-        return boot is None or _read_text(self.root / "boot_id") != boot
-
-    def _load(self, *, check_holes: bool = False) -> None:
+    def _load(self) -> None:
         assert self._db is not None
         rows = self._db.execute(
             "SELECT sha256, size, last_use, filename, upstream FROM blobs"
@@ -203,9 +184,7 @@ class CacheStore:
         # only be corruption (a torn write): delete it, or it would be served as a hit forever
         # (every request touches it, so LRU never takes it). Only the size is checked, not the
         # bytes: on ext4's default data=ordered mode a file's size grows only once its data is
-        # written, so a crash leaves a blob short. The exception is a fill written over a spare
-        # file, whose size is set first: after a restart of the machine such a blob may have
-        # the right size and holes, which ``check_holes`` looks for (``_holes_possible``).
+        # written, so a crash leaves a blob short.
         # (An fsync of every blob before admitting it would stall the last byte of every cold
         # download; rehashing every blob here would read the whole cache at each start.)
         missing = [sha for sha in known if sha not in on_disk]
@@ -224,14 +203,6 @@ class CacheStore:
             )
         for sha, (size, mtime) in on_disk.items():
             entry = known.get(sha)
-            if check_holes and _has_hole(self.path_for(sha), size):
-                log.warning(
-                    "cached %s has a hole after the machine restarted (bytes never written "
-                    "back): deleted as corrupt",
-                    sha,
-                )
-                corrupt.append(sha)
-                continue
             if entry is not None:
                 if entry.size != size:
                     log.warning(
@@ -617,39 +588,3 @@ class CacheStore:
 
     def temp_path(self, key: str) -> Path:
         return self.tmp_dir / f"{key}.{os.getpid()}.{time.monotonic_ns()}.part"
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``; synced first, so a crash leaves the old or the new."""
-    tmp = path.with_name(path.name + ".new")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        log.warning("cannot record %s: %s", path, exc)
-
-
-def _has_hole(path: Path, size: int) -> bool:
-    """Disk I/O. Whether the file has a hole before ``size`` (where holes can be told)."""
-    if size == 0 or not hasattr(os, "SEEK_HOLE"):
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        return os.lseek(fd, 0, os.SEEK_HOLE) < size
-    except OSError:
-        return False
-    finally:
-        os.close(fd)

@@ -87,8 +87,6 @@ class CacheConfig:
     max_size: int = 20 * 1024**3
     #: Seconds.
     max_age: float = 14 * 86400
-    #: Bytes of page cache kept ready for the next cold downloads (``cache/spares.py``).
-    spare_memory: int = 128 * 1024**2
     #: Bytes per second below which a download counts as stalled; None: no floor.
     fill_min_rate: int | None = 1024
     #: Seconds a download may stay below ``fill_min_rate`` before it is abandoned.

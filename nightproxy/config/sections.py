@@ -27,7 +27,6 @@ from nightproxy.config.reader import (
     read_positive_size,
     read_rate,
     read_s3_url,
-    read_size,
     read_str,
 )
 from nightproxy.config.records import (
@@ -128,7 +127,6 @@ def read_cache(section: Section, base: Path) -> CacheConfig:
             "dir",
             "max_size",
             "max_age",
-            "spare_memory",
             "fill_min_rate",
             "fill_stall_timeout",
             "scrub_rate",
@@ -140,7 +138,6 @@ def read_cache(section: Section, base: Path) -> CacheConfig:
         dir=section.read("dir", lambda n: read_path(n, base), defaults.dir),
         max_size=section.read("max_size", read_positive_size, defaults.max_size),
         max_age=section.read("max_age", read_positive_duration, defaults.max_age),
-        spare_memory=section.read("spare_memory", read_size, defaults.spare_memory),
         fill_min_rate=section.read("fill_min_rate", _rate_or_off, defaults.fill_min_rate),
         fill_stall_timeout=section.read(
             "fill_stall_timeout", read_positive_duration, defaults.fill_stall_timeout

@@ -10,7 +10,6 @@ from typing import ClassVar, TypeAlias
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import BadHttpMessage
 
 from nightproxy import logs
 from nightproxy.server.metrics import Metrics
@@ -19,9 +18,14 @@ log = logging.getLogger("nightproxy.access")
 
 
 def _route(request: web.BaseRequest) -> str:
-    # A request aiohttp could not parse (answered 400 by aiohttp itself) never reaches the
-    # router, and then ``match_info`` (and ``app``, read through it) fails an assertion.
-    match_info = request._match_info if isinstance(request, web.Request) else None
+    if not isinstance(request, web.Request):
+        return "unmatched"
+    try:
+        match_info: web.UrlMappingMatchInfo | None = request.match_info
+    except AssertionError:
+        # A request aiohttp could not parse (answered 400 by aiohttp itself) never reaches
+        # the router, and then ``match_info`` asserts that it has one.
+        return "unmatched"
     if match_info is not None:
         resource = match_info.route.resource
         if resource is not None:
@@ -121,6 +125,16 @@ _ExcInfo: TypeAlias = (
 )
 
 
+def _client_fault(error: BaseException | None) -> int | None:
+    """The 4xx status aiohttp answered ``error`` with, if it was the client's request at fault.
+
+    aiohttp's parser errors carry that status as ``code``; their classes are not part of its
+    public API, so they are known by that attribute.
+    """
+    code = getattr(error, "code", None)
+    return code if isinstance(code, int) and 400 <= code < 500 else None
+
+
 class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's connection logger, without a traceback for a request the client got wrong.
 
@@ -142,8 +156,9 @@ class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
         **kwargs: object,
     ) -> None:
         error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if isinstance(error, BadHttpMessage):
-            self.logger.debug(f"{msg}: %s, answered %d", *args, type(error).__name__, error.code)
+        code = _client_fault(error)
+        if code is not None:
+            self.logger.debug(f"{msg}: %s, answered %d", *args, type(error).__name__, code)
             return
         super().exception(
             msg,

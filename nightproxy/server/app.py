@@ -105,8 +105,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     upstreams = {u.name: make_upstream(u, session) for u in config.upstreams}
     app[keys.UPSTREAMS] = upstreams
     app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE], app[keys.INDEX_STATE])
-    app[keys.FILLS] = FillManager(app[keys.STORE], spare_memory=config.cache.spare_memory)
-    app[keys.FILLS].start_spares()
+    app[keys.FILLS] = FillManager(app[keys.STORE])
     app[keys.REMOTE_METADATA] = RemoteMetadata()
     app[keys.METRICS].bind(
         app[keys.STORE], app[keys.FILLS], app[keys.INDEX], app[keys.REMOTE_METADATA]

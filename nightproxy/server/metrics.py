@@ -63,11 +63,6 @@ class _LiveCollector(Collector):
             value=self.fills.hash_mismatches,
         )
         yield GaugeMetricFamily(
-            "nightproxy_spare_files",
-            "Spare files (page cache made ready) waiting for the next cold downloads",
-            value=self.fills.spares.ready,
-        )
-        yield GaugeMetricFamily(
             "nightproxy_downloads_in_flight",
             "Upstream downloads running now",
             value=self.fills.in_flight,
@@ -149,27 +144,11 @@ class RequestStats(Collector):
         yield latency
 
 
-class _FastPathStats(Collector):
-    def __init__(self) -> None:
-        #: Warm pages the connection answered itself (``server.fastpath``), also counted in
-        #: ``RequestStats``.
-        self.pages = 0
-
-    def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "nightproxy_fast_path_pages",
-            "Warm project pages answered by the connection, without aiohttp's request path",
-            value=self.pages,
-        )
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = RequestStats()
         self.registry.register(self.requests)
-        self.fast_path = _FastPathStats()
-        self.registry.register(self.fast_path)
         self.cache = Counter(
             "nightproxy_cache_requests",
             "File requests by cache result (hit or miss)",

@@ -25,7 +25,7 @@ from nightproxy.server import keys
 from nightproxy.simple_api.negotiate import CONTENT_TYPES, Format, negotiate, weighted_list
 from nightproxy.simple_api.parse import parse_upload_time
 
-#: The route of a project page; the connection-level fast path answers the same pages.
+#: The route of a project page.
 PROJECT_PAGE = "/simple/{project}/"
 
 
@@ -150,27 +150,6 @@ def _format(request: web.Request) -> Format:
     return fmt
 
 
-#: Above this, a page body is sent in its own write rather than joined to the headers.
-SEPARATE_WRITE = 64 * 1024
-
-
-class _PageResponse(web.Response):
-    """A prepared page body, sent without copying it.
-
-    On Python < 3.12.9 aiohttp joins the header block and the body into one new bytes object
-    per response (``writelines`` is unsafe there); for a 1 MB page that copy is a large part of
-    the request. Flushing the headers on their own lets the body go out as it is.
-    """
-
-    async def _write_headers(self) -> None:
-        await super()._write_headers()
-        writer = self._payload_writer
-        if writer is not None and isinstance(self.body, bytes) and len(self.body) > SEPARATE_WRITE:
-            send_headers = getattr(writer, "send_headers", None)
-            if send_headers is not None:
-                send_headers()
-
-
 #: The response headers of each prepared representation that do not change per request,
 #: derived once: they live as long as the representation does.
 _STATIC: weakref.WeakKeyDictionary[Prepared, Mapping[str, str]] = weakref.WeakKeyDictionary()
@@ -217,8 +196,6 @@ async def _page_response(
     headers["Cache-Control"] = max_age(page, now)
     if etag_matches(request.headers.get("If-None-Match"), prepared.etag):
         return web.Response(status=304, headers=headers)
-    if len(prepared.body) > SEPARATE_WRITE:
-        return _PageResponse(body=prepared.body, headers=headers)
     return web.Response(body=prepared.body, headers=headers)
 
 

@@ -1,4 +1,4 @@
-"""Running the app: aiohttp's runner and sites, with connections that answer warm pages."""
+"""Running the app: listening sockets, aiohttp's ``AppRunner`` and sites, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -6,34 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import cast
+import socket
+from collections.abc import Sequence
 
-import aiohttp
 from aiohttp import web
 
-from nightproxy.server.fastpath import CHECKED, PageServer, supported
-
 log = logging.getLogger(__name__)
-
-
-class ProxyRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer warm pages themselves, where supported."""
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        if not supported():
-            log.info(
-                "aiohttp %s: warm pages take aiohttp's ordinary request path "
-                "(the connection-level fast path is checked against aiohttp %s to %s)",
-                aiohttp.__version__,
-                *CHECKED,
-            )
-            return server
-        # The same server with the same arguments; only the protocol it makes per connection
-        # differs. aiohttp builds it in a private method, so it is re-classed, not rebuilt.
-        server.__class__ = PageServer
-        cast(PageServer, server).fast_app = self.app
-        return server
 
 
 class ListenError(Exception):
@@ -42,77 +20,133 @@ class ListenError(Exception):
 
 #: How long an idle client connection is kept open (``web.run_app``'s default).
 KEEPALIVE_TIMEOUT = 75.0
+#: Connections the kernel queues before they are accepted (aiohttp's default).
+BACKLOG = 128
+#: Event-loop turns between the last accept and closing the listening sockets, and again
+#: before idle connections are closed. Accepting a connection takes asyncio several turns
+#: (an accept task makes the transport, which calls ``connection_made``, which creates
+#: aiohttp's request-loop task). Python 3.11 has two races in them: a server closed while an
+#: accept task is pending drops that connection silently (the transport fails to attach to the
+#: closed server; the socket stays open, unanswered, until garbage collection), and a
+#: connection whose request loop has not begun waiting when aiohttp closes idle connections
+#: (its task is not started eagerly before 3.12) waits for a request whose bytes the closed
+#: connection drops, keeping the client until the shutdown timeout.
+SETTLE_TURNS = 8
 
 
-async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
-    runner = ProxyRunner(
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host``:``port``, bound as ``loop.create_server`` binds them.
+
+    Bound before the server starts, so the port is known to be ours before anything says it
+    is served, and so that worker processes can share them.
+    """
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # As asyncio does: an IPv6 socket does not take the IPv4 port too, so that
+                # the IPv4 address of the same name can be bound beside it.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sockets
+
+
+def bound_port(sockets: Sequence[socket.socket]) -> int:
+    """The port the sockets listen on (the one the kernel chose, for port 0)."""
+    return int(sockets[0].getsockname()[1])
+
+
+async def serve(
+    app: web.Application,
+    sockets: Sequence[socket.socket],
+    *,
+    shutdown_timeout: float,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ``app`` on ``sockets`` until SIGINT or SIGTERM (or ``stop`` is set), then shut
+    down gracefully.
+
+    Shutdown stops accepting, lets responses in flight finish for ``shutdown_timeout`` and
+    runs the app's cleanup contexts (which let downloads fill the cache).
+    """
+    runner = web.AppRunner(
         app,
-        handle_signals=True,
         access_log=None,
         shutdown_timeout=shutdown_timeout,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
-    await runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _stop_on, stop, signum)
     # No reload to do on SIGHUP (restart to apply a new config), and dying of it would cut
     # downloads off and drop the last access lines: say so and carry on.
-    with contextlib.suppress(NotImplementedError, AttributeError):
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP,
-            lambda: log.warning("SIGHUP ignored: restart nightproxy to apply a new config"),
-        )
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: log.warning("SIGHUP ignored: restart nightproxy to apply a new config"),
+    )
     try:
+        await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        # Until SIGINT or SIGTERM, whose handlers (``handle_signals``) raise GracefulExit.
-        await asyncio.Event().wait()
-    finally:
-        # Stop accepting, let responses finish for ``shutdown_timeout``, run cleanup contexts.
-        await runner.cleanup()
-
-
-def run(app: web.Application, host: str, port: int, *, shutdown_timeout: float) -> None:
-    """``web.run_app`` for this app: the same signal handling and shutdown sequence.
-
-    An error while starting (the port is taken) propagates once everything is closed.
-    """
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve(app, host, port, shutdown_timeout))
-    try:
-        loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
-    finally:
-        try:
-            # A task that already ended (raised while starting) must not be awaited again:
-            # that would re-raise its error from here, cutting the cleanup below short.
-            if not main.done():
-                main.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    loop.run_until_complete(main)
+            for sock in sockets:
+                await web.SockSite(runner, sock, backlog=BACKLOG).start()
+            await stop.wait()
         finally:
-            _cancel_all(loop)
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            asyncio.set_event_loop(None)
-            loop.close()
+            await stop_accepting(runner, sockets)
+            await runner.cleanup()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
 
 
-def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
-    tasks = asyncio.all_tasks(loop)
-    for task in tasks:
-        task.cancel()
-    if not tasks:
+def _stop_on(stop: asyncio.Event, signum: int) -> None:
+    name = signal.Signals(signum).name
+    if stop.is_set():
+        log.info("%s: already stopping, waiting for responses in flight", name)
         return
-    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            loop.call_exception_handler(
-                {
-                    "message": "unhandled exception during shutdown",
-                    "exception": task.exception(),
-                    "task": task,
-                }
-            )
+    log.info("%s: stopping; no new connections, finishing the responses in flight", name)
+    stop.set()
+
+
+async def stop_accepting(runner: web.BaseRunner, sockets: Sequence[socket.socket]) -> None:
+    """Stop accepting, let every accepted connection reach its request loop, then close the
+    listening sockets (connections still queued in the kernel are refused)."""
+    loop = asyncio.get_running_loop()
+    for sock in sockets:
+        if sock.fileno() >= 0:
+            loop.remove_reader(sock.fileno())
+    await _settle()
+    for site in list(runner.sites):
+        await site.stop()
+    await _settle()
+
+
+async def _settle() -> None:
+    for _ in range(SETTLE_TURNS):
+        await asyncio.sleep(0)
+
+
+def run(app: web.Application, sockets: Sequence[socket.socket], *, shutdown_timeout: float) -> None:
+    """``web.run_app`` for this app on sockets already bound: the same shutdown sequence."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(app, sockets, shutdown_timeout=shutdown_timeout))
+    log.info("stopped")

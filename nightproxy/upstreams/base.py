@@ -74,30 +74,10 @@ class Download(abc.ABC):
         """The body, in chunks of any size as they arrive. Ends early only by raising."""
 
 
-#: Bytes asked of the socket per receive for file bodies.
-SOCKET_READ_SIZE = 1024 * 1024
-
-
-def _widen_socket_reads(response: aiohttp.ClientResponse) -> None:
-    """Let a file body's connection receive up to ``SOCKET_READ_SIZE`` per wake-up.
-
-    asyncio's selector transport receives at most 256 KiB per readiness event; every receive
-    then goes through the HTTP parser, the stream buffer and a timeout reschedule. For a cold
-    download that per-receive work cost more CPU than the bytes themselves (a cold 50 MB file:
-    about 120 ms of proxy CPU before, 85-95 ms after). ``max_size`` is the transport's own
-    per-instance read size; transports without it (other event loops) are left alone.
-    """
-    connection = response.connection
-    transport = connection.transport if connection is not None else None
-    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = max(transport.max_size, SOCKET_READ_SIZE)  # type: ignore[attr-defined]
-
-
 class HttpDownload(Download):
     def __init__(self, response: aiohttp.ClientResponse, upstream: str) -> None:
         self._response = response
         self._upstream = upstream
-        _widen_socket_reads(response)
         self.size = response.content_length
         self.etag = response.headers.get("ETag")
         self.last_modified = response.headers.get("Last-Modified")
