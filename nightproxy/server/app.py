@@ -90,7 +90,9 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         connector=connector,
         headers={"User-Agent": f"nightproxy/{__version__}"},
         auto_decompress=True,
-        trust_env=False,
+        # The environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY, as every other HTTP client in a
+        # CI job behind an egress proxy honours them; an upstream's ``proxy:`` overrides them.
+        trust_env=True,
     )
     app[keys.SESSION] = session
     yield

@@ -65,8 +65,8 @@ class AnacondaUpstream(HttpIndexUpstream):
         index_url, self.owner = channel_index_url(config.url, config.label)
         super().__init__(config, session, index_url)
         self.api_url = config.api_url.rstrip("/")
-        self.api_credentials = Credentials(
-            origins=frozenset({origin_of(self.api_url + "/")}), auth=None, headers={}
+        self.api_credentials = Credentials.for_upstream(
+            frozenset({origin_of(self.api_url + "/")}), auth=None, headers={}, proxy=config.proxy
         )
         # Last good API answer per project: only a fallback for when the API fails. It must not
         # be served while the API works, or an overwritten file would keep its old change marker

@@ -100,6 +100,25 @@ class Credentials:
     #: An ``Authorization`` header value (see ``basic_authorization``), or None.
     auth: str | None = field(repr=False)
     headers: Mapping[str, str] = field(repr=False)
+    #: The outbound HTTP proxy for every hop of this upstream (credentials moved into
+    #: ``proxy_auth``); None leaves it to the environment (``HTTPS_PROXY``, ``NO_PROXY``).
+    proxy: str | None = field(default=None, repr=False)
+    proxy_auth: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_upstream(
+        cls,
+        origins: frozenset[Origin],
+        *,
+        auth: str | None,
+        headers: Mapping[str, str],
+        proxy: str | None,
+    ) -> Credentials:
+        """The credentials of one upstream, with its ``proxy:`` URL split from its userinfo."""
+        proxy_auth = None
+        if proxy is not None:
+            proxy, proxy_auth = split_userinfo(proxy)
+        return cls(origins, auth, headers, proxy, proxy_auth)
 
     def covers(self, url: str) -> bool:
         return origin_of(url) in self.origins
@@ -194,6 +213,14 @@ async def request(
             merged["Authorization"] = auth
         if signer is not None and credentials.covers(current):
             merged.update(signer(current))
+        tunnel_headers = None
+        if credentials.proxy_auth is not None:
+            # A plain-HTTP request goes to the proxy as it is; an HTTPS one through a CONNECT
+            # tunnel, whose own request is the only one the proxy reads headers from.
+            if urlsplit(current).scheme == "https":
+                tunnel_headers = {"Proxy-Authorization": credentials.proxy_auth}
+            else:
+                merged["Proxy-Authorization"] = credentials.proxy_auth
         try:
             response = await session.request(
                 method,
@@ -203,6 +230,8 @@ async def request(
                 timeout=timeout,
                 allow_redirects=False,
                 read_bufsize=read_bufsize,
+                proxy=credentials.proxy,
+                proxy_headers=tunnel_headers,
             )
         except TimeoutError as exc:
             raise UpstreamError(upstream, f"timed out on {describe_url(current)}") from exc

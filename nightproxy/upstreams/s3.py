@@ -91,8 +91,11 @@ class S3Upstream(Upstream):
             self.base = f"{ep.scheme}://{self.bucket}.{ep.netloc}{ep.path}"
         else:
             self.base = f"{endpoint}/{quote(self.bucket, safe='')}"
-        self.credentials = Credentials(
-            origins=frozenset({origin_of(self.base + "/")}), auth=None, headers=dict(config.headers)
+        self.credentials = Credentials.for_upstream(
+            frozenset({origin_of(self.base + "/")}),
+            auth=None,
+            headers=dict(config.headers),
+            proxy=config.proxy,
         )
         self.page_timeout = aiohttp.ClientTimeout(total=config.timeout)
         self.file_timeout = aiohttp.ClientTimeout(

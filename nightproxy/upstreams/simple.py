@@ -58,10 +58,11 @@ class HttpIndexUpstream(Upstream):
         self.base_url = clean if clean.endswith("/") else clean + "/"
         if auth is None and config.username is not None:
             auth = basic_authorization(config.username, config.password or "")
-        self.credentials = Credentials(
-            origins=frozenset({origin_of(self.base_url)}),
+        self.credentials = Credentials.for_upstream(
+            frozenset({origin_of(self.base_url)}),
             auth=auth,
             headers=dict(config.headers),
+            proxy=config.proxy,
         )
         self.page_timeout = aiohttp.ClientTimeout(total=config.timeout)
         # A big wheel may take minutes: bound the silence between bytes, not the whole transfer.

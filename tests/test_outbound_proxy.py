@@ -1,0 +1,153 @@
+"""Outbound HTTP proxies: CI behind an egress proxy reaches its feeds through nightproxy.
+
+The proxy here is a real forward proxy on a loopback socket (plain HTTP, absolute-form request
+targets, as clients send them to a proxy); it forwards each request and records what it saw.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy, simple_url
+from tests.fakes import FakeSimpleIndex
+
+
+@dataclass
+class ForwardProxy:
+    """An HTTP forward proxy that may demand Basic ``Proxy-Authorization``."""
+
+    credentials: tuple[str, str] | None = None
+    seen: list[str] = field(default_factory=list)
+    base_url: str = ""
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.forward)
+        return app
+
+    def bind(self, server: Any) -> None:
+        self.base_url = str(server.make_url("/"))
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if self.credentials is not None:
+            user, password = self.credentials
+            wanted = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            if request.headers.get("Proxy-Authorization") != wanted:
+                return web.Response(status=407, headers={"Proxy-Authenticate": "Basic"})
+        # A proxied request names the origin in its Host header and its target in the path.
+        target = f"http://{request.headers['Host']}{request.rel_url}"
+        self.seen.append(target)
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in {"host", "proxy-authorization", "proxy-connection"}
+        }
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(request.method, target, headers=headers) as upstream,
+        ):
+            body = await upstream.read()
+            keep = {
+                k: v
+                for k, v in upstream.headers.items()
+                if k.lower() not in {"transfer-encoding", "content-length", "connection"}
+            }
+            return web.Response(status=upstream.status, body=body, headers=keep)
+
+
+@pytest.fixture
+async def feed(start_fake: StartFake, wheelhouse: Path) -> FakeSimpleIndex:
+    from tests.wheels import build_wheel
+
+    fake = FakeSimpleIndex()
+    fake.add_file("demo", build_wheel(wheelhouse, "demo", "1.0"))
+    return await start_fake(fake)
+
+
+@pytest.fixture
+def page_via(
+    start_proxy: StartProxy, make_config: MakeConfig, feed: FakeSimpleIndex, http: Any
+) -> Any:
+    """The feed's ``demo`` page through a new nightproxy whose upstream has ``extra`` keys."""
+
+    async def fetch(**extra: Any) -> dict[str, Any]:
+        entry = {"name": "up", "kind": "simple", "url": simple_url(feed), **extra}
+        server = await start_proxy(make_config([entry]))
+        return await _page(http, server)
+
+    return fetch
+
+
+async def _page(http: aiohttp.ClientSession, proxy: Any) -> dict[str, Any]:
+    async with http.get(proxy.make_url("/simple/demo/"), headers={"Accept": JSON_TYPE}) as r:
+        assert r.status == 200, await r.text()
+        page: dict[str, Any] = await r.json(content_type=None)
+        return page
+
+
+async def test_environment_proxy_carries_upstream_requests(
+    monkeypatch: pytest.MonkeyPatch, start_fake: StartFake, feed: FakeSimpleIndex, page_via: Any
+) -> None:
+    """With HTTP_PROXY set (as on a CI runner behind an egress proxy), feeds are reached
+    through that proxy."""
+    forward = await start_fake(ForwardProxy())
+    monkeypatch.setenv("HTTP_PROXY", forward.base_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    page = await page_via()
+    assert [f["filename"] for f in page["files"]] == ["demo-1.0-py3-none-any.whl"]
+    assert any(seen.startswith(simple_url(feed)) for seen in forward.seen)
+
+
+async def test_no_proxy_bypasses_the_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch, start_fake: StartFake, page_via: Any
+) -> None:
+    """A feed host listed in NO_PROXY is reached directly, not through HTTP_PROXY."""
+    forward = await start_fake(ForwardProxy())
+    monkeypatch.setenv("HTTP_PROXY", forward.base_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    page = await page_via()
+    assert page["files"]
+    assert forward.seen == []
+
+
+async def test_upstream_proxy_key_with_credentials_is_used(
+    monkeypatch: pytest.MonkeyPatch, start_fake: StartFake, page_via: Any
+) -> None:
+    """An upstream's own ``proxy:`` URL (with user:password) is used for it, the password
+    sent as Proxy-Authorization, even when the environment names no proxy."""
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    forward = await start_fake(ForwardProxy(credentials=("ci", "s3cret")))
+    proxy_url = forward.base_url.replace("http://", "http://ci:s3cret@")
+    page = await page_via(proxy=proxy_url)
+    assert page["files"]
+    assert forward.seen, "the upstream was not reached through its proxy"
+
+
+async def test_upstream_proxy_password_is_masked_in_the_effective_config(
+    make_config: MakeConfig,
+) -> None:
+    """``check`` shows an upstream's proxy URL without its password."""
+    from nightproxy.config import masked
+
+    config = make_config(
+        [
+            {
+                "name": "up",
+                "kind": "simple",
+                "url": "http://feed.invalid/simple/",
+                "proxy": "http://ci:s3cret@p:3128",
+            }
+        ]
+    )
+    shown = repr(masked(config))
+    assert "s3cret" not in shown
+    assert "p:3128" in shown
