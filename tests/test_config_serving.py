@@ -198,6 +198,13 @@ def test_a_bad_fill_or_scrub_setting_is_an_error_at_its_key(
     assert message in error.message
 
 
+def test_the_removed_spare_memory_key_says_to_delete_it(tmp_path: Path) -> None:
+    """``cache.spare_memory`` (spare files, removed) is an unknown key that says so."""
+    error = load_error(tmp_path, "cache: {spare_memory: 128MiB}\n" + UPSTREAM)
+    assert_at(error, tmp_path, "cache.spare_memory")
+    assert error.message == "unknown key (spare files were removed: delete this line)"
+
+
 def test_stall_settings_are_read_and_shown(tmp_path: Path) -> None:
     """Given values land in the record; check shows the timeout as written and rates as bytes."""
     text = "cache: {fill_min_rate: 4KiB/s, fill_stall_timeout: 2m, scrub_rate: 1MiB/s}\n"

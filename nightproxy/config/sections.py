@@ -121,6 +121,12 @@ def _read_shared(node: Node) -> SharedCacheConfig | None:
     )
 
 
+def _removed_cache_key(key: str) -> str:
+    if key == "spare_memory":
+        return " (spare files were removed: delete this line)"
+    return ""
+
+
 def read_cache(section: Section, base: Path) -> CacheConfig:
     section.only(
         (
@@ -131,7 +137,8 @@ def read_cache(section: Section, base: Path) -> CacheConfig:
             "fill_stall_timeout",
             "scrub_rate",
             "shared",
-        )
+        ),
+        _removed_cache_key,
     )
     defaults = CacheConfig(dir=base / ".nightproxy-cache")
     return CacheConfig(
