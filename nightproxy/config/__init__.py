@@ -8,11 +8,11 @@ traceback, and no error message, ``repr`` or :func:`masked` output ever echoes a
 Where things are:
 
 - ``records``, ``kinds``, ``retention``: the typed records (one options record per upstream kind);
-  ``hosted_reader``, ``storage_reader``: the validation of a hosted feed's and a bucket's keys;
 - ``units``: durations and sizes; ``env``: ``${VAR}`` expansion; ``masking``: credentials kept
   out of what people read; ``effective``: the masked configuration ``check`` prints;
-- ``reader``: the small validation toolkit; ``sections``, ``upstream_reader``, ``validate``:
-  the validation of each part of the file;
+- ``reader``: the small validation toolkit; ``sections``, ``upstream_reader``,
+  ``hosted_reader`` (a hosted feed's keys and tokens), ``storage_reader`` (a bucket's keys),
+  ``validate``: the validation of each part of the file;
 - ``yaml_loader``: reading the file; ``discovery``: finding it, and preparing ``cache.dir``.
 """
 
