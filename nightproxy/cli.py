@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -64,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and print it, secrets masked")
     check.add_argument("--config")
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also contact every upstream and say what it found (exit 1 if one fails)",
+    )
 
     cache = commands.add_parser("cache", help="inspect or prune the file cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
@@ -119,7 +125,35 @@ def _check(args: argparse.Namespace) -> int:
     prepare_cache_dir(config)
     print(yaml.safe_dump(masked(config), sort_keys=False), end="")
     print(f"# {config.source}: OK", file=sys.stderr)
+    if args.probe:
+        return asyncio.run(_probe(config))
     return 0
+
+
+async def _probe(config: Config) -> int:
+    import aiohttp
+
+    from nightproxy.index.probe import probe, worst
+    from nightproxy.upstreams import KINDS, make_upstream
+
+    async with aiohttp.ClientSession(
+        headers={"User-Agent": f"nightproxy/{__version__} (check --probe)"}, trust_env=True
+    ) as session:
+        upstreams = {u.name: make_upstream(u, session) for u in config.upstreams if u.kind in KINDS}
+        try:
+            results = await probe(config, upstreams)
+        finally:
+            for upstream in upstreams.values():
+                await upstream.close()
+    for result in results:
+        print(
+            f"{result.upstream} ({result.kind}): {result.verdict.upper()}: {result.detail} "
+            f"[{result.seconds:.1f}s]"
+        )
+    for u in config.upstreams:
+        if u.kind not in KINDS:
+            print(f"{u.name} ({u.kind}): not probed: this server stores it")
+    return 1 if worst(results) == "failed" else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
