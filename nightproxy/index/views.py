@@ -36,6 +36,11 @@ class AllUpstreamsFailedError(Exception):
         detail = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
         super().__init__(f"no upstream could serve {project}: {detail}")
         self.reasons = dict(reasons)
+        first = next(iter(reasons.items()), None)
+        #: One line for a status line: the project and the first upstream's reason.
+        self.summary = f"no upstream could serve {project}" + (
+            f" ({first[0]}: {first[1]})" if first else ""
+        )
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from nightproxy.cache.store import CacheStore
 from nightproxy.index.service import AllUpstreamsFailedError
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
+from nightproxy.server.errors import bad_gateway
 from nightproxy.server.ops import setup_ops_routes
 from nightproxy.server.pages import setup_page_routes
 from nightproxy.simple_api.filenames import METADATA_SUFFIX, is_safe_filename, parse_dist_filename
@@ -47,7 +48,7 @@ async def _find_file(
     try:
         return await request.app[keys.INDEX].find_file(project, key)
     except AllUpstreamsFailedError as exc:
-        raise web.HTTPBadGateway(text=f"{exc}\n") from None
+        raise bad_gateway(str(exc), summary=exc.summary) from None
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ async def _stream_fill(request: web.Request, fill: Fill) -> web.StreamResponse:
     try:
         reader = await fill.open_reader()
     except FillError as exc:
-        raise web.HTTPBadGateway(text=f"upstream download failed: {exc}\n") from None
+        raise bad_gateway(f"upstream download failed: {exc}") from None
     with reader:
         response = web.StreamResponse(
             headers={
@@ -389,16 +390,14 @@ async def _extracted_metadata(
         await fill.finished.wait()
         wheel_sha = store.resolve(key)
         if wheel_sha is None:
-            raise web.HTTPBadGateway(
-                text=f"could not fetch {source.filename} to read its metadata\n"
-            )
+            raise bad_gateway(f"could not fetch {source.filename} to read its metadata")
     try:
         with store.pinned(wheel_sha):
             data = await asyncio.to_thread(
                 extract_metadata, store.path_for(wheel_sha), source.filename
             )
     except MetadataError as exc:
-        raise web.HTTPBadGateway(text=f"{exc}\n") from None
+        raise bad_gateway(str(exc)) from None
     victims = store.reserve(len(data))
     if victims is None:
         raise web.HTTPInsufficientStorage(text="no room in the cache for metadata\n")

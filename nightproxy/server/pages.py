@@ -22,6 +22,7 @@ from yarl import URL
 from nightproxy.index.prepared import Prepared
 from nightproxy.index.service import AllUpstreamsFailedError, ListView, ProjectView
 from nightproxy.server import keys
+from nightproxy.server.errors import bad_gateway
 from nightproxy.simple_api.negotiate import CONTENT_TYPES, Format, negotiate, weighted_list
 from nightproxy.simple_api.parse import parse_upload_time
 
@@ -246,7 +247,7 @@ async def project_page(request: web.Request) -> web.Response:
             view = await index.view(project, as_of)
         except AllUpstreamsFailedError as exc:
             # A short plain-text 502, never an empty page that looks like "no files".
-            raise web.HTTPBadGateway(text=f"{exc}\n") from None
+            raise bad_gateway(str(exc), summary=exc.summary) from None
         if view is None:
             raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
     return await _page_response(request, view, fmt, gzipped, index.clock())
