@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
 
@@ -69,6 +70,27 @@ async def wait_healthy(proc: asyncio.subprocess.Process | None, port: int) -> No
                         return
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)
+
+
+async def refuses_connections(base: URL) -> bool:
+    """True once a brand-new connection to the server fails (its listener is closed).
+
+    A probe whose connection the server accepted just before its shutdown began gets no
+    answer until the drain ends (aiohttp closes connections idle at shutdown, dropping a
+    request that had not been read yet): it gives up after a second, and the next probe
+    tells.
+    """
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as fresh:
+        try:
+            async with fresh.get(base.join(URL("/healthz"))) as resp:
+                await resp.read()
+        except aiohttp.ClientConnectionError:
+            return True
+        except TimeoutError:
+            return False
+    return False
 
 
 @contextlib.asynccontextmanager

@@ -61,7 +61,8 @@ class Instruction:
 
 @dataclass
 class Stage:
-    base: str
+    base: str  # as the engine resolves it with the ARG defaults declared before the first FROM
+    written: str  # as FROM spells it
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
 
@@ -77,6 +78,7 @@ class Stage:
 def parse_dockerfile(text: str) -> list[Stage]:
     """Stages of instructions; comments dropped, backslash continuations joined."""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     pending = ""
     start = 0
     for number, raw in enumerate(text.splitlines(), 1):
@@ -97,7 +99,10 @@ def parse_dockerfile(text: str) -> list[Stage]:
         if instruction.keyword == "FROM":
             parts = instruction.args.split()
             name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(parts[0], name))
+            stages.append(Stage(expand(parts[0], global_args), parts[0], name))
+        elif instruction.keyword == "ARG" and not stages:
+            key, _, default = instruction.args.partition("=")
+            global_args[key] = default
         else:
             assert stages, f"line {start}: {keyword} before FROM"
             stages[-1].instructions.append(instruction)
@@ -146,42 +151,53 @@ def env_of(stage: Stage) -> dict[str, str]:
 # -- the Dockerfile's promises ---------------------------------------------------------------
 
 
-def test_images_are_python_311_slim(stages: list[Stage]) -> None:
-    """Every stage builds on the official Python 3.11 slim image."""
+def test_images_are_python_311_slim_unless_a_base_is_given(stages: list[Stage]) -> None:
+    """Every stage builds on the build argument BASE_IMAGE, by default the official Python
+    3.11 slim image."""
     assert stages
     assert {s.base for s in stages} == {"python:3.11-slim"}
+    assert {s.written for s in stages} == {"${BASE_IMAGE}"}
 
 
 def test_runtime_runs_as_the_non_root_nightproxy_user(runtime: Stage) -> None:
-    """USER is the uid that the image's ``useradd`` gives the ``nightproxy`` user, not root."""
+    """USER is the uid:gid that ``groupadd``/``useradd`` give the ``nightproxy`` user and group
+    (the group by number: ``--user-group`` would give it the next free system gid), not root."""
     user = runtime.one("USER").args
-    uid = user.split(":")[0]
+    uid, _, gid = user.partition(":")
     assert uid not in {"0", "root"}
+    assert gid not in {"", "0", "root"}
     created = next(r.args for r in runtime.all("RUN") if "useradd" in r.args)
+    assert re.search(rf"groupadd [^&]*--gid {gid} nightproxy\s*&&", created), created
     assert re.search(rf"--uid {uid}\b", created), created
+    assert re.search(rf"useradd [^&]*--gid {gid}\b", created), created
+    assert "--user-group" not in created
     assert re.search(r"useradd [^&]* nightproxy\s*(&&|$)", created), "useradd ... nightproxy"
     # The cache volume belongs to that user, so it can write its cache.
     assert "chown nightproxy:nightproxy /var/cache/nightproxy" in created
 
 
 def test_runtime_exposes_8080_with_the_cache_as_a_volume(runtime: Stage) -> None:
-    """EXPOSE 8080 and VOLUME /var/cache/nightproxy, the baked-in config's cache.dir."""
+    """EXPOSE 8080 and VOLUME /var/cache/nightproxy, the baked-in config's cache.dir; the
+    config listens on the image's NIGHTPROXY_PORT, 8080."""
     assert runtime.one("EXPOSE").args.split() == ["8080"]
     volumes = json.loads(runtime.one("VOLUME").args)
     config = yaml.safe_load(CONTAINER_CONFIG.read_text())
     assert volumes == [config["cache"]["dir"]] == ["/var/cache/nightproxy"]
-    assert config["server"] == {"host": "0.0.0.0", "port": 8080}
+    assert config["server"] == {"host": "0.0.0.0", "port": "${NIGHTPROXY_PORT:-8080}"}
+    assert env_of(runtime)["NIGHTPROXY_PORT"] == "8080"
 
 
-def test_runtime_healthcheck_probes_healthz_with_python(runtime: Stage) -> None:
-    """HEALTHCHECK runs the interpreter (no curl in slim) against /healthz on port 8080."""
+def test_runtime_healthcheck_probes_healthz_on_the_configured_port(runtime: Stage) -> None:
+    """HEALTHCHECK runs the interpreter (no curl in slim) against /healthz on the port the
+    config listens on: $NIGHTPROXY_PORT, not a fixed 8080."""
     check = runtime.one("HEALTHCHECK").args
     options, _, command = check.partition("CMD ")
     assert "--interval=" in options
     assert "--timeout=" in options
     argv = json.loads(command)
     assert argv[0] == "python"
-    assert "http://127.0.0.1:8080/healthz" in " ".join(argv)
+    assert "NIGHTPROXY_PORT" in " ".join(argv)
+    assert ":8080/" not in " ".join(argv)
 
 
 def test_runtime_starts_serve_with_the_mounted_config(runtime: Stage) -> None:
@@ -357,7 +373,7 @@ def container_like(built: Built, runtime: Stage, tmp_path: Path) -> Iterator[Run
     """ENTRYPOINT + CMD from the venv, the baked config on a free loopback port, tmp dirs."""
     config = yaml.safe_load(CONTAINER_CONFIG.read_text())
     port = free_port()
-    config["server"] = {"host": "127.0.0.1", "port": port}
+    config["server"]["host"] = "127.0.0.1"  # the port stays ${NIGHTPROXY_PORT:-8080}
     config["cache"]["dir"] = str(tmp_path / "var-cache-nightproxy")
     wheelhouse = tmp_path / "wheelhouse"
     wheel = build_wheel(wheelhouse, "demo", "1.0")
@@ -371,6 +387,7 @@ def container_like(built: Built, runtime: Stage, tmp_path: Path) -> Iterator[Run
         **host_env(),
         **env_of(runtime),
         "NIGHTPROXY_CONFIG": str(etc / "nightproxy.yaml"),
+        "NIGHTPROXY_PORT": str(port),
         "PATH": f"{built.venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
     }
     argv = runtime.one("ENTRYPOINT").exec_form() + runtime.one("CMD").exec_form()
@@ -420,12 +437,17 @@ def test_installed_server_serves_the_index_from_the_baked_config(
 def test_image_healthcheck_command_passes_against_the_server(
     container_like: Running, runtime: Stage, built: Built
 ) -> None:
-    """The HEALTHCHECK command itself, pointed at the test port, exits 0 (healthy)."""
+    """The HEALTHCHECK command itself, with the server's NIGHTPROXY_PORT, exits 0 (healthy);
+    with another port it exits 1 (unhealthy)."""
     argv = json.loads(runtime.one("HEALTHCHECK").args.partition("CMD ")[2])
-    argv = [a.replace(":8080/", f":{container_like.port}/") for a in argv]
     argv[0] = str(built.venv / "bin" / argv[0])  # PATH in the image starts with the venv
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    assert done.returncode == 0, done.stderr
+    env = {**host_env(), **env_of(runtime)}
+    for port, status in ((container_like.port, 0), (free_port(), 1)):
+        env["NIGHTPROXY_PORT"] = str(port)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False, env=env
+        )
+        assert done.returncode == status, done.stderr
 
 
 def test_stopsignal_stops_the_server_with_status_zero(
@@ -492,14 +514,15 @@ def test_kubernetes_configmap_config_passes_check(tmp_path: Path) -> None:
     assert config["server"] == {"host": "0.0.0.0", "port": 8080}
 
 
-def test_compose_file_healthcheck_ports_and_volumes() -> None:
-    """Compose builds deploy/Dockerfile, publishes 8080, probes /healthz, keeps the cache."""
+def test_compose_file_ports_and_volumes() -> None:
+    """Compose builds deploy/Dockerfile, publishes 8080 (by default) on the container's 8080,
+    keeps the image's HEALTHCHECK, and keeps the cache in a named volume."""
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     service = compose["services"]["nightproxy"]
     build = service["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    assert "8080:8080" in service["ports"]
-    assert any("/healthz" in part for part in service["healthcheck"]["test"])
+    assert service["ports"] == ["${NIGHTPROXY_HOST_PORT:-8080}:8080"]
+    assert "healthcheck" not in service
     targets = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
     assert "/var/cache/nightproxy" in targets
     assert targets["/var/cache/nightproxy"] in compose["volumes"]

@@ -23,31 +23,10 @@ from nightproxy.server.app import create_app
 from nightproxy.server.runner import bind, bound_port, serve
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, simple_url
 from tests.fakes import FakeSimpleIndex
-from tests.support import free_port, nightproxy_serve, wait_healthy
+from tests.support import free_port, nightproxy_serve, refuses_connections, wait_healthy
 from tests.wheels import build_wheel, sha256_file
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
-
-
-async def _refuses_connections(base: URL) -> bool:
-    """True once a brand-new connection to the proxy fails (its listener is closed).
-
-    A probe whose connection the proxy accepted just before the signal was handled gets no
-    answer until the drain ends (aiohttp closes connections idle at shutdown, dropping a
-    request that had not been read yet): it gives up after a second, and the next probe
-    tells.
-    """
-    connector = aiohttp.TCPConnector(force_close=True)
-    timeout = aiohttp.ClientTimeout(total=1.0)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as fresh:
-        try:
-            async with fresh.get(base.join(URL("/healthz"))) as resp:
-                await resp.read()
-        except aiohttp.ClientConnectionError:
-            return True
-        except TimeoutError:
-            return False
-    return False
 
 
 @dataclass
@@ -103,7 +82,7 @@ async def sigterm_mid_download(fake: FakeSimpleIndex, tmp_path: Path) -> Outcome
             proc.send_signal(signal.SIGTERM)
             refused = False
             async with asyncio.timeout(WAIT):
-                while not (refused := await _refuses_connections(base)):
+                while not (refused := await refuses_connections(base)):
                     await asyncio.sleep(0.05)
             assert proc.returncode is None, "the proxy exited with a download in flight"
             fake.slow.release.set()
