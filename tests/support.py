@@ -121,17 +121,20 @@ async def nightproxy_serve(
         await wait_healthy(proc, port)
         yield proc
     finally:
-        if proc.returncode is None:
-            if sigterm:
-                proc.send_signal(signal.SIGTERM)
-            else:
-                proc.kill()
-            try:
-                async with asyncio.timeout(WAIT):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, signal.SIGTERM if sigterm else signal.SIGKILL)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to a still-running process and wait (bounded, then SIGKILL) for its end."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        async with asyncio.timeout(WAIT):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 INSTALL_TIMEOUT = 180.0

@@ -110,6 +110,10 @@ def _cache(cache: CacheConfig) -> dict[str, Any]:
             **_fields(shared.s3),
             "max_size": shared.max_size,
             "max_age": None if shared.max_age is None else format_duration(shared.max_age),
+            "replica_id": shared.replica_id,
+            "peer_url": shared.peer_url,
+            "fill_lease_ttl": format_duration(shared.fill_lease_ttl),
+            "prune_interval": format_duration(shared.prune_interval),
         },
     }
 

@@ -76,6 +76,16 @@ class SharedCacheConfig:
     max_size: int | None = None
     #: Seconds an object unused this long is removed; None: never.
     max_age: float | None = 14 * 86400
+    #: Names this replica in leases, the status page and metrics; None: the host name, the
+    #: process id and a random suffix.
+    replica_id: str | None = None
+    #: Where the other replicas reach this one (``http://host:port``); None:
+    #: ``http://<host name>:<server.port>``.
+    peer_url: str | None = None
+    #: Seconds a fill lease lives unrenewed: how long a killed replica's download blocks others.
+    fill_lease_ttl: float = 10.0
+    #: Seconds between two enforcements of ``max_size``/``max_age`` (one replica at a time).
+    prune_interval: float = 300.0
 
     def __repr__(self) -> str:
         return safe_repr(self)

@@ -20,6 +20,7 @@ from nightproxy.config.reader import (
     read_choice,
     read_duration,
     read_file,
+    read_http_url,
     read_https_url,
     read_int,
     read_path,
@@ -63,7 +64,16 @@ RETENTION_KEYS: Final = ("dev_max_age", "keep_latest", "keep_missing")
 MAX_WORKERS: Final = 256
 
 
-_SHARED_KEYS: Final = ("url", *S3_KEYS, "max_size", "max_age")
+_SHARED_KEYS: Final = (
+    "url",
+    *S3_KEYS,
+    "max_size",
+    "max_age",
+    "replica_id",
+    "peer_url",
+    "fill_lease_ttl",
+    "prune_interval",
+)
 
 
 def _read_workers(node: Node) -> int | Literal["auto"]:
@@ -118,6 +128,14 @@ def _read_shared(node: Node) -> SharedCacheConfig | None:
         s3=read_s3_options(section),
         max_size=section.read("max_size", off_or(read_positive_size), defaults.max_size),
         max_age=section.read("max_age", off_or(read_positive_duration), defaults.max_age),
+        replica_id=section.read("replica_id", read_str, None),
+        peer_url=section.read("peer_url", read_http_url, None),
+        fill_lease_ttl=section.read(
+            "fill_lease_ttl", read_positive_duration, defaults.fill_lease_ttl
+        ),
+        prune_interval=section.read(
+            "prune_interval", read_positive_duration, defaults.prune_interval
+        ),
     )
 
 

@@ -131,8 +131,9 @@ class ObjectStore:
         return url
 
     def _report(self, error: StoreError | None) -> None:
-        if self.on_result is not None and (error is None or error.degrades):
-            self.on_result(error)
+        if self.on_result is not None:
+            # "Not found" and "precondition failed" are answers: the store is working.
+            self.on_result(error if error is not None and error.degrades else None)
 
     def _backoff(self, attempt: int, error: StoreError | None) -> float:
         base = self.settings.backoff * (4 if isinstance(error, StoreThrottledError) else 1)

@@ -121,7 +121,7 @@ class Holder:
         return self.record.url if self.record is not None else None
 
 
-def _store_age(headers: Mapping[str, str], fallback: float) -> float:
+def store_age(headers: Mapping[str, str], fallback: float) -> float:
     """Seconds between the object's Last-Modified and the answer's Date, both the store's."""
     date = headers.get("Date")
     modified = headers.get("Last-Modified")
@@ -158,7 +158,7 @@ class Leases:
             return None
         record = LeaseRecord.from_bytes(body)
         # Without the store's dates (a store that sends none), the lease counts as fresh.
-        return Holder(name, record, etag, _store_age(headers, 0.0))
+        return Holder(name, record, etag, store_age(headers, 0.0))
 
     async def live_holder(self, name: str) -> Holder | None:
         """Who holds the lease now, or None when it is free or expired."""

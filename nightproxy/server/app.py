@@ -18,7 +18,7 @@ from nightproxy.config import Config
 from nightproxy.index.service import IndexService
 from nightproxy.index.state import IndexState
 from nightproxy.logs import BATCH_SECONDS, flush_logs
-from nightproxy.server import handlers, keys
+from nightproxy.server import fleet, handlers, keys
 from nightproxy.server.access import ConnectionLog, access_logger_for
 from nightproxy.server.metrics import Metrics
 from nightproxy.upstreams import make_upstream
@@ -51,9 +51,11 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_index_state_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(fleet.shared_ctx)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
     handlers.setup_routes(app)
+    fleet.setup_fleet_routes(app)
     return app
 
 

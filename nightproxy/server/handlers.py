@@ -20,6 +20,7 @@ from nightproxy.index.service import AllUpstreamsFailedError
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
 from nightproxy.server.errors import bad_gateway
+from nightproxy.server.fleet import shared_filled, shared_opener
 from nightproxy.server.ops import setup_ops_routes
 from nightproxy.server.pages import setup_page_routes
 from nightproxy.simple_api.filenames import METADATA_SUFFIX, is_safe_filename, parse_dist_filename
@@ -267,6 +268,7 @@ def _start_fill(
     index = app[keys.INDEX]
 
     def done(fill: Fill) -> None:
+        shared_filled(app, fill)
         if fill.cached:
             # Stored and verified: metadata now comes from the wheel on disk.
             app[keys.REMOTE_METADATA].forget(key)
@@ -276,7 +278,7 @@ def _start_fill(
 
     return app[keys.FILLS].start(
         key,
-        lambda: upstream.open_file(source),
+        shared_opener(app, key, source.sha256, lambda: upstream.open_file(source)),
         expected_sha256=source.sha256,
         filename=source.filename,
         upstream=source.upstream,

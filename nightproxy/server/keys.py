@@ -7,6 +7,7 @@ from aiohttp import web
 
 from nightproxy.cache.fill import FillManager
 from nightproxy.cache.remote_metadata import RemoteMetadata
+from nightproxy.cache.shared.tier import SharedTier
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.hosted.feed import HostedFeed
@@ -25,3 +26,5 @@ INDEX_STATE = web.AppKey("index_state", IndexState)
 METRICS = web.AppKey("metrics", Metrics)
 REMOTE_METADATA = web.AppKey("remote_metadata", RemoteMetadata)
 FEEDS = web.AppKey("feeds", dict[str, HostedFeed])
+#: The shared tier of a fleet (``cache.shared``), or None for a replica on its own.
+SHARED: web.AppKey[SharedTier | None] = web.AppKey("shared")

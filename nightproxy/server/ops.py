@@ -14,6 +14,7 @@ from nightproxy import __version__
 from nightproxy.config import mask_url
 from nightproxy.index.health import UpstreamHealth
 from nightproxy.server import keys
+from nightproxy.server.fleet import shared_status, shared_status_rows
 from nightproxy.server.metrics import CONTENT_TYPE
 
 
@@ -74,6 +75,14 @@ async def readyz(request: web.Request) -> web.Response:
         },
         "upstreams": upstreams,
     }
+    shared = shared_status(app)
+    if shared is not None:
+        # A failing shared store degrades the replica but does not stop it: it serves from
+        # its disk and the upstreams meanwhile.
+        body["shared"] = shared
+        tier = app[keys.SHARED]
+        if ready and tier is not None and not tier.health.ok:
+            body["status"] = "degraded"
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -160,6 +169,7 @@ th, td {{ border: 1px solid #999; padding: 0.3em 0.8em; text-align: left; }}
 <tr><th>Files</th><td>{store.file_count}</td></tr>
 <tr><th>Hit ratio</th><td>{"-" if ratio is None else f"{ratio:.1%}"}</td></tr>
 <tr><th>Downloads in flight</th><td>{app[keys.FILLS].in_flight}</td></tr>
+{shared_status_rows(app)}
 </tbody>
 </table>
 <h2>Newest builds</h2>

@@ -1,0 +1,158 @@
+"""The server's side of the shared tier: its lifecycle, the peer endpoint, status and metrics.
+
+``/_fleet/fills/<key>`` serves another replica the bytes of a fill this one is running (as they
+arrive, the last one only once verified) or of the finished copy on its disk. Only replicas of
+the fleet may ask: they prove it with the token derived from the store's secret key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from html import escape
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from nightproxy.cache.fill import Fill
+from nightproxy.cache.keys import is_file_key
+from nightproxy.cache.shared.fleetfill import Opener
+from nightproxy.cache.shared.peer import PEER_HEADER, token_matches
+from nightproxy.cache.shared.settings import settings_from_config
+from nightproxy.cache.shared.tier import SharedTier
+from nightproxy.cache.store import CacheStore
+from nightproxy.server import keys
+
+log = logging.getLogger(__name__)
+
+
+async def shared_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    shared = config.cache.shared
+    if shared is None:
+        app[keys.SHARED] = None
+        yield
+        return
+    settings = settings_from_config(shared, config.server.port)
+    tier = SharedTier(app[keys.SESSION], settings)
+    app[keys.SHARED] = tier
+    app[keys.METRICS].registry.register(_FleetCollector(tier))
+    tier.start()
+    log.info(
+        "shared tier s3://%s/%s as replica %s (peers reach it at %s)",
+        settings.store.bucket,
+        settings.store.prefix,
+        settings.replica_id,
+        settings.peer_url,
+    )
+    yield
+    await tier.close()
+
+
+def setup_fleet_routes(app: web.Application) -> None:
+    app.router.add_get("/_fleet/fills/{key}", peer_fill)
+
+
+async def peer_fill(request: web.Request) -> web.StreamResponse:
+    # The file handlers' own ways of answering; imported here, as they import this module.
+    from nightproxy.server.handlers import _serve_cached, _stream_fill
+
+    tier = request.app[keys.SHARED]
+    key = request.match_info["key"]
+    presented = request.headers.get(PEER_HEADER)
+    if tier is None or not token_matches(tier.settings.peer_secret, presented):
+        raise web.HTTPForbidden(text="not a replica of this fleet\n")
+    if not is_file_key(key):
+        raise web.HTTPNotFound(text="no such file\n")
+    fill = request.app[keys.FILLS].get(key)
+    if fill is not None:
+        return await _stream_fill(request, fill)
+    store = request.app[keys.STORE]
+    sha = store.resolve(key)
+    if sha is not None and store.has(sha):
+        return _serve_cached(request, sha)
+    raise web.HTTPNotFound(text="no fill or copy of that file here\n")
+
+
+def shared_opener(
+    app: web.Application, key: str, expected_sha256: str | None, upstream: Opener
+) -> Opener:
+    """What a fill of ``key`` reads: the upstream alone, or through the shared tier."""
+    tier = app[keys.SHARED]
+    if tier is None:
+        return upstream
+    return lambda: tier.open_file(key, expected_sha256, upstream)
+
+
+def shared_filled(app: web.Application, fill: Fill) -> None:
+    """Tell the shared tier how a local fill ended (it may share the copy, release a lease)."""
+    tier = app[keys.SHARED]
+    if tier is None:
+        return
+    store = app[keys.STORE]
+    sha = fill.sha256 if fill.cached else None
+    tier.filled(fill.key, sha, _pinned_copy(store, sha) if sha is not None else None)
+
+
+@asynccontextmanager
+async def _pinned_copy(store: CacheStore, sha256: str) -> AsyncIterator[Path | None]:
+    with store.pinned(sha256):
+        yield store.path_for(sha256) if store.has(sha256) else None
+
+
+def shared_status(app: web.Application) -> dict[str, object] | None:
+    tier = app[keys.SHARED]
+    return tier.describe() if tier is not None else None
+
+
+def shared_status_rows(app: web.Application) -> str:
+    """Rows of the status page's cache table about the shared tier (none without one)."""
+    tier = app[keys.SHARED]
+    if tier is None:
+        return ""
+    health = tier.health
+    state = "ok" if health.ok else "degraded"
+    error = f" ({escape(health.last_error)})" if not health.ok and health.last_error else ""
+    store = tier.settings.store
+    return (
+        f"<tr><th>Replica</th><td>{escape(tier.replica_id)}</td></tr>"
+        f"<tr><th>Shared store</th><td>s3://{escape(store.bucket)}/{escape(store.prefix)} "
+        f"<span class='state-{'ok' if health.ok else 'down'}' id='shared-state'>{state}</span>"
+        f"{error}</td></tr>"
+    )
+
+
+class _FleetCollector(Collector):
+    def __init__(self, tier: SharedTier) -> None:
+        self.tier = tier
+
+    def collect(self) -> Iterator[Metric]:
+        tier = self.tier
+        info = InfoMetricFamily("nightproxy_replica", "This replica of the fleet")
+        info.add_metric([], {"replica": tier.replica_id})
+        yield info
+        yield GaugeMetricFamily(
+            "nightproxy_shared_store_up",
+            "1 while the shared store answers, 0 while it is degraded",
+            value=1.0 if tier.health.ok else 0.0,
+        )
+        failures = CounterMetricFamily(
+            "nightproxy_shared_store_failures",
+            "Failed shared-store requests, by kind (down, throttled, failed, denied)",
+            labels=["kind"],
+        )
+        for kind, count in sorted(tier.health.failures.items()):
+            failures.add_metric([kind], count)
+        yield failures
+        events = CounterMetricFamily(
+            "nightproxy_shared_events",
+            "Shared-tier events: store_hits, peer_streams, upstream_fills, direct_fills, "
+            "uploads, upload_failures, resumed, pruned",
+            labels=["event"],
+        )
+        for event, count in sorted(tier.stats.items()):
+            events.add_metric([event], count)
+        yield events

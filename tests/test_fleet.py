@@ -1,0 +1,266 @@
+"""A fleet: three real replicas (processes, cache dirs) sharing a real S3 store (SeaweedFS)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from nightproxy.objectstore import ObjectStore, StoreSettings
+from tests.conftest import simple_url
+from tests.fakes import FakeSimpleIndex
+from tests.fakes._base import SlowControl
+from tests.fleet import Fleet, RoundRobin
+from tests.seaweed import SeaweedServer
+from tests.support import WAIT, html_anchors
+from tests.wheels import build_wheel
+
+PAYLOAD = 2 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+async def upstream(start_fake: Any, tmp_path: Path) -> FakeSimpleIndex:
+    fake = FakeSimpleIndex()
+    return await start_fake(fake)
+
+
+@pytest.fixture
+async def fleet(
+    seaweed: SeaweedServer, s3_prefix: str, upstream: FakeSimpleIndex, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    fleet = Fleet(seaweed, s3_prefix, simple_url(upstream), tmp_path / "fleet")
+    try:
+        yield fleet
+    finally:
+        await fleet.stop_all()
+
+
+@pytest.fixture
+async def store(seaweed: SeaweedServer, s3_prefix: str) -> AsyncIterator[ObjectStore]:
+    async with aiohttp.ClientSession() as session:
+        yield ObjectStore(
+            session,
+            StoreSettings(
+                bucket=seaweed.bucket,
+                prefix=s3_prefix,
+                endpoint=seaweed.endpoint,
+                access_key_id=seaweed.access_key_id,
+                secret_access_key=seaweed.secret_access_key,
+            ),
+        )
+
+
+def add_slow_wheel(fake: FakeSimpleIndex, tmp_path: Path, project: str, version: str) -> Path:
+    wheel = build_wheel(tmp_path / "wheels", project, version, payload_size=PAYLOAD)
+    fake.add_file(project, wheel)
+    fake.slow_file.add(wheel.name)
+    # About 2 s of download: long enough that every client asks while it runs.
+    fake.slow = SlowControl(chunk_size=64 * 1024, delay=0.05)
+    return wheel
+
+
+async def file_url(http: aiohttp.ClientSession, base: URL, project: str, filename: str) -> URL:
+    async with http.get(base / "simple" / project / "") as resp:
+        assert resp.status == 200, await resp.text()
+        anchors = html_anchors(await resp.text())
+    href = anchors[filename]["href"]
+    assert href is not None
+    return (base / "simple" / project / "").join(URL(href.split("#")[0]))
+
+
+def upstream_gets(fake: FakeSimpleIndex, filename: str) -> int:
+    return sum(1 for r in fake.requests if r.method == "GET" and r.path.endswith("/" + filename))
+
+
+async def fetch(http: aiohttp.ClientSession, url: URL) -> tuple[int, str, float | None, str]:
+    """Status, sha256 of the body, monotonic time of the first body byte, replica."""
+    digest = hashlib.sha256()
+    first: float | None = None
+    async with http.get(url) as resp:
+        async for chunk in resp.content.iter_any():
+            if first is None:
+                first = time.monotonic()
+            digest.update(chunk)
+        return resp.status, digest.hexdigest(), first, resp.headers.get("X-Replica", "")
+
+
+async def blobs_listed(store: ObjectStore) -> dict[str, int]:
+    return {i.key: i.size async for i in store.list_objects("blobs/")}
+
+
+async def wait_for_blob(store: ObjectStore, sha: str) -> None:
+    async with asyncio.timeout(WAIT):
+        while not any(k.endswith(sha) for k in await blobs_listed(store)):
+            await asyncio.sleep(0.1)
+
+
+async def test_herd_across_replicas_downloads_once(
+    fleet: Fleet,
+    upstream: FakeSimpleIndex,
+    store: ObjectStore,
+    start_fake: Any,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """32 clients on one cold file over three replicas: one upstream GET, every sha256 right,
+    every first byte within 1 s of the first (the issue's bound), and the blob then shared."""
+    wheel = add_slow_wheel(upstream, tmp_path, "herd", "1.0")
+    await fleet.start(3)
+    lb = await start_fake(RoundRobin(fleet))
+    base = URL(lb.base_url)
+    # Every replica has the page (pages are per replica); the file is cold everywhere.
+    urls = [await file_url(http, base, "herd", wheel.name) for _ in range(3)]
+    results = await asyncio.gather(*(fetch(http, urls[i % 3]) for i in range(32)))
+    expected = sha256_file(wheel)
+    assert [r[0] for r in results] == [200] * 32
+    assert {r[1] for r in results} == {expected}
+    assert {r[3] for r in results} == {"r0", "r1", "r2"}
+    assert upstream_gets(upstream, wheel.name) == 1, fleet.logs()
+    firsts = [r[2] for r in results if r[2] is not None]
+    assert max(firsts) - min(firsts) < 1.0
+    await wait_for_blob(store, expected)
+
+
+async def test_a_file_fetched_through_one_replica_is_served_by_another(
+    fleet: Fleet,
+    upstream: FakeSimpleIndex,
+    store: ObjectStore,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Fetched via A and shared, the file comes to B from the store: no upstream request."""
+    wheel = build_wheel(tmp_path / "wheels", "shared", "1.0", payload_size=PAYLOAD)
+    upstream.add_file("shared", wheel)
+    a, b = await fleet.start(2)
+    status, digest, _, _ = await fetch(http, await file_url(http, a.base, "shared", wheel.name))
+    assert (status, digest) == (200, sha256_file(wheel))
+    await wait_for_blob(store, digest)
+    url_b = await file_url(http, b.base, "shared", wheel.name)
+    status, digest_b, _, _ = await fetch(http, url_b)
+    assert (status, digest_b) == (200, digest)
+    assert upstream_gets(upstream, wheel.name) == 1
+
+
+async def test_killed_filler_is_taken_over_and_nothing_partial_is_shared(
+    fleet: Fleet,
+    upstream: FakeSimpleIndex,
+    store: ObjectStore,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the replica filling a file: the replica streaming from it completes the file
+    (taking the fill over), the store never lists a partial blob, and the blob is whole."""
+    wheel = add_slow_wheel(upstream, tmp_path, "victim", "1.0")
+    expected = sha256_file(wheel)
+    a, b = await fleet.start(2)
+    url_a = await file_url(http, a.base, "victim", wheel.name)
+    url_b = await file_url(http, b.base, "victim", wheel.name)
+    sizes_seen: set[int] = set()
+    watching = True
+
+    async def watch() -> None:
+        while watching:
+            sizes_seen.update((await blobs_listed(store)).values())
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        on_a = asyncio.create_task(fetch(http, url_a))
+        async with asyncio.timeout(WAIT):
+            while upstream_gets(upstream, wheel.name) == 0:
+                await asyncio.sleep(0.02)
+        on_b = asyncio.create_task(fetch(http, url_b))
+        await asyncio.sleep(0.5)  # B is streaming from A by now
+        await a.kill()
+        status, digest, _, _ = await on_b
+        with pytest.raises(aiohttp.ClientError):
+            await on_a
+        assert (status, digest) == (200, expected), fleet.logs()
+        await wait_for_blob(store, expected)
+    finally:
+        watching = False
+        await watcher
+    assert sizes_seen <= {wheel.stat().st_size}
+    blob = next(k for k in await blobs_listed(store) if k.endswith(expected))
+    body, _ = await store.get(blob, limit=2 * PAYLOAD)
+    assert hashlib.sha256(body).hexdigest() == expected
+    assert upstream_gets(upstream, wheel.name) == 2
+
+
+async def readyz(http: aiohttp.ClientSession, base: URL) -> tuple[int, dict[str, Any]]:
+    async with http.get(base / "readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_store_outage_under_load_degrades_and_recovers(
+    private_seaweed: SeaweedServer,
+    upstream: FakeSimpleIndex,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The store killed and restarted while clients fetch: no answer is a 5xx, /readyz says
+    degraded during the outage and ok after, with no replica restarted."""
+    wheels = [
+        build_wheel(tmp_path / "wheels", "load", f"1.{i}", payload_size=256 * 1024)
+        for i in range(12)
+    ]
+    for wheel in wheels:
+        upstream.add_file("load", wheel)
+    fleet = Fleet(private_seaweed, "outage/", simple_url(upstream), tmp_path / "fleet")
+    statuses: list[int] = []
+    try:
+        a, b = await fleet.start(2)
+        bases = [a.base, b.base]
+        running = True
+
+        async def client(n: int) -> None:
+            i = n
+            while running:
+                base = bases[i % 2]
+                wheel = wheels[i % len(wheels)]
+                async with http.get(base / "simple" / "load" / "") as resp:
+                    statuses.append(resp.status)
+                    text = await resp.text()
+                if resp.status == 200:
+                    status, digest, _, _ = await fetch(
+                        http, await file_url(http, base, "load", wheel.name)
+                    )
+                    statuses.append(status)
+                    assert status != 200 or digest == sha256_file(wheel)
+                i += 1
+                del text
+
+        clients = [asyncio.create_task(client(n)) for n in range(4)]
+        await asyncio.sleep(1.0)
+        private_seaweed.kill()
+        async with asyncio.timeout(WAIT):
+            while (await readyz(http, a.base))[1].get("status") != "degraded":
+                await asyncio.sleep(0.2)
+        status, body = await readyz(http, a.base)
+        assert status == 200
+        assert body["shared"]["health"]["state"] == "degraded"
+        async with http.get(a.base) as resp:
+            assert "degraded" in await resp.text()
+        await asyncio.sleep(1.0)
+        private_seaweed.start()
+        async with asyncio.timeout(WAIT * 2):
+            while (await readyz(http, a.base))[1].get("status") != "ready":
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+        running = False
+        await asyncio.gather(*clients)
+    finally:
+        await fleet.stop_all()
+    assert statuses
+    assert all(s < 500 for s in statuses), sorted(set(statuses))
