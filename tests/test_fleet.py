@@ -264,3 +264,31 @@ async def test_store_outage_under_load_degrades_and_recovers(
         await fleet.stop_all()
     assert statuses
     assert all(s < 500 for s in statuses), sorted(set(statuses))
+
+
+async def test_new_replicas_with_empty_disks_serve_while_the_upstream_is_down(
+    fleet: Fleet,
+    upstream: FakeSimpleIndex,
+    store: ObjectStore,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Every replica replaced by a new one with an empty disk while the upstream is down: the
+    last good page and the cached file are still served, from the store."""
+    wheel = build_wheel(tmp_path / "wheels", "lasting", "1.0.dev20261201", payload_size=PAYLOAD)
+    upstream.add_file("lasting", wheel)
+    (old,) = await fleet.start(1)
+    status, digest, _, _ = await fetch(http, await file_url(http, old.base, "lasting", wheel.name))
+    assert (status, digest) == (200, sha256_file(wheel))
+    await wait_for_blob(store, digest)
+    async with asyncio.timeout(WAIT):
+        while not [i async for i in store.list_objects("pages/")]:
+            await asyncio.sleep(0.1)
+    await fleet.stop_all()
+    upstream.down = True
+    new_a, new_b = await fleet.start(2)
+    for replica in (new_a, new_b):  # each with a cache directory of its own, new
+        url = await file_url(http, replica.base, "lasting", wheel.name)
+        status, got, _, _ = await fetch(http, url)
+        assert (status, got) == (200, digest), fleet.logs()
+    assert upstream_gets(upstream, wheel.name) == 1

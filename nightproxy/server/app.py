@@ -16,6 +16,7 @@ from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
+from nightproxy.index.shared_state import SharedIndexState
 from nightproxy.index.state import IndexState
 from nightproxy.logs import BATCH_SECONDS, flush_logs
 from nightproxy.server import fleet, handlers, keys
@@ -60,7 +61,9 @@ def create_app(config: Config) -> web.Application:
 
 
 async def _index_state_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = IndexState(app[keys.CONFIG].cache.dir)
+    config = app[keys.CONFIG]
+    # With a shared tier, the state is written through to the store once the tier exists.
+    state = (IndexState if config.cache.shared is None else SharedIndexState)(config.cache.dir)
     await asyncio.to_thread(state.open)
     app[keys.INDEX_STATE] = state
     yield

@@ -24,6 +24,7 @@ from nightproxy.cache.shared.peer import PEER_HEADER, token_matches
 from nightproxy.cache.shared.settings import settings_from_config
 from nightproxy.cache.shared.tier import SharedTier
 from nightproxy.cache.store import CacheStore
+from nightproxy.index.shared_state import SharedIndexState
 from nightproxy.server import keys
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ async def shared_ctx(app: web.Application) -> AsyncIterator[None]:
     tier = SharedTier(app[keys.SESSION], settings)
     app[keys.SHARED] = tier
     app[keys.METRICS].registry.register(_FleetCollector(tier))
+    state = app[keys.INDEX_STATE]
+    if isinstance(state, SharedIndexState):
+        state.attach(tier)
     tier.start()
     log.info(
         "shared tier s3://%s/%s as replica %s (peers reach it at %s)",
