@@ -160,7 +160,7 @@ class Bench:
         home.mkdir()
         s = self.seaweed
         (home / "nightproxy.yaml").write_text(
-            f"cache:\n  dir: {home / 'cache'}\n  spare_memory: 0\n  shared:\n"
+            f"cache:\n  dir: {home / 'cache'}\n  shared:\n"
             f"    url: {s.url(prefix)}\n    endpoint: {s.endpoint}\n"
             f"    access_key_id: {s.access_key_id}\n    secret_access_key: {s.secret_access_key}\n"
             f"    replica_id: replica{self.serial}\n    peer_url: http://127.0.0.1:{port}\n"
