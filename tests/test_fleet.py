@@ -150,6 +150,14 @@ async def test_a_file_fetched_through_one_replica_is_served_by_another(
     status, digest_b, _, _ = await fetch(http, url_b)
     assert (status, digest_b) == (200, digest)
     assert upstream_gets(upstream, wheel.name) == 1
+    async with http.get(b.base / "metrics") as resp:
+        metrics = await resp.text()
+    assert f'nightproxy_replica_info{{replica="{b.name}"}} 1.0' in metrics
+    assert 'nightproxy_shared_events_total{event="store_hits"} 1.0' in metrics
+    assert "nightproxy_shared_store_up 1.0" in metrics
+    async with http.get(b.base) as resp:
+        page = await resp.text()
+    assert b.name in page
 
 
 async def test_killed_filler_is_taken_over_and_nothing_partial_is_shared(

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING
 
-from nightproxy.cache.shared.peer import PeerUnavailableError, open_peer
+from nightproxy.cache.shared.peer import PeerLacksFileError, PeerUnavailableError, open_peer
 from nightproxy.cache.store import is_sha256
 from nightproxy.objectstore import ObjectNotFoundError, StoreError
 from nightproxy.objectstore.lease import Holder, LeaseKeeper
@@ -62,7 +62,7 @@ class FleetDownload(Download):
         self.source = ""
         self._inner: Download | None = None
         self._stack = AsyncExitStack()
-        self._dead_peers: set[str] = set()
+        self._dead_peers: set[tuple[str | None, str]] = set()
 
     async def start(self) -> None:
         self._inner = await self._open(0)
@@ -161,7 +161,10 @@ class FleetDownload(Download):
             tier.stats["upstream_fills"] += 1
             return download
         url = claim.url
-        if url is None or url in self._dead_peers or url == tier.settings.peer_url:
+        # A peer that did not answer is not asked again under the same lease; a new holder
+        # (a new token), even at the same URL, is.
+        dead = (url, claim.record.token if claim.record is not None else "")
+        if url is None or dead in self._dead_peers or url == tier.settings.peer_url:
             return None
         try:
             download = await self._stack.enter_async_context(
@@ -174,9 +177,12 @@ class FleetDownload(Download):
                     read_timeout=tier.settings.fill_lease_ttl * 2,
                 )
             )
+        except PeerLacksFileError as exc:
+            log.debug("%s: %s; asking again", self.key, exc)
+            return None
         except PeerUnavailableError as exc:
             log.info("%s: %s; waiting for its lease", self.key, exc)
-            self._dead_peers.add(url)
+            self._dead_peers.add(dead)
             return None
         self.source = "peer"
         self._skip = offset

@@ -30,7 +30,12 @@ def token_matches(secret: str, presented: str | None) -> bool:
 
 
 class PeerUnavailableError(Exception):
-    """The peer did not answer, or has no such fill or file any more."""
+    """The peer did not answer: it is gone (until its lease says otherwise)."""
+
+
+class PeerLacksFileError(PeerUnavailableError):
+    """The peer answered but has no such fill or file here (the worker process that answered
+    is not the one filling, or the copy was evicted): worth asking again shortly."""
 
 
 @asynccontextmanager
@@ -58,6 +63,8 @@ async def open_peer(
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         raise PeerUnavailableError(f"peer {base_url}: {type(exc).__name__}") from exc
     try:
+        if response.status == 404:
+            raise PeerLacksFileError(f"peer {base_url}: no such fill there")
         if response.status != 200:
             raise PeerUnavailableError(f"peer {base_url}: HTTP {response.status}")
         yield HttpDownload(response, "fleet peer")
