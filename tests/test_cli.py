@@ -81,6 +81,32 @@ def test_version(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"nightproxy {nightproxy.__version__}"
 
 
+def test_console_script_entry_point_is_cli_main() -> None:
+    """The installed ``nightproxy`` script's entry point ``nightproxy.cli:main`` still resolves."""
+    from importlib.metadata import entry_points
+
+    import nightproxy.cli
+
+    (script,) = entry_points(group="console_scripts", name="nightproxy")
+    assert script.value == "nightproxy.cli:main"
+    assert script.load() is nightproxy.cli.main
+
+
+def test_python_m_nightproxy_cli_runs_the_same_command_line(tmp_path: Path) -> None:
+    """``python -m nightproxy.cli --version`` works like ``python -m nightproxy --version``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "nightproxy.cli", "--version"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"nightproxy {nightproxy.__version__}"
+
+
 def test_check_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     """``check`` on a valid file prints it as YAML, every secret from the environment masked."""
     config = tmp_path / "nightproxy.yaml"

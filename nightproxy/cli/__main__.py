@@ -1,0 +1,3 @@
+from nightproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""``nightproxy serve``: bind the port, then run the proxy until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from nightproxy import __version__
+from nightproxy.cli.common import Commands, load
+from nightproxy.config import prepare_cache_dir
+
+#: On SIGTERM, how long responses in flight (downloads to clients) may take to finish: aiohttp
+#: waits this long for them, then as long again for the ones it cancelled, so 30 s in all, as
+#: the deploy files say.
+SHUTDOWN_TIMEOUT = 15.0
+
+
+def _port(text: str) -> int:
+    # As server.port takes it; argparse turns the error into a usage line and exit 2.
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 0 and 65535")
+    return port
+
+
+def register(commands: Commands) -> None:
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument(
+        "--config", help="config file (default: $NIGHTPROXY_CONFIG or ./nightproxy.yaml)"
+    )
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format")
+    serve.set_defaults(handler=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    # Imported here so that `check` and `cache` start without loading the server.
+    from nightproxy.logs import setup_logging
+    from nightproxy.server.app import create_app
+    from nightproxy.server.runner import ListenError, bind, bound_port, run
+
+    config = load(args.config)
+    prepare_cache_dir(config)
+    setup_logging(args.log_format or config.logging.format, config.logging.level)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    try:
+        sockets = bind(host, port)
+    except ListenError as exc:
+        print(f"nightproxy: {exc}", file=sys.stderr)
+        return 1
+    # Only now: the port is ours, and connections queue until the app answers them.
+    logging.getLogger("nightproxy").info(
+        "nightproxy %s serving %d upstreams on http://%s:%d/simple/ (config %s)",
+        __version__,
+        len(config.upstreams),
+        host,
+        bound_port(sockets),
+        config.source,
+    )
+    # SIGINT/SIGTERM: stop accepting, drain, run cleanup contexts.
+    run(create_app(config), sockets, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    return 0
