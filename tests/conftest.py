@@ -103,5 +103,19 @@ async def simple_upstream(start_fake: StartFake, wheelhouse: Path) -> FakeSimple
     return await start_fake(fake)
 
 
+@pytest.fixture
+async def slow_fake(start_fake: StartFake, tmp_path: Path) -> FakeSimpleIndex:
+    """An upstream whose one wheel (256 KiB of payload) is held after its first chunks until
+    the test sets ``slow.release``."""
+    fake = FakeSimpleIndex()
+    wheel = build_wheel(tmp_path / "wheels", "demo", "1.0", payload_size=256 * 1024)
+    fake.add_file("demo", wheel)
+    fake.slow_file.add(wheel.name)
+    fake.slow.chunk_size = 16 * 1024
+    fake.slow.delay = 0.001
+    fake.slow.hold = True
+    return await start_fake(fake)
+
+
 def simple_url(fake: Any) -> str:
     return f"{fake.base_url}simple/"

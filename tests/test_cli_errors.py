@@ -22,6 +22,16 @@ def test_an_impossible_port_is_a_usage_error(tmp_path: Path, port: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+def test_an_impossible_worker_count_is_a_usage_error(tmp_path: Path, workers: str) -> None:
+    """``serve --workers`` below 1 (or neither a number nor ``auto``) is a usage error, exit 2."""
+    (tmp_path / "nightproxy.yaml").write_text(GOOD_UPSTREAM)
+    result = run("serve", "--workers", workers, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "argument --workers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("command", ["check", "serve", "cache"])
 @pytest.mark.parametrize("kind", ["a regular file", "under a regular file"])
 def test_an_unusable_cache_dir_exits_2_naming_the_key(

@@ -21,10 +21,10 @@ from yarl import URL
 
 from nightproxy.server.app import create_app
 from nightproxy.server.runner import bind, bound_port, serve
-from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, simple_url
+from tests.conftest import PIP_ACCEPT, MakeConfig, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import free_port, nightproxy_serve, refuses_connections, wait_healthy
-from tests.wheels import build_wheel, sha256_file
+from tests.wheels import sha256_file
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
 
@@ -37,18 +37,6 @@ class Outcome:
     stderr: str
     refused_during_drain: bool
     cache_dir: Path
-
-
-@pytest.fixture
-async def slow_fake(start_fake: StartFake, tmp_path: Path) -> FakeSimpleIndex:
-    fake = FakeSimpleIndex()
-    wheel = build_wheel(tmp_path / "wheels", "demo", "1.0", payload_size=256 * 1024)
-    fake.add_file("demo", wheel)
-    fake.slow_file.add(wheel.name)
-    fake.slow.chunk_size = 16 * 1024
-    fake.slow.delay = 0.001
-    fake.slow.hold = True
-    return await start_fake(fake)
 
 
 async def sigterm_mid_download(fake: FakeSimpleIndex, tmp_path: Path) -> Outcome:

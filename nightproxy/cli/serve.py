@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+from typing import Literal
 
 from nightproxy import __version__
 from nightproxy.cli.common import Commands, load
@@ -27,6 +29,19 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int | Literal["auto"]:
+    # As server.workers takes it.
+    if text == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} workers: at least 1")
+    return count
+
+
 def register(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument(
@@ -35,6 +50,12 @@ def register(commands: Commands) -> None:
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
     serve.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="serving processes over one cache, or 'auto' for one per CPU "
+        "(overrides server.workers)",
+    )
     serve.set_defaults(handler=serve_command)
 
 
@@ -43,12 +64,17 @@ def serve_command(args: argparse.Namespace) -> int:
     from nightproxy.logs import setup_logging
     from nightproxy.server.app import create_app
     from nightproxy.server.runner import ListenError, bind, bound_port, run
+    from nightproxy.server.workers import serve_workers
 
     config = load(args.config)
     prepare_cache_dir(config)
     setup_logging(args.log_format or config.logging.format, config.logging.level)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    server = config.server
+    if args.workers is not None:
+        server = dataclasses.replace(server, workers=args.workers)
+    workers = server.worker_count()
     try:
         sockets = bind(host, port)
     except ListenError as exc:
@@ -56,13 +82,16 @@ def serve_command(args: argparse.Namespace) -> int:
         return 1
     # Only now: the port is ours, and connections queue until the app answers them.
     logging.getLogger("nightproxy").info(
-        "nightproxy %s serving %d upstreams on http://%s:%d/simple/ (config %s)",
+        "nightproxy %s serving %d upstreams on http://%s:%d/simple/ (config %s%s)",
         __version__,
         len(config.upstreams),
         host,
         bound_port(sockets),
         config.source,
+        f", {workers} workers" if workers > 1 else "",
     )
+    if workers > 1:
+        return serve_workers(config, sockets, workers, shutdown_timeout=SHUTDOWN_TIMEOUT)
     # SIGINT/SIGTERM: stop accepting, drain, run cleanup contexts.
     run(create_app(config), sockets, shutdown_timeout=SHUTDOWN_TIMEOUT)
     return 0

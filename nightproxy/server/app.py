@@ -22,6 +22,7 @@ from nightproxy.logs import BATCH_SECONDS, flush_logs
 from nightproxy.server import fleet, handlers, keys
 from nightproxy.server.access import ConnectionLog, access_logger_for
 from nightproxy.server.metrics import Metrics
+from nightproxy.server.shared_metrics import INTERVAL, SharedDir
 from nightproxy.upstreams import make_upstream
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,12 @@ MAINTENANCE_INTERVAL = 30.0
 DRAIN_TIMEOUT = 25.0
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, shared: SharedDir | None = None) -> web.Application:
+    """The proxy's application; ``shared``: where it shares its figures with the other worker
+    processes of the server, if there are any."""
     # No middlewares: with any, aiohttp adds a wrapper of its own to every request, and the one
     # error they would map (every upstream failing) is answered by the handlers that meet it.
-    metrics = Metrics()
+    metrics = Metrics(shared)
     app = web.Application(
         client_max_size=1024**2,
         handler_args={
@@ -145,15 +148,31 @@ async def _flush_logs_periodically() -> None:
         flush_logs()
 
 
+async def _share_metrics(metrics: Metrics, shared: SharedDir) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(shared.write, metrics.snapshot())
+        except OSError as exc:
+            log.warning("cannot share this worker's metrics in %s: %s", shared.directory, exc)
+        await asyncio.sleep(INTERVAL)
+
+
 async def _maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(_maintenance(app), name="cache maintenance"),
         asyncio.create_task(_flush_logs_periodically(), name="log flusher"),
     ]
+    metrics = app[keys.METRICS]
+    if metrics.shared is not None:
+        tasks.append(asyncio.create_task(_share_metrics(metrics, metrics.shared), name="metrics"))
     yield
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if metrics.shared is not None:
+        # The last requests of a worker that stops count too.
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(metrics.shared.write, metrics.snapshot())
     flush_logs()

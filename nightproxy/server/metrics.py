@@ -1,13 +1,18 @@
 """Prometheus metrics, with the official client and a registry per application.
 
 Counters that the cache and index already keep (evictions, hash mismatches, stale pages, bytes)
-are read at scrape time by a collector instead of being counted twice.
+are read at scrape time by a collector instead of being counted twice. With several worker
+processes, ``/metrics`` and the status page add up every worker's figures
+(``shared_metrics``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -21,7 +26,19 @@ from prometheus_client.registry import Collector
 from nightproxy.cache.fill import FillManager
 from nightproxy.cache.remote_metadata import RemoteMetadata
 from nightproxy.cache.store import CacheStore
+from nightproxy.index.health import UpstreamHealth
 from nightproxy.index.service import IndexService
+from nightproxy.server.shared_metrics import (
+    SharedDir,
+    Snapshot,
+    WholeServer,
+    decode,
+    encode,
+    health_of,
+    merge_families,
+    merge_health,
+    whole_server,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -144,8 +161,22 @@ class RequestStats(Collector):
         yield latency
 
 
+class _Fixed(Collector):
+    """Families already gathered (the whole server's)."""
+
+    def __init__(self, families: list[dict[str, Any]]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return decode(self.families)
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedDir | None = None) -> None:
+        #: Where the workers of a server with several share their figures; None: one process.
+        self.shared = shared
+        self._index: IndexService | None = None
+        self._fills: FillManager | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = RequestStats()
         self.registry.register(self.requests)
@@ -185,6 +216,8 @@ class Metrics:
     ) -> None:
         self.registry.register(_LiveCollector(store, fills, index, remote))
         index.on_upstream_request = self.observe_upstream
+        self._index = index
+        self._fills = fills
 
     def observe_upstream(self, upstream: str, seconds: float, ok: bool) -> None:
         self.upstream_latency.labels(upstream).observe(seconds)
@@ -208,4 +241,45 @@ class Metrics:
         return self.hits / total if total else None
 
     def render(self) -> bytes:
+        """This process's metrics."""
         return generate_latest(self.registry)
+
+    def _health(self) -> dict[str, UpstreamHealth]:
+        return self._index.health if self._index is not None else {}
+
+    def snapshot(self) -> Snapshot:
+        """This process's figures, as other workers read them."""
+        return {
+            "pid": os.getpid(),
+            "families": encode(self.registry.collect()),
+            "health": health_of(self._health()),
+        }
+
+    async def _gathered(self) -> tuple[list[dict[str, Any]], dict[str, UpstreamHealth]]:
+        assert self.shared is not None
+        # Collected here on the event loop, which is the only writer of the live figures;
+        # only the other workers' files are read in a thread.
+        own = self.snapshot()
+        others = await asyncio.to_thread(self.shared.others)
+        families = merge_families(
+            [(own["families"], True), *((s.get("families", []), live) for s, live in others)]
+        )
+        health = merge_health([own["health"], *(s.get("health", {}) for s, live in others if live)])
+        return families, health
+
+    async def render_whole(self) -> bytes:
+        """The whole server's metrics: every worker's, or this process's when it is alone."""
+        if self.shared is None:
+            return self.render()
+        families, _health = await self._gathered()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(families))
+        return generate_latest(registry)
+
+    async def whole_server(self) -> WholeServer:
+        """The status page's figures for the whole server."""
+        if self.shared is None:
+            in_flight = self._fills.in_flight if self._fills is not None else 0
+            return WholeServer(self.hits, self.misses, in_flight, self._health())
+        families, health = await self._gathered()
+        return whole_server(families, health)

@@ -87,7 +87,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[keys.METRICS].render()
+    body = await request.app[keys.METRICS].render_whole()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -116,12 +116,12 @@ async def status_page(request: web.Request) -> web.Response:
     config = app[keys.CONFIG]
     store = app[keys.STORE]
     index = app[keys.INDEX]
-    metrics_ = app[keys.METRICS]
+    whole = await app[keys.METRICS].whole_server()
     now = time.time()
-    ratio = metrics_.hit_ratio
+    ratio = whole.hit_ratio
     rows_up = []
     for upstream in config.upstreams:
-        health = index.health[upstream.name]
+        health = whole.health.get(upstream.name) or index.health[upstream.name]
         where = mask_url(upstream.url) if upstream.url else str(upstream.path)
         rows_up.append(
             f"<tr><td>{escape(upstream.name)}</td><td>{escape(upstream.kind)}</td>"
@@ -168,7 +168,7 @@ th, td {{ border: 1px solid #999; padding: 0.3em 0.8em; text-align: left; }}
 <tr><th>Size</th><td>{_size(used)} of {_size(budget)} ({used / budget:.1%})</td></tr>
 <tr><th>Files</th><td>{store.file_count}</td></tr>
 <tr><th>Hit ratio</th><td>{"-" if ratio is None else f"{ratio:.1%}"}</td></tr>
-<tr><th>Downloads in flight</th><td>{app[keys.FILLS].in_flight}</td></tr>
+<tr><th>Downloads in flight</th><td>{whole.in_flight:.0f}</td></tr>
 {shared_status_rows(app)}
 </tbody>
 </table>

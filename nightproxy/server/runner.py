@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -20,6 +22,8 @@ class ListenError(Exception):
 
 #: How long an idle client connection is kept open (``web.run_app``'s default).
 KEEPALIVE_TIMEOUT = 75.0
+#: What a worker tells the parent once it accepts connections: (its index, its pid).
+READY = struct.Struct("!II")
 #: Connections the kernel queues before they are accepted (aiohttp's default).
 BACKLOG = 128
 #: Event-loop turns between the last accept and closing the listening sockets, and again
@@ -81,12 +85,15 @@ async def serve(
     *,
     shutdown_timeout: float,
     stop: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
+    label: str = "",
 ) -> None:
     """Serve ``app`` on ``sockets`` until SIGINT or SIGTERM (or ``stop`` is set), then shut
     down gracefully.
 
     Shutdown stops accepting, lets responses in flight finish for ``shutdown_timeout`` and
-    runs the app's cleanup contexts (which let downloads fill the cache).
+    runs the app's cleanup contexts (which let downloads fill the cache). ``on_ready`` is
+    called once the app accepts connections; ``label`` names the process in its log lines.
     """
     runner = web.AppRunner(
         app,
@@ -97,7 +104,7 @@ async def serve(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _stop_on, stop, signum)
+        loop.add_signal_handler(signum, _stop_on, stop, signum, label)
     # No reload to do on SIGHUP (restart to apply a new config), and dying of it would cut
     # downloads off and drop the last access lines: say so and carry on.
     loop.add_signal_handler(
@@ -109,6 +116,8 @@ async def serve(
         try:
             for sock in sockets:
                 await web.SockSite(runner, sock, backlog=BACKLOG).start()
+            if on_ready is not None:
+                on_ready()
             await stop.wait()
         finally:
             await stop_accepting(runner, sockets)
@@ -118,8 +127,8 @@ async def serve(
             loop.remove_signal_handler(signum)
 
 
-def _stop_on(stop: asyncio.Event, signum: int) -> None:
-    name = signal.Signals(signum).name
+def _stop_on(stop: asyncio.Event, signum: int, label: str) -> None:
+    name = label + signal.Signals(signum).name
     if stop.is_set():
         log.info("%s: already stopping, waiting for responses in flight", name)
         return
@@ -150,3 +159,41 @@ def run(app: web.Application, sockets: Sequence[socket.socket], *, shutdown_time
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(app, sockets, shutdown_timeout=shutdown_timeout))
     log.info("stopped")
+
+
+def run_worker(
+    app: web.Application,
+    sockets: Sequence[socket.socket],
+    *,
+    shutdown_timeout: float,
+    index: int,
+    ready_fd: int,
+    alive_fd: int,
+) -> None:
+    """``run`` in a worker process: it tells the parent once it accepts connections (on
+    ``ready_fd``), and stops when the parent is gone (``alive_fd`` reaches its end)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def parent_gone() -> None:
+            loop.remove_reader(alive_fd)
+            log.warning("worker %d: the parent process is gone; stopping", index)
+            stop.set()
+
+        def ready() -> None:
+            os.write(ready_fd, READY.pack(index, os.getpid()))
+            os.close(ready_fd)
+
+        loop.add_reader(alive_fd, parent_gone)
+        await serve(
+            app,
+            sockets,
+            shutdown_timeout=shutdown_timeout,
+            stop=stop,
+            on_ready=ready,
+            label=f"worker {index}: ",
+        )
+
+    asyncio.run(main())
