@@ -451,8 +451,12 @@ class Bench:
                 t = tg.Proxpi(run_dir, VENV, up)
             elif name == "devpi":
                 t = tg.Devpi(run_dir, VENV, up)
+            elif name in self.args.variants:
+                tree, workers = self.args.variants[name]
+                t = tg.Nightproxy(run_dir, VENV, up, label=name, tree=tree, workers=workers)
+                t.name = name
             else:
-                t = tg.Nightproxy(run_dir, VENV, up)
+                t = tg.Nightproxy(run_dir, VENV, up, workers=self.args.workers)
             self.targets.append(t)
             t0 = time.perf_counter()
             try:
@@ -592,8 +596,8 @@ class Bench:
                 time.sleep(0.3)  # let background fetches show up in the access log
                 gets = self.nginx.upstream_gets_since(off, f"/files/herdblob/{fn}")
                 r.add("herd_gets", name, gets)
-                if name == "nightproxy" and gets != 1:
-                    r.check_failed(f"nightproxy: herd made {gets} upstream GETs (want 1)")
+                if (name == "nightproxy" or name in self.args.variants) and gets != 1:
+                    r.check_failed(f"{name}: herd made {gets} upstream GETs (want 1)")
         self.measure("herd_median", t, herd)
 
         if name == "nightproxy":
@@ -921,7 +925,20 @@ def main() -> int:
     ap.add_argument("--startup-files", type=int, default=None,
                     help="cached files for nightproxy's start-up scenario (default 100,000; "
                          "1,000 with --quick)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="nightproxy's worker processes (serve --workers)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=TREE[:WORKERS]",
+                    help="another nightproxy column: the source tree TREE (a checkout, e.g. "
+                         "`git worktree add /tmp/before <commit>`) with WORKERS processes; "
+                         "repeatable. Measured in the same run, round-robin with the others")
     args = ap.parse_args()
+    args.variants = {}
+    for spec in args.variant:
+        vname, _, rest = spec.partition("=")
+        tree, _, nworkers = rest.partition(":")
+        if not vname or not tree or vname in ALL_TARGETS:
+            ap.error(f"--variant {spec!r}: want NAME=TREE[:WORKERS], NAME not a target's")
+        args.variants[vname] = (Path(tree).resolve(), int(nworkers or 1))
     args.targets = [x.strip() for x in args.targets.split(",") if x.strip()]
     bad = [x for x in args.targets if x not in ALL_TARGETS]
     if bad:
@@ -932,6 +949,7 @@ def main() -> int:
         args.startup_files = 1_000 if args.quick else 100_000
     # stable column order: nginx first (the reference), then nightproxy, then peers
     args.targets = [x for x in ("nginx", "nightproxy", "proxpi", "devpi") if x in args.targets]
+    args.targets[2:2] = list(args.variants)
 
     def on_signal(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -968,6 +986,8 @@ def main() -> int:
         f"- commit: {git_commit()}",
         f"- versions: {versions()}",
         f"- load generator: {bench.generator()}",
+        f"- nightproxy: this tree, {args.workers} worker(s)"
+        + "".join(f"; {n}: {tree}, {w} worker(s)" for n, (tree, w) in args.variants.items()),
         f"- each figure: median of {args.reps} runs, targets interleaved round-robin; "
         f"run took {elapsed:.0f}s (set-up: venv, fixture, starting the targets, {setup_s:.0f}s)",
         f"- files listed on bigproj's page (upstream has {fixture.BIG_FILES}): {counts or '—'}",

@@ -431,11 +431,21 @@ class Nightproxy(Target):
     name = "nightproxy"
 
     def __init__(self, work: Path, venv: Path, upstream_simple: str,
-                 upstreams: list[tuple[str, str]] | None = None, label: str = "nightproxy") -> None:
+                 upstreams: list[tuple[str, str]] | None = None, label: str = "nightproxy",
+                 tree: Path | None = None, workers: int = 1) -> None:
         super().__init__(work, venv, upstream_simple)
         self.upstreams = upstreams or [("up1", upstream_simple)]
         self.label = label
         self.cache_override: Path | None = None
+        #: Another source tree to run (``PYTHONPATH``; the cwd is neutral, see ``spawn``).
+        self.tree = tree
+        self.workers = workers
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)
+        return env
 
     @property
     def log(self) -> Path:
@@ -464,8 +474,10 @@ class Nightproxy(Target):
     def spawn_only(self) -> None:
         self.port = free_port()
         cfg = self.write_config()
-        self.proc = spawn([self.bin("nightproxy"), "serve", "--config", str(cfg)], self.log,
-                          env=self.env())
+        argv = [self.bin("nightproxy"), "serve", "--config", str(cfg)]
+        if self.workers != 1:
+            argv += ["--workers", str(self.workers)]
+        self.proc = spawn(argv, self.log, env=self.env())
 
     def start(self) -> None:
         if not Path(self.bin("nightproxy")).exists():
