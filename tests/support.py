@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -59,13 +60,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def wait_healthy(proc: asyncio.subprocess.Process | None, port: int) -> None:
-    """Poll /healthz until the server answers (bounded), failing if the process exits."""
-    async with aiohttp.ClientSession() as probe, asyncio.timeout(WAIT):
+async def wait_healthy(
+    proc: asyncio.subprocess.Process | None, port: int, tls: ssl.SSLContext | None = None
+) -> None:
+    """Poll /healthz until the server answers (bounded), failing if the process exits.
+
+    With ``tls`` (a client context trusting the server's CA) over HTTPS.
+    """
+    scheme = "https" if tls is not None else "http"
+    connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as probe, asyncio.timeout(WAIT):
         while True:
             assert proc is None or proc.returncode is None, "nightproxy serve exited early"
             try:
-                async with probe.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                async with probe.get(f"{scheme}://127.0.0.1:{port}/healthz") as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientConnectionError:
@@ -101,10 +109,12 @@ async def nightproxy_serve(
     stdout: int = asyncio.subprocess.DEVNULL,
     stderr: int = asyncio.subprocess.DEVNULL,
     sigterm: bool = True,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """``python -m nightproxy serve --port PORT ARGS``, healthy on entry, stopped on exit.
 
-    On exit a still-running server gets SIGTERM (``sigterm``) or is killed.
+    On exit a still-running server gets SIGTERM (``sigterm``) or is killed. ``tls``: the
+    server serves HTTPS, and this client context trusts it.
     """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -118,7 +128,7 @@ async def nightproxy_serve(
         stderr=stderr,
     )
     try:
-        await wait_healthy(proc, port)
+        await wait_healthy(proc, port, tls)
         yield proc
     finally:
         await stop_process(proc, signal.SIGTERM if sigterm else signal.SIGKILL)

@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 
 from nightproxy.server.tls import TlsCertificates, TlsError
 from tests.oidc_issuer import LocalCA
-from tests.support import WAIT
+from tests.support import WAIT, free_port, nightproxy_serve
 
 
 def der(leaf: trustme.LeafCert) -> bytes:
@@ -38,17 +42,58 @@ class Served:
         self.port = 0
 
     async def open(self, server_name: str = "127.0.0.1") -> tuple[Any, Any, bytes]:
-        """A new TLS connection: its reader, writer and the certificate the server presented."""
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", self.port, ssl=self.ca.client_context(), server_hostname=server_name
-        )
-        return reader, writer, writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return await open_tls(self.port, self.ca, server_name)
 
     async def presented(self, server_name: str = "127.0.0.1") -> bytes:
-        _, writer, cert = await self.open(server_name)
-        writer.close()
-        await writer.wait_closed()
-        return cert
+        return await presented(self.port, self.ca, server_name)
+
+
+#: Room left in the first certificate files, so that later ones can take the same size.
+PADDING = 1024
+
+
+def write_padded(ca: LocalCA, leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
+    """The pair, with trailing blank lines (ignored by PEM readers) to grow into."""
+    ca.write_leaf(leaf, cert, key)
+    for path in (cert, key):
+        path.write_bytes(path.read_bytes() + b"\n" * PADDING)
+
+
+def rewrite_unnoticed(ca: LocalCA, leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
+    """Replace the pair in place with the same sizes and times: nothing a watcher of the files
+    could notice, so only a signal can make the server load them."""
+    before = {path: path.stat() for path in (cert, key)}
+    ca.write_leaf(leaf, cert, key)
+    for path, st in before.items():
+        data = path.read_bytes()
+        assert len(data) <= st.st_size
+        path.write_bytes(data + b"\n" * (st.st_size - len(data)))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+async def open_tls(
+    port: int, ca: LocalCA, server_name: str = "127.0.0.1"
+) -> tuple[Any, Any, bytes]:
+    """A new TLS connection: its reader, writer and the certificate the server presented."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ca.client_context(), server_hostname=server_name
+    )
+    return reader, writer, writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+
+
+async def presented(port: int, ca: LocalCA, server_name: str = "127.0.0.1") -> bytes:
+    """The certificate a new connection is shown."""
+    _, writer, cert = await open_tls(port, ca, server_name)
+    writer.close()
+    await writer.wait_closed()
+    return cert
+
+
+async def wait_presented(port: int, ca: LocalCA, cert: bytes) -> None:
+    """Open new connections until one is shown ``cert`` (bounded by WAIT)."""
+    async with asyncio.timeout(WAIT):
+        while await presented(port, ca) != cert:
+            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -94,13 +139,11 @@ async def test_changed_files_are_picked_up_without_a_signal(
     local_ca.write_leaf(second, staged_cert, staged_key)
     os.replace(staged_key, served.key)
     os.replace(staged_cert, served.cert)
-    async with asyncio.timeout(WAIT):
-        watcher = asyncio.create_task(served.tls.watch())
-        try:
-            while await served.presented() != der(second):
-                await asyncio.sleep(0.05)
-        finally:
-            watcher.cancel()
+    watcher = asyncio.create_task(served.tls.watch())
+    try:
+        await wait_presented(served.port, local_ca, der(second))
+    finally:
+        watcher.cancel()
 
 
 async def test_a_mismatched_pair_keeps_the_old_certificate(
@@ -126,3 +169,81 @@ def test_unusable_files_are_a_clear_error(local_ca: LocalCA, tmp_path: Path) -> 
     key.write_bytes(other.private_key_pem.bytes())
     with pytest.raises(TlsError, match=r"cannot use .*c\.pem"):
         TlsCertificates(cert, key)
+
+
+def write_tls_config(tmp_path: Path, cert: Path, key: Path) -> Path:
+    """A config serving an empty directory feed over HTTPS with ``cert`` and ``key``."""
+    (tmp_path / "wheels").mkdir(exist_ok=True)
+    config = tmp_path / "nightproxy.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"tls": {"cert": str(cert), "key": str(key)}},
+                "cache": {"dir": str(tmp_path / "cache")},
+                "upstreams": [
+                    {"name": "local", "kind": "directory", "path": str(tmp_path / "wheels")}
+                ],
+            }
+        )
+    )
+    return config
+
+
+async def test_nightproxy_serve_rotates_its_certificate_without_a_restart(
+    local_ca: LocalCA, tmp_path: Path
+) -> None:
+    """``nightproxy serve`` with ``server.tls`` serves HTTPS; after the files are replaced, SIGHUP
+    makes new connections get the new certificate, and so does a later change with no signal,
+    all in the same process."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_padded(local_ca, local_ca.leaf, cert, key)
+    config = write_tls_config(tmp_path, cert, key)
+    port = free_port()
+    async with nightproxy_serve(
+        ["--config", str(config)], port, tls=local_ca.client_context()
+    ) as proc:
+        assert await presented(port, local_ca) == der(local_ca.leaf)
+        second = local_ca.ca.issue_cert("127.0.0.1")
+        rewrite_unnoticed(local_ca, second, cert, key)
+        proc.send_signal(signal.SIGHUP)
+        await wait_presented(port, local_ca, der(second))
+        third = local_ca.ca.issue_cert("127.0.0.1")
+        local_ca.write_leaf(third, cert, key)
+        await wait_presented(port, local_ca, der(third))
+        assert proc.returncode is None
+
+
+async def test_every_worker_reloads_on_sighup(local_ca: LocalCA, tmp_path: Path) -> None:
+    """With ``--workers 2``, SIGHUP to the parent reaches every worker: after it, no new
+    connection, whichever worker accepts it, is shown the old certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_padded(local_ca, local_ca.leaf, cert, key)
+    config = write_tls_config(tmp_path, cert, key)
+    port = free_port()
+    async with nightproxy_serve(
+        ["--config", str(config), "--workers", "2"], port, tls=local_ca.client_context()
+    ) as proc:
+        second = local_ca.ca.issue_cert("127.0.0.1")
+        rewrite_unnoticed(local_ca, second, cert, key)
+        proc.send_signal(signal.SIGHUP)
+        await wait_presented(port, local_ca, der(second))
+        seen = {await presented(port, local_ca) for _ in range(20)}
+        assert seen == {der(second)}
+
+
+def test_an_unusable_certificate_is_a_config_error(local_ca: LocalCA, tmp_path: Path) -> None:
+    """A key that is not the certificate's stops ``serve`` with exit 2 naming server.tls."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    local_ca.write_leaf(local_ca.leaf, cert, key)
+    key.write_bytes(local_ca.ca.issue_cert("127.0.0.1").private_key_pem.bytes())
+    config = write_tls_config(tmp_path, cert, key)
+    result = subprocess.run(
+        [sys.executable, "-m", "nightproxy", "serve", "--config", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "server.tls" in result.stderr
+    assert "Traceback" not in result.stderr

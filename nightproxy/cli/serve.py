@@ -64,10 +64,14 @@ def serve_command(args: argparse.Namespace) -> int:
     from nightproxy.logs import setup_logging
     from nightproxy.server.app import create_app
     from nightproxy.server.runner import ListenError, bind, bound_port, run
+    from nightproxy.server.tls import load_tls
     from nightproxy.server.workers import serve_workers
 
     config = load(args.config)
     prepare_cache_dir(config)
+    # Certificate files that cannot be used are a config error before anything listens (each
+    # process loads them again for itself).
+    load_tls(config)
     setup_logging(args.log_format or config.logging.format, config.logging.level)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
@@ -82,9 +86,10 @@ def serve_command(args: argparse.Namespace) -> int:
         return 1
     # Only now: the port is ours, and connections queue until the app answers them.
     logging.getLogger("nightproxy").info(
-        "nightproxy %s serving %d upstreams on http://%s:%d/simple/ (config %s%s)",
+        "nightproxy %s serving %d upstreams on %s://%s:%d/simple/ (config %s%s)",
         __version__,
         len(config.upstreams),
+        "https" if config.server.tls is not None else "http",
         host,
         bound_port(sockets),
         config.source,

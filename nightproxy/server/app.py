@@ -23,6 +23,7 @@ from nightproxy.server import fleet, handlers, keys
 from nightproxy.server.access import ConnectionLog, access_logger_for
 from nightproxy.server.metrics import Metrics
 from nightproxy.server.shared_metrics import INTERVAL, SharedDir
+from nightproxy.server.tls import load_tls
 from nightproxy.upstreams import make_upstream
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ def create_app(config: Config, *, shared: SharedDir | None = None) -> web.Applic
     app.cleanup_ctx.append(fleet.shared_ctx)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
+    tls = load_tls(config)
+    if tls is not None:
+        app[keys.TLS] = tls
+        app.cleanup_ctx.append(_tls_ctx)
     handlers.setup_routes(app)
     fleet.setup_fleet_routes(app)
     return app
@@ -126,6 +131,14 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[keys.INDEX].close()
     for upstream in upstreams.values():
         await upstream.close()
+
+
+async def _tls_ctx(app: web.Application) -> AsyncIterator[None]:
+    watcher = asyncio.create_task(app[keys.TLS].watch(), name="TLS certificate watcher")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
 
 
 async def _maintenance(app: web.Application) -> None:

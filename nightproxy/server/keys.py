@@ -14,6 +14,7 @@ from nightproxy.hosted.feed import HostedFeed
 from nightproxy.index.service import IndexService
 from nightproxy.index.state import IndexState
 from nightproxy.server.metrics import Metrics
+from nightproxy.server.tls import TlsCertificates
 from nightproxy.upstreams.base import Upstream
 
 CONFIG = web.AppKey("config", Config)
@@ -28,3 +29,4 @@ REMOTE_METADATA = web.AppKey("remote_metadata", RemoteMetadata)
 FEEDS = web.AppKey("feeds", dict[str, HostedFeed])
 #: The shared tier of a fleet (``cache.shared``), or None for a replica on its own.
 SHARED: web.AppKey[SharedTier | None] = web.AppKey("shared")
+TLS = web.AppKey("tls", TlsCertificates)

@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from nightproxy.server import keys
+from nightproxy.server.tls import TlsCertificates
+
 log = logging.getLogger(__name__)
 
 
@@ -105,17 +108,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop_on, stop, signum, label)
-    # No reload to do on SIGHUP (restart to apply a new config), and dying of it would cut
-    # downloads off and drop the last access lines: say so and carry on.
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: log.warning("SIGHUP ignored: restart nightproxy to apply a new config"),
-    )
+    tls = app.get(keys.TLS)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, tls, label)
     try:
         await runner.setup()
         try:
             for sock in sockets:
-                await web.SockSite(runner, sock, backlog=BACKLOG).start()
+                await web.SockSite(
+                    runner,
+                    sock,
+                    backlog=BACKLOG,
+                    ssl_context=tls.server_context if tls is not None else None,
+                ).start()
             if on_ready is not None:
                 on_ready()
             await stop.wait()
@@ -125,6 +129,16 @@ async def serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+
+
+def _on_sighup(tls: TlsCertificates | None, label: str) -> None:
+    # The certificate is what may be reloaded. The config is not (restart to apply it), and
+    # dying of SIGHUP would cut downloads off and drop the last access lines.
+    if tls is None:
+        log.warning("%sSIGHUP ignored: restart nightproxy to apply a new config", label)
+        return
+    log.info("%sSIGHUP: reloading the TLS certificate (restart to apply a new config)", label)
+    tls.request_reload()
 
 
 def _stop_on(stop: asyncio.Event, signum: int, label: str) -> None:

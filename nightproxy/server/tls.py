@@ -17,6 +17,8 @@ import os
 import ssl
 from pathlib import Path
 
+from nightproxy.config import Config, ConfigError
+
 log = logging.getLogger(__name__)
 
 #: How often the certificate and key files are checked for a change.
@@ -115,3 +117,14 @@ class TlsCertificates:
                     await self.reload(why="the files changed")
             except Exception:
                 log.exception("checking the TLS certificate files failed")
+
+
+def load_tls(config: Config) -> TlsCertificates | None:
+    """``server.tls`` loaded, None without it; a file that cannot be used is a config error."""
+    tls = config.server.tls
+    if tls is None:
+        return None
+    try:
+        return TlsCertificates(tls.cert, tls.key)
+    except TlsError as exc:
+        raise ConfigError(config.source, "server.tls", str(exc)) from None

@@ -11,6 +11,7 @@ whichever worker accepts it first) and one cache directory. The parent serves no
 - SIGTERM or SIGINT (logged) closes the parent's copy of the listening sockets and passes
   SIGTERM on: each worker drains as a single server does; one still running after
   ``stop_timeout`` is killed;
+- SIGHUP is passed on to every worker, which reloads its TLS certificate (``server.tls``);
 - a worker notices the parent is gone (a pipe only the parent holds the writing end of
   reaches its end) and stops as on SIGTERM, so that killing the parent never leaves workers
   behind.
@@ -214,7 +215,11 @@ class Supervisor:
 
     def _signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            log.warning("SIGHUP ignored: restart nightproxy to apply a new config")
+            # Each worker reloads its TLS certificate, or says it has nothing to reload.
+            for slot in self.slots:
+                if slot.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGHUP)
         elif signum in _STOP_SIGNALS:
             name = signal.Signals(signum).name
             if self.stopping:
