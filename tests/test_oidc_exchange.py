@@ -12,14 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from nightproxy.config import OidcConfig
 from nightproxy.server import oidc
-from nightproxy.trust.claims import GithubPublisher
+from nightproxy.trust.claims import TrustedPublisher
 from nightproxy.trust.minted import TOKEN_PREFIX
-from nightproxy.trust.service import OidcSettings, TrustedPublishing
+from nightproxy.trust.service import TrustedPublishing
+from tests.conftest import simple_url
 from tests.oidc_issuer import REPOSITORY, WORKFLOW, LocalCA, OidcIssuer
 from tests.support import free_port
 
-PUBLISHERS = [GithubPublisher("community", "octo-lib", REPOSITORY, WORKFLOW)]
+PUBLISHERS = [TrustedPublisher("community", "octo-lib", REPOSITORY, WORKFLOW)]
 
 
 class Exchange:
@@ -43,7 +45,7 @@ async def exchange(
             connector=aiohttp.TCPConnector(ssl=local_ca.client_context())
         ) as http,
     ):
-        settings = OidcSettings(issuer=oidc_issuer.url, ca_bundle=local_ca.ca_file)
+        settings = OidcConfig(issuer=oidc_issuer.url, ca_bundle=local_ca.ca_file)
         trust = TrustedPublishing(session, settings, PUBLISHERS, tmp_path)
         await trust.open()
         app = web.Application()
@@ -117,7 +119,7 @@ async def test_an_unreachable_issuer_is_a_503_not_a_refusal(
 ) -> None:
     """When the issuer's keys cannot be fetched, the client is told to retry (503)."""
     async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as http:
-        settings = OidcSettings(issuer=f"https://127.0.0.1:{free_port()}")
+        settings = OidcConfig(issuer=f"https://127.0.0.1:{free_port()}")
         trust = TrustedPublishing(session, settings, PUBLISHERS, tmp_path)
         await trust.open()
         app = web.Application()
@@ -129,3 +131,17 @@ async def test_an_unreachable_issuer_is_a_503_not_a_refusal(
             assert resp.status == 503
             assert (await resp.json())["errors"][0]["code"] == "issuer-unavailable"
         await trust.close()
+
+
+async def test_without_github_publishers_there_is_no_exchange(
+    make_config: Any, start_proxy: Any, simple_upstream: Any, http: aiohttp.ClientSession
+) -> None:
+    """A server whose feeds name no GitHub publisher answers 404 at ``/_/oidc/``: what the
+    clients read as "this index does not do trusted publishing"."""
+    server = await start_proxy(
+        make_config([{"name": "nightly", "kind": "simple", "url": simple_url(simple_upstream)}])
+    )
+    async with http.get(server.make_url("/_/oidc/audience")) as resp:
+        assert resp.status == 404
+    async with http.post(server.make_url("/_/oidc/mint-token"), json={"token": "x"}) as resp:
+        assert resp.status in (404, 405)

@@ -18,14 +18,15 @@ import pytest
 from aiohttp import web
 from packaging.utils import canonicalize_name
 
+from nightproxy.config import OidcConfig
 from nightproxy.hosted.auth import FeedAuth
 from nightproxy.hosted.feed import FeedSettings, HostedFeed
 from nightproxy.hosted.local import LocalStorage
 from nightproxy.hosted.prune import PruneRules
 from nightproxy.server import keys, oidc
 from nightproxy.server.upload import setup_upload_routes
-from nightproxy.trust.claims import GithubPublisher
-from nightproxy.trust.service import MintedTokenSource, OidcSettings, TrustedPublishing
+from nightproxy.trust.claims import TrustedPublisher
+from nightproxy.trust.service import MintedTokenSource, TrustedPublishing
 from tests.hosted_support import NUMPY_TOKEN, run_tool, sha256_line, twine_bin
 from tests.oidc_issuer import REF, REPOSITORY, WORKFLOW, LocalCA, OidcIssuer
 from tests.support import installer_env, uv_bin
@@ -82,13 +83,13 @@ async def publishing(
     feed = HostedFeed(settings, LocalStorage(tmp_path / "feed"), auth)
     await feed.open()
     publishers = [
-        GithubPublisher("community", "octo-lib", REPOSITORY, WORKFLOW, environment="nightly"),
-        GithubPublisher("community", "numpy", "numpy/numpy", "wheels.yml"),
+        TrustedPublisher("community", "octo-lib", REPOSITORY, WORKFLOW, environment="nightly"),
+        TrustedPublisher("community", "numpy", "numpy/numpy", "wheels.yml"),
     ]
     async with aiohttp.ClientSession() as session:
         trust = TrustedPublishing(
             session,
-            OidcSettings(issuer=oidc_issuer.url, ca_bundle=local_ca.ca_file),
+            OidcConfig(issuer=oidc_issuer.url, ca_bundle=local_ca.ca_file),
             publishers,
             tmp_path,
             clock=clock,

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nightproxy.trust.claims import (
-    GithubPublisher,
     Grant,
     Match,
     Refusal,
+    TrustedPublisher,
     match_publishers,
     reported,
 )
@@ -24,13 +24,13 @@ refs = st.from_regex(r"refs/(heads|tags)/[A-Za-z0-9._/-]{1,16}", fullmatch=True)
 
 
 @st.composite
-def publishers(draw: st.DrawFn) -> GithubPublisher:
+def publishers(draw: st.DrawFn) -> TrustedPublisher:
     repository = f"{draw(owners)}/{draw(names)}"
     environment = draw(st.none() | environments)
-    return GithubPublisher("community", "demo", repository, draw(workflows), environment)
+    return TrustedPublisher("community", "demo", repository, draw(workflows), environment)
 
 
-def claims_for(publisher: GithubPublisher, job_ref: str, **overrides: Any) -> dict[str, Any]:
+def claims_for(publisher: TrustedPublisher, job_ref: str, **overrides: Any) -> dict[str, Any]:
     """What GitHub signs for a job of ``publisher``'s workflow on ``job_ref``."""
     claims: dict[str, Any] = {
         "repository": publisher.repository,
@@ -54,7 +54,7 @@ def refusal_reason(result: Match | Refusal) -> str | None:
 
 @given(publishers(), refs)
 def test_the_publishers_own_job_is_granted_its_project(
-    publisher: GithubPublisher, ref: str
+    publisher: TrustedPublisher, ref: str
 ) -> None:
     """A job of the configured repository, workflow and environment gets that project."""
     result = match_publishers(claims_for(publisher, ref), [publisher])
@@ -64,7 +64,7 @@ def test_the_publishers_own_job_is_granted_its_project(
 
 @given(publishers(), refs)
 def test_repository_and_owner_match_without_regard_to_case(
-    publisher: GithubPublisher, ref: str
+    publisher: TrustedPublisher, ref: str
 ) -> None:
     """GitHub names are case-insensitive: a token spelling the repository otherwise matches."""
     claims = claims_for(publisher, ref)
@@ -78,7 +78,7 @@ def test_repository_and_owner_match_without_regard_to_case(
 
 @given(publishers(), publishers(), refs)
 def test_another_repositorys_job_is_refused(
-    publisher: GithubPublisher, other: GithubPublisher, ref: str
+    publisher: TrustedPublisher, other: TrustedPublisher, ref: str
 ) -> None:
     """A job of any other repository is refused, naming the repository as the reason."""
     if other.repository.casefold() == publisher.repository.casefold():
@@ -89,7 +89,7 @@ def test_another_repositorys_job_is_refused(
 
 @given(publishers(), workflows, refs)
 def test_another_workflow_of_the_repository_is_refused(
-    publisher: GithubPublisher, workflow: str, ref: str
+    publisher: TrustedPublisher, workflow: str, ref: str
 ) -> None:
     """Only the named workflow file may publish: another workflow of the same repository not."""
     if workflow == publisher.workflow:
@@ -101,7 +101,7 @@ def test_another_workflow_of_the_repository_is_refused(
 
 @given(publishers(), refs, refs)
 def test_a_workflow_ref_at_another_ref_than_the_jobs_is_refused(
-    publisher: GithubPublisher, ref: str, other_ref: str
+    publisher: TrustedPublisher, ref: str, other_ref: str
 ) -> None:
     """``job_workflow_ref`` must end in the job's own ``ref`` (or ``sha``)."""
     if ref == other_ref:
@@ -111,7 +111,7 @@ def test_a_workflow_ref_at_another_ref_than_the_jobs_is_refused(
 
 
 @given(publishers(), refs)
-def test_pull_request_target_is_always_refused(publisher: GithubPublisher, ref: str) -> None:
+def test_pull_request_target_is_always_refused(publisher: TrustedPublisher, ref: str) -> None:
     """``pull_request_target`` runs a fork's code with the repository's rights: refused."""
     claims = claims_for(publisher, ref, event_name="pull_request_target")
     assert refusal_reason(match_publishers(claims, [publisher])) == "event"
@@ -119,7 +119,7 @@ def test_pull_request_target_is_always_refused(publisher: GithubPublisher, ref: 
 
 @given(publishers(), environments, refs)
 def test_a_named_environment_must_match(
-    publisher: GithubPublisher, environment: str, ref: str
+    publisher: TrustedPublisher, environment: str, ref: str
 ) -> None:
     """When the publisher names an environment, a job in another one (or none) is refused."""
     if publisher.environment is None:
@@ -134,10 +134,10 @@ def test_a_named_environment_must_match(
 
 @given(publishers(), st.none() | environments, refs)
 def test_no_environment_named_means_any(
-    publisher: GithubPublisher, environment: str | None, ref: str
+    publisher: TrustedPublisher, environment: str | None, ref: str
 ) -> None:
     """A publisher that names no environment accepts jobs in any environment or none."""
-    free = GithubPublisher(
+    free = TrustedPublisher(
         publisher.feed, publisher.project, publisher.repository, publisher.workflow
     )
     overrides = {"environment": environment} if environment else {}
@@ -151,7 +151,7 @@ def test_no_environment_named_means_any(
     st.sampled_from([None, 7, "", ["x"]]),
 )
 def test_missing_or_odd_identity_claims_are_refused(
-    publisher: GithubPublisher, ref: str, name: str, value: object
+    publisher: TrustedPublisher, ref: str, name: str, value: object
 ) -> None:
     """Each identity claim must be a non-empty string."""
     claims = claims_for(publisher, ref)
@@ -164,7 +164,7 @@ def test_missing_or_odd_identity_claims_are_refused(
 
 def test_repository_owner_must_own_the_repository() -> None:
     """A token whose owner claim disagrees with its repository is refused."""
-    publisher = GithubPublisher("community", "demo", "octo-org/lib", "nightly.yml")
+    publisher = TrustedPublisher("community", "demo", "octo-org/lib", "nightly.yml")
     claims = claims_for(publisher, "refs/heads/main", repository_owner="mallory")
     assert refusal_reason(match_publishers(claims, [publisher])) == "owner"
 
@@ -172,13 +172,13 @@ def test_repository_owner_must_own_the_repository() -> None:
 def test_a_repository_publishing_several_projects_gets_all_of_them_and_no_others() -> None:
     """Grants are exactly the projects whose publishers match, across feeds."""
     ours = [
-        GithubPublisher("community", "demo", "octo-org/lib", "nightly.yml"),
-        GithubPublisher("community", "demo-extras", "octo-org/lib", "nightly.yml"),
-        GithubPublisher("staging", "demo", "Octo-Org/Lib", "nightly.yml", "staging"),
+        TrustedPublisher("community", "demo", "octo-org/lib", "nightly.yml"),
+        TrustedPublisher("community", "demo-extras", "octo-org/lib", "nightly.yml"),
+        TrustedPublisher("staging", "demo", "Octo-Org/Lib", "nightly.yml", "staging"),
     ]
     theirs = [
-        GithubPublisher("community", "numpy", "numpy/numpy", "nightly.yml"),
-        GithubPublisher("community", "demo-docs", "octo-org/lib", "docs.yml"),
+        TrustedPublisher("community", "numpy", "numpy/numpy", "nightly.yml"),
+        TrustedPublisher("community", "demo-docs", "octo-org/lib", "docs.yml"),
     ]
     claims = claims_for(ours[0], "refs/heads/main", environment="staging")
     result = match_publishers(claims, [*theirs, *ours])

@@ -20,16 +20,16 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from nightproxy.trust.claims import GithubPublisher, Grant, TokenRefusedError
+from nightproxy.trust.claims import Grant, TokenRefusedError, TrustedPublisher
 from nightproxy.trust.keys import IssuerKeys, KeysUnavailableError
 from nightproxy.trust.ledger import FILENAME, TrustLedger
 from nightproxy.trust.verify import TokenVerifier, Verified
 from tests.oidc_issuer import REPOSITORY, WORKFLOW, LocalCA, OidcIssuer
 
 PUBLISHERS = [
-    GithubPublisher("community", "octo-lib", REPOSITORY, WORKFLOW),
-    GithubPublisher("community", "octo-env", REPOSITORY, WORKFLOW, environment="nightly"),
-    GithubPublisher("community", "numpy", "numpy/numpy", "wheels.yml"),
+    TrustedPublisher("community", "octo-lib", REPOSITORY, WORKFLOW),
+    TrustedPublisher("community", "octo-env", REPOSITORY, WORKFLOW, environment="nightly"),
+    TrustedPublisher("community", "numpy", "numpy/numpy", "wheels.yml"),
 ]
 
 
@@ -57,7 +57,7 @@ async def make_verifier(
     def make(
         *,
         monotonic: Callable[[], float] = time.monotonic,
-        publishers: list[GithubPublisher] = PUBLISHERS,
+        publishers: list[TrustedPublisher] = PUBLISHERS,
         issuer: str | None = None,
     ) -> TokenVerifier:
         session = aiohttp.ClientSession()
@@ -276,7 +276,7 @@ async def test_a_refused_token_does_not_use_up_its_jti(
     """Only accepted tokens are remembered: a token refused for its workflow leaves no trace
     that could make a later, different decision about the same jti."""
     claims = oidc_issuer.job_claims()
-    verifier = make_verifier(publishers=[GithubPublisher("c", "p", REPOSITORY, "other.yml")])
+    verifier = make_verifier(publishers=[TrustedPublisher("c", "p", REPOSITORY, "other.yml")])
     assert await refusal_of(verifier, oidc_issuer.sign(claims)) == "workflow"
     await make_verifier().verify(oidc_issuer.sign(claims))
 
@@ -287,7 +287,7 @@ async def test_identity_mismatches_are_refused_through_the_verifier(
     """Another repository, another workflow, a ``pull_request_target`` event, another
     environment: each is refused with its own reason."""
     verifier = make_verifier(
-        publishers=[GithubPublisher("community", "octo-lib", REPOSITORY, WORKFLOW, "nightly")]
+        publishers=[TrustedPublisher("community", "octo-lib", REPOSITORY, WORKFLOW, "nightly")]
     )
     other_repo = oidc_issuer.job_claims(repository="mallory/octo-lib", environment="nightly")
     other_workflow = oidc_issuer.job_claims(

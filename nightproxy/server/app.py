@@ -19,7 +19,7 @@ from nightproxy.index.service import IndexService
 from nightproxy.index.shared_state import SharedIndexState
 from nightproxy.index.state import IndexState
 from nightproxy.logs import BATCH_SECONDS, flush_logs
-from nightproxy.server import fleet, handlers, keys
+from nightproxy.server import fleet, handlers, keys, oidc
 from nightproxy.server.access import ConnectionLog, access_logger_for
 from nightproxy.server.metrics import Metrics
 from nightproxy.server.shared_metrics import INTERVAL, SharedDir
@@ -64,6 +64,7 @@ def create_app(config: Config, *, shared: SharedDir | None = None) -> web.Applic
         app[keys.TLS] = tls
         app.cleanup_ctx.append(_tls_ctx)
     handlers.setup_routes(app)
+    oidc.setup_trusted_publishing(app)
     fleet.setup_fleet_routes(app)
     return app
 

@@ -15,6 +15,7 @@ from nightproxy.index.service import IndexService
 from nightproxy.index.state import IndexState
 from nightproxy.server.metrics import Metrics
 from nightproxy.server.tls import TlsCertificates
+from nightproxy.trust.service import TrustedPublishing
 from nightproxy.upstreams.base import Upstream
 
 CONFIG = web.AppKey("config", Config)
@@ -30,3 +31,4 @@ FEEDS = web.AppKey("feeds", dict[str, HostedFeed])
 #: The shared tier of a fleet (``cache.shared``), or None for a replica on its own.
 SHARED: web.AppKey[SharedTier | None] = web.AppKey("shared")
 TLS = web.AppKey("tls", TlsCertificates)
+TRUST = web.AppKey("trusted_publishing", TrustedPublishing)

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nightproxy.trust.claims import Refusal, TokenRefusedError
+from nightproxy.config import Config, HostedOptions
+from nightproxy.server import keys
+from nightproxy.server.keys import TRUST
+from nightproxy.trust.claims import Refusal, TokenRefusedError, TrustedPublisher
 from nightproxy.trust.keys import KeysUnavailableError
-from nightproxy.trust.service import TrustedPublishing
+from nightproxy.trust.service import MintedTokenSource, TrustedPublishing
 
 log = logging.getLogger(__name__)
-
-TRUST = web.AppKey("trusted_publishing", TrustedPublishing)
 
 #: The public index answers every refusal of the exchange with this status.
 REFUSED = 422
@@ -130,3 +131,49 @@ def setup_routes(app: web.Application) -> None:
     # Where pypa/gh-action-pypi-publish sends the exchange (the public index answers both).
     app.router.add_post("/_/oidc/github/mint-token", mint_token)
     app.router.add_post("/_/oidc/burn-token", burn_token)
+
+
+def trusted_publishers(config: Config) -> tuple[TrustedPublisher, ...]:
+    """Every ``publishers.<project>.github`` entry of every hosted feed."""
+    return tuple(
+        TrustedPublisher(
+            upstream.name, project, github.repository, github.workflow, github.environment
+        )
+        for upstream in config.upstreams
+        if isinstance(upstream.options, HostedOptions)
+        for project, publisher in sorted(upstream.options.publishers.items())
+        for github in publisher.github
+    )
+
+
+def setup_trusted_publishing(app: web.Application) -> None:
+    """The exchange's routes and service, if any hosted feed names a GitHub publisher.
+
+    Without one, ``/_/oidc/`` is not found, which the clients read as "this index does not
+    do trusted publishing".
+    """
+    if not trusted_publishers(app[keys.CONFIG]):
+        return
+    app.cleanup_ctx.append(_trust_ctx)
+    # After every cleanup context's start: the hosted feeds exist by then, whichever context
+    # made them.
+    app.on_startup.append(_accept_minted_tokens)
+    setup_routes(app)
+
+
+async def _trust_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    trust = TrustedPublishing(
+        app[keys.SESSION], config.publishing.oidc, trusted_publishers(config), config.cache.dir
+    )
+    await trust.open()
+    app[TRUST] = trust
+    app[keys.METRICS].registry.register(TrustStats(trust))
+    yield
+    await trust.close()
+
+
+async def _accept_minted_tokens(app: web.Application) -> None:
+    trust = app[TRUST]
+    for name, feed in app.get(keys.FEEDS, {}).items():
+        feed.auth.add_source(MintedTokenSource(trust, name))

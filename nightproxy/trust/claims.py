@@ -33,8 +33,9 @@ MAX_REPORTED_LENGTH: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
-class GithubPublisher:
-    """One ``github:`` entry of a hosted feed's project: who may publish it."""
+class TrustedPublisher:
+    """A GitHub Actions workflow trusted to publish one project of one hosted feed (a
+    ``publishers.<project>.github`` entry, with the feed and project it stands under)."""
 
     feed: str
     project: str
@@ -97,7 +98,7 @@ def _owner(repository: str) -> str:
     return repository.partition("/")[0]
 
 
-def _workflow_matches(job_workflow_ref: str, publisher: GithubPublisher, refs: set[str]) -> bool:
+def _workflow_matches(job_workflow_ref: str, publisher: TrustedPublisher, refs: set[str]) -> bool:
     # OWNER/REPO/.github/workflows/FILE@REF, with REF the job's ref or commit: GitHub treats
     # owner and repository names without regard to case, file names and refs with it.
     size = len(publisher.repository)
@@ -107,14 +108,14 @@ def _workflow_matches(job_workflow_ref: str, publisher: GithubPublisher, refs: s
     return any(rest == f"/.github/workflows/{publisher.workflow}@{ref}" for ref in refs)
 
 
-def _environment_matches(environment: str | None, publisher: GithubPublisher) -> bool:
+def _environment_matches(environment: str | None, publisher: TrustedPublisher) -> bool:
     if publisher.environment is None:
         return True
     return environment is not None and environment.casefold() == publisher.environment.casefold()
 
 
 def match_publishers(
-    claims: Mapping[str, object], publishers: Iterable[GithubPublisher]
+    claims: Mapping[str, object], publishers: Iterable[TrustedPublisher]
 ) -> Match | Refusal:
     """The projects whose publishers this job's claims satisfy, or why there are none.
 

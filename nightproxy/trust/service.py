@@ -9,32 +9,20 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from packaging.utils import canonicalize_name
 
+from nightproxy.config import OidcConfig
 from nightproxy.hosted.auth import Identity
-from nightproxy.trust.claims import GithubPublisher
+from nightproxy.trust.claims import TrustedPublisher
 from nightproxy.trust.keys import IssuerKeys
 from nightproxy.trust.ledger import FILENAME, TrustLedger
-from nightproxy.trust.minted import DEFAULT_LIFETIME, MintedGrant, MintedToken, MintedTokens
+from nightproxy.trust.minted import MintedGrant, MintedToken, MintedTokens
 from nightproxy.trust.verify import TokenVerifier
 
 log = logging.getLogger(__name__)
-
-GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
-DEFAULT_AUDIENCE = "nightproxy"
-
-
-@dataclass(frozen=True, slots=True)
-class OidcSettings:
-    issuer: str = GITHUB_ISSUER
-    audience: str = DEFAULT_AUDIENCE
-    #: PEM file of the CAs a private issuer's certificate chains to; None: the system's.
-    ca_bundle: Path | None = None
-    token_lifetime: float = DEFAULT_LIFETIME
 
 
 def _issuer_context(ca_bundle: Path) -> ssl.SSLContext:
@@ -45,8 +33,8 @@ class TrustedPublishing:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        settings: OidcSettings,
-        publishers: Sequence[GithubPublisher],
+        settings: OidcConfig,
+        publishers: Sequence[TrustedPublisher],
         state_dir: Path,
         *,
         clock: Callable[[], float] = time.time,

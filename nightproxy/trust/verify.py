@@ -20,10 +20,10 @@ from typing import Any
 import jwt
 
 from nightproxy.trust.claims import (
-    GithubPublisher,
     Match,
     Refusal,
     TokenRefusedError,
+    TrustedPublisher,
     match_publishers,
     reported,
 )
@@ -65,7 +65,7 @@ class TokenVerifier:
         ledger: TrustLedger,
         *,
         audience: str,
-        publishers: Sequence[GithubPublisher],
+        publishers: Sequence[TrustedPublisher],
         clock: Callable[[], float] = time.time,
         leeway: float = LEEWAY,
     ) -> None:
