@@ -14,9 +14,11 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
+from nightproxy.cache.keys import metadata_key
 from nightproxy.cache.store import BlobRecord, CacheStore, is_sha256
 
 MANIFEST = "nightproxy-cache.json"
@@ -24,11 +26,38 @@ FORMAT_VERSION = 1
 _CHUNK = 1024 * 1024
 
 
+#: Told (bytes of blobs done, bytes of blobs in all) after each chunk: how the command line
+#: draws a progress bar. The total is known before the first call.
+Progress = Callable[[int, int], None]
+
+
 class TransferError(Exception):
     """The archive cannot be imported; nothing was changed."""
 
 
-def export_cache(store: CacheStore, out: Path) -> tuple[int, int]:
+class SkippedAliases(NamedTuple):
+    """The aliases an import left out (without ``trust_aliases``), by what they claim."""
+
+    #: Which download of a feed that publishes no sha256 a blob is.
+    files: int = 0
+    #: Which wheel a METADATA blob was read from or fetched for.
+    metadata: int = 0
+
+
+class _Counted:
+    """A blob being archived, reporting each read to ``progress``."""
+
+    def __init__(self, handle: IO[bytes], progress: Callable[[int], None]) -> None:
+        self._handle = handle
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._progress(len(data))
+        return data
+
+
+def export_cache(store: CacheStore, out: Path, progress: Progress | None = None) -> tuple[int, int]:
     """Write every blob and the manifest to ``out``; return (files, bytes).
 
     Runs beside a live server, whose eviction may delete any blob meanwhile: a blob gone by
@@ -38,7 +67,7 @@ def export_cache(store: CacheStore, out: Path) -> tuple[int, int]:
     blobs, aliases = store.snapshot()
     tmp = out.with_name(out.name + ".part")
     try:
-        exported, total = _write_archive(store, tmp, blobs, aliases)
+        exported, total = _write_archive(store, tmp, blobs, aliases, progress)
         tmp.replace(out)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -48,21 +77,35 @@ def export_cache(store: CacheStore, out: Path) -> tuple[int, int]:
 
 
 def _write_archive(
-    store: CacheStore, tmp: Path, blobs: list[BlobRecord], aliases: dict[str, str]
+    store: CacheStore,
+    tmp: Path,
+    blobs: list[BlobRecord],
+    aliases: dict[str, str],
+    progress: Progress | None,
 ) -> tuple[int, int]:
     exported: list[BlobRecord] = []
     total = 0
+    done, expected = 0, sum(blob["size"] for blob in blobs)
+
+    def advance(size: int) -> None:
+        nonlocal done
+        done += size
+        if progress is not None:
+            # A blob evicted meanwhile never arrives: the bar still ends full.
+            progress(done, max(done, expected))
+
     with tarfile.open(tmp, "w") as tar:
         for blob in blobs:
             sha = blob["sha256"]
             try:
                 handle = open(store.path_for(sha), "rb")  # noqa: SIM115 - closed just below
             except FileNotFoundError:
+                expected -= blob["size"]
                 continue
             with handle:
                 # Sized from the open file: once open, a deletion cannot change what is read.
                 info = tar.gettarinfo(arcname=f"blobs/{sha}", fileobj=handle)
-                tar.addfile(info, handle)
+                tar.addfile(info, _Counted(handle, advance))
             exported.append(blob)
             total += info.size
         # Last, so that it lists exactly the blobs that made it into the archive.
@@ -78,10 +121,14 @@ def _write_archive(
         info.size = len(data)
         info.mtime = int(time.time())
         tar.addfile(info, io.BytesIO(data))
+    if progress is not None:
+        progress(done, done)
     return len(exported), total
 
 
-def _staged_copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> str:
+def _staged_copy(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, advance: Callable[[int], None]
+) -> str:
     source = tar.extractfile(member)
     if source is None:
         raise TransferError(f"{member.name} is not a regular file")
@@ -90,26 +137,43 @@ def _staged_copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> s
         while chunk := source.read(_CHUNK):
             digest.update(chunk)
             out.write(chunk)
+            advance(len(chunk))
     return digest.hexdigest()
 
 
 def import_cache(
-    store: CacheStore, archive: Path, *, trust_aliases: bool = False
-) -> tuple[int, int, int]:
-    """Verify and admit every blob of an exported archive; return (files added, bytes, file
+    store: CacheStore,
+    archive: Path,
+    *,
+    trust_aliases: bool = False,
+    progress: Progress | None = None,
+) -> tuple[int, int, SkippedAliases]:
+    """Verify and admit every blob of an exported archive; return (files added, bytes, the
     aliases left out).
 
     A blob's bytes are checked against its name, but nothing in an archive can vouch for which
     upstream file a blob stands for where the feed publishes no hash: that is the alias (file
     key to sha256), and the upstream recorded for the blob. Both are taken only with
     ``trust_aliases`` (an archive you made yourself): otherwise such files are downloaded and
-    verified again on first use, and an archive cannot swap the bytes behind a file.
+    verified again on first use, and an archive cannot swap the bytes behind a file. The same
+    holds for which wheel a METADATA blob belongs to (``m:`` aliases): untrusted, that metadata
+    is fetched or read from its wheel again on first use.
     """
     staged: dict[str, tuple[Path, int]] = {}
+    done = 0
+
+    def advance(size: int) -> None:
+        nonlocal done
+        done += size
+        if progress is not None:
+            progress(done, expected)
+
     try:
         with tarfile.open(archive, "r:*") as tar:
             manifest = _read_manifest(tar)
             meta = {b["sha256"]: b for b in manifest["blobs"]}
+            # Reading the manifest indexed every member; the total is what will be read.
+            expected = sum(m.size for m in tar.getmembers() if m.name != MANIFEST)
             for member in tar:
                 if member.name == MANIFEST:
                     continue
@@ -120,10 +184,11 @@ def import_cache(
                     raise TransferError(f"blob {name} is not in the manifest")
                 if store.has(name) or name in staged:
                     # Already here, or listed twice in the archive (``tar -r``): one copy.
+                    advance(member.size)
                     continue
                 dest = store.temp_path("import")
                 staged[name] = (dest, member.size)
-                actual = _staged_copy(tar, member, dest)
+                actual = _staged_copy(tar, member, dest, advance)
                 if actual != name:
                     raise TransferError(
                         f"corrupted archive: blob {name} has sha256 {actual}; nothing imported"
@@ -165,7 +230,10 @@ def import_cache(
     victims = store.reserve(0) or []
     store.delete_blobs(victims)
     store.flush()
-    return len(staged), added, 0 if trust_aliases else len(aliases)
+    if trust_aliases:
+        return len(staged), added, SkippedAliases()
+    metadata = sum(1 for key, _sha in aliases if key.startswith(metadata_key("")))
+    return len(staged), added, SkippedAliases(len(aliases) - metadata, metadata)
 
 
 def _read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:

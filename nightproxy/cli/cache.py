@@ -15,10 +15,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nightproxy.cache.store import CacheStore
-from nightproxy.cache.transfer import TransferError, export_cache, import_cache
-from nightproxy.cli.common import Commands, Handler, load
+from nightproxy.cache.store import BlobRecord, CacheStore
+from nightproxy.cache.transfer import SkippedAliases, TransferError, export_cache, import_cache
+from nightproxy.cli.common import Commands, Handler, human_age, human_size, human_time, load
+from nightproxy.cli.progress import progress_bar
 from nightproxy.config import ConfigError, parse_duration, parse_size, prepare_cache_dir
+from nightproxy.config.units import format_duration
+from nightproxy.simple_api.filenames import METADATA_SUFFIX, parse_dist_filename
 
 _SOURCE = Path("(command line)")
 #: CacheStore's "no limit" for the size budget.
@@ -46,7 +49,12 @@ def register(commands: Commands) -> None:
     prune = add("prune", "evict files now", prune_command)
     prune.add_argument("--max-size", help="evict least recently used files beyond this size")
     prune.add_argument("--max-age", help="evict files unused for longer than this")
-    prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    prune.add_argument(
+        "--dry-run", action="store_true", help="only list what would go (and why), delete nothing"
+    )
+    prune.add_argument(
+        "-v", "--verbose", action="store_true", help="list every evicted file, not only the count"
+    )
     add(
         "export",
         "write the cache to a tar archive (to warm another machine)",
@@ -62,8 +70,9 @@ def register(commands: Commands) -> None:
     imp.add_argument(
         "--trust-aliases",
         action="store_true",
-        help="also take which upstream file each blob stands for (for files whose feed "
-        "publishes no sha256); only for archives you made yourself",
+        help="also take which upstream file each blob stands for (files of feeds that publish "
+        "no sha256, and which wheel each metadata file belongs to); only for archives you made "
+        "yourself",
     )
 
 
@@ -98,20 +107,35 @@ def _iso(ts: float | None) -> str | None:
 
 def stats_command(args: argparse.Namespace) -> int:
     with _opened(*_place(args)) as store:
-        stats = store.stats()
+        root, stats = store.root, store.stats()
+    budget = stats.budget if stats.budget < _NO_BUDGET else None
+    if args.json:
         data = {
-            "dir": str(store.root),
+            "dir": str(root),
             "files": stats.files,
             "bytes": stats.bytes,
-            "budget": stats.budget if stats.budget < _NO_BUDGET else None,
+            "budget": budget,
             "oldest_use": _iso(stats.oldest_use),
             "newest_use": _iso(stats.newest_use),
         }
-    if args.json:
         print(json.dumps(data, indent=2))
+        return 0
+    now = time.time()
+    size = human_size(stats.bytes)
+    if budget:
+        share = stats.bytes * 100 / budget
+        size += f" of {human_size(budget)} ({'<1' if 0 < share < 1 else f'{share:.0f}'}%)"
     else:
-        for key, value in data.items():
-            print(f"{key:>11}: {value if value is not None else '-'}")
+        size += " (no size budget)"
+    rows = {
+        "dir": str(root),
+        "files": str(stats.files),
+        "size": size,
+        "oldest use": "-" if stats.oldest_use is None else human_time(stats.oldest_use, now),
+        "newest use": "-" if stats.newest_use is None else human_time(stats.newest_use, now),
+    }
+    for key, value in rows.items():
+        print(f"{key:>10}: {value}")
     return 0
 
 
@@ -126,17 +150,53 @@ def prune_command(args: argparse.Namespace) -> int:
         max_age = parse_duration(args.max_age, "--max-age", _SOURCE)
     if not budget and not max_age:
         raise ConfigError(_SOURCE, "--max-size", "give --max-size or --max-age (or --config)")
+    now = time.time()
     with _opened(root, budget, max_age) as store:
-        before = store.stats()
-        victims = store.expired(time.time())
-        over = store.reserve(0)
-        victims += over or []
-        freed = before.bytes - store.used_bytes
-        verb = "would evict" if args.dry_run else "evicted"
+        # Before anything goes: the names and last uses of what will.
+        known = {blob["sha256"]: blob for blob in store.snapshot()[0]}
+        held = store.used_bytes
+        victims = store.expired(now)
+        victims += store.reserve(0) or []
         if not args.dry_run:
             store.delete_blobs(victims)
-        print(f"{verb} {len(victims)} files, {freed} bytes; {store.file_count} files remain")
+        freed, remain = held - store.used_bytes, store.file_count
+    rows = [_victim_row(sha, known.get(sha), now, budget, max_age) for sha in victims]
+    verb = "would evict" if args.dry_run else "evicted"
+    print(
+        f"{verb} {len(victims)} files, {freed} bytes ({human_size(freed)}); {remain} files remain"
+    )
+    if rows and (args.dry_run or args.verbose):
+        _print_table(("FILE", "PROJECT", "SIZE", "LAST USE", "WHY"), rows)
     return 0
+
+
+def _victim_row(
+    sha: str, blob: BlobRecord | None, now: float, budget: int, max_age: float
+) -> tuple[str, ...]:
+    """One evicted file as the table shows it."""
+    if blob is None:  # not in the database: nothing to say but its digest
+        return (sha[:16], "-", "-", "-", "over budget")
+    filename = blob["filename"]
+    dist = parse_dist_filename(filename.removesuffix(METADATA_SUFFIX))
+    last_use = blob["last_use"]
+    if max_age and last_use < now - max_age:
+        why = f"unused for {human_age(now - last_use)} (max age {format_duration(max_age)})"
+    else:
+        why = f"over budget ({human_size(budget)})"
+    return (
+        filename or sha[:16],
+        dist.project if dist is not None else "-",
+        human_size(blob["size"]),
+        human_time(last_use, now),
+        why,
+    )
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip())
 
 
 # -- export / import ------------------------------------------------------------------------------
@@ -145,26 +205,32 @@ def prune_command(args: argparse.Namespace) -> int:
 def transfer_command(args: argparse.Namespace) -> int:
     archive = Path(args.archive)
     exporting = args.cache_command == "export"
-    skipped = 0
-    with _opened(*_place(args)) as store:
+    skipped = SkippedAliases()
+    with _opened(*_place(args)) as store, progress_bar(args.cache_command) as progress:
         try:
             if exporting:
-                files, size = export_cache(store, archive)
+                files, size = export_cache(store, archive, progress)
             else:
                 files, size, skipped = import_cache(
-                    store, archive, trust_aliases=args.trust_aliases
+                    store, archive, trust_aliases=args.trust_aliases, progress=progress
                 )
         except (TransferError, OSError) as exc:
             return _failed(exc, f"export to {archive}" if exporting else f"import {archive}")
-    if exporting:
-        print(f"exported {files} files, {size} bytes to {archive}")
-    else:
-        print(f"imported {files} files, {size} bytes from {archive}")
-    if skipped:
+    amount = f"{files} files, {size} bytes ({human_size(size)})"
+    print(f"exported {amount} to {archive}" if exporting else f"imported {amount} from {archive}")
+    # An archive cannot vouch for either claim; without them nothing is lost but a fetch.
+    if skipped.files:
         print(
-            f"left out {skipped} file aliases (files of feeds that publish no sha256 are "
-            "downloaded and verified again on first use); --trust-aliases takes them"
+            f"left out {skipped.files} file aliases (which file of a feed without sha256 a blob "
+            "is): such files are downloaded and verified again on first use"
         )
+    if skipped.metadata:
+        print(
+            f"left out {skipped.metadata} metadata aliases (which wheel a metadata file belongs "
+            "to): that metadata is fetched or read from its wheel again on first use"
+        )
+    if skipped.files or skipped.metadata:
+        print("--trust-aliases takes them, for an archive you made yourself")
     return 0
 
 
