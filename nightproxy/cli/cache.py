@@ -17,7 +17,15 @@ from pathlib import Path
 
 from nightproxy.cache.store import BlobRecord, CacheStore
 from nightproxy.cache.transfer import SkippedAliases, TransferError, export_cache, import_cache
-from nightproxy.cli.common import Commands, Handler, human_age, human_size, human_time, load
+from nightproxy.cli.common import (
+    CONFIG_HELP,
+    Commands,
+    Handler,
+    human_age,
+    human_size,
+    human_time,
+    load,
+)
 from nightproxy.cli.progress import progress_bar
 from nightproxy.config import ConfigError, parse_duration, parse_size, prepare_cache_dir
 from nightproxy.config.units import format_duration
@@ -39,7 +47,7 @@ def register(commands: Commands) -> None:
         if archive:
             sub.add_argument("archive", help="the .tar file")
         where = sub.add_mutually_exclusive_group()
-        where.add_argument("--config")
+        where.add_argument("--config", help=CONFIG_HELP)
         where.add_argument("--cache-dir", help="work on this cache directory directly")
         sub.set_defaults(handler=handler)
         return sub

@@ -9,13 +9,13 @@ import sys
 import yaml
 
 from nightproxy import __version__
-from nightproxy.cli.common import Commands, load
+from nightproxy.cli.common import CONFIG_HELP, Commands, load
 from nightproxy.config import Config, masked, prepare_cache_dir
 
 
 def register(commands: Commands) -> None:
     check = commands.add_parser("check", help="validate the config and print it, secrets masked")
-    check.add_argument("--config")
+    check.add_argument("--config", help=CONFIG_HELP)
     check.add_argument(
         "--probe",
         action="store_true",

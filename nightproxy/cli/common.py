@@ -11,6 +11,7 @@ from typing import TypeAlias
 from nightproxy.config import Config, find_config_path, load_config
 
 EXIT_USAGE = 2
+CONFIG_HELP = "config file (default: $NIGHTPROXY_CONFIG or ./nightproxy.yaml)"
 
 #: What each command module's ``register`` adds its subcommands to.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

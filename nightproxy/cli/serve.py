@@ -9,7 +9,7 @@ import sys
 from typing import Literal
 
 from nightproxy import __version__
-from nightproxy.cli.common import Commands, load
+from nightproxy.cli.common import CONFIG_HELP, Commands, load
 from nightproxy.config import prepare_cache_dir
 
 #: On SIGTERM, how long responses in flight (downloads to clients) may take to finish: aiohttp
@@ -44,9 +44,7 @@ def _workers(text: str) -> int | Literal["auto"]:
 
 def register(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument(
-        "--config", help="config file (default: $NIGHTPROXY_CONFIG or ./nightproxy.yaml)"
-    )
+    serve.add_argument("--config", help=CONFIG_HELP)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
     serve.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format")
