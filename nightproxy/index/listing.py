@@ -54,6 +54,11 @@ class ProjectListing:
         #: Each upstream's last list, with when it was fetched: the stand-in when it fails.
         self._lists: dict[str, tuple[frozenset[NormalizedName], float]] = {}
 
+    def expire(self) -> None:
+        """Build the list again when next asked."""
+        if self._view is not None:
+            self._view.fresh_until = 0.0
+
     async def view(self) -> ListView:
         current = self._view
         now = self.clock()

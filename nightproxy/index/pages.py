@@ -89,6 +89,12 @@ class UpstreamPages:
             self._absent.pop(key, None)
             self._pages[key] = entry
 
+    def expire(self, upstream: str, project: NormalizedName) -> None:
+        """Fetch (revalidate) this page when next asked, whatever its ttl."""
+        entry = self.entry((upstream, project))
+        if entry is not None:
+            entry.fetched_at = float("-inf")
+
     def held(self) -> Iterator[tuple[str, NormalizedName, ProjectPage]]:
         """(upstream, project, page) of every page held, in no particular order."""
         for (upstream, project), entry in list(self._pages.items()):

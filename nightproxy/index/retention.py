@@ -13,6 +13,7 @@ Settings are resolved per file's upstream (project, then upstream, then global).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,10 +35,16 @@ class Policy:
     @classmethod
     def for_project(cls, config: Config, project: NormalizedName) -> Policy:
         cache: dict[str, RetentionConfig] = {}
+        hosted = {u.name for u in config.upstreams if u.kind == "hosted"}
 
         def resolve(upstream: str) -> RetentionConfig:
             if upstream not in cache:
-                cache[upstream] = effective_retention(config, upstream, project)
+                settings = effective_retention(config, upstream, project)
+                if upstream in hosted:
+                    # A hosted feed's retention deletes files (per platform): what it keeps
+                    # is shown, not hidden again by age.
+                    settings = dataclasses.replace(settings, dev_max_age=None)
+                cache[upstream] = settings
             return cache[upstream]
 
         return cls(resolve)

@@ -15,7 +15,7 @@ It wires the parts, each in its own module:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
 from packaging.utils import NormalizedName
@@ -116,6 +116,14 @@ class IndexService:
 
     async def find_file(self, project: NormalizedName, key: str) -> PublishedFile | None:
         return await self.views.find_file(project, key)
+
+    def upstream_changed(self, upstream: str, projects: Collection[NormalizedName]) -> None:
+        """An upstream says these projects changed (a hosted feed took an upload): fetch
+        their pages and the project list again when next asked, not after their ttl."""
+        for project in projects:
+            self.pages.expire(upstream, project)
+            self.views.expire(project)
+        self.listing.expire()
 
     def invalidate(self, project: NormalizedName) -> None:
         """Forget a project's views (its published hashes changed)."""

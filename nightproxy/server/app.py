@@ -19,12 +19,12 @@ from nightproxy.index.service import IndexService
 from nightproxy.index.shared_state import SharedIndexState
 from nightproxy.index.state import IndexState
 from nightproxy.logs import BATCH_SECONDS, flush_logs
-from nightproxy.server import fleet, handlers, keys, oidc
+from nightproxy.server import feeds, fleet, handlers, keys, oidc
 from nightproxy.server.access import ConnectionLog, access_logger_for
 from nightproxy.server.metrics import Metrics
 from nightproxy.server.shared_metrics import INTERVAL, SharedDir
 from nightproxy.server.tls import load_tls
-from nightproxy.upstreams import make_upstream
+from nightproxy.server.upload import setup_upload_routes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def create_app(config: Config, *, shared: SharedDir | None = None) -> web.Applic
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(fleet.shared_ctx)
+    app.cleanup_ctx.append(feeds.feeds_ctx)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
     tls = load_tls(config)
@@ -66,6 +67,7 @@ def create_app(config: Config, *, shared: SharedDir | None = None) -> web.Applic
     handlers.setup_routes(app)
     oidc.setup_trusted_publishing(app)
     fleet.setup_fleet_routes(app)
+    setup_upload_routes(app)
     return app
 
 
@@ -118,7 +120,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     session = app[keys.SESSION]
-    upstreams = {u.name: make_upstream(u, session) for u in config.upstreams}
+    upstreams = feeds.make_upstreams(app, session)
     app[keys.UPSTREAMS] = upstreams
     app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE], app[keys.INDEX_STATE])
     app[keys.FILLS] = FillManager(app[keys.STORE])

@@ -20,6 +20,7 @@ from nightproxy.index.service import AllUpstreamsFailedError
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
 from nightproxy.server.errors import bad_gateway
+from nightproxy.server.feeds import serve_hosted
 from nightproxy.server.fleet import shared_filled, shared_opener
 from nightproxy.server.ops import setup_ops_routes
 from nightproxy.server.pages import setup_page_routes
@@ -181,6 +182,9 @@ async def file_handler(request: web.Request) -> web.StreamResponse:
     pub = await _find_file(request, project, key)
     if pub is None or pub.filename != filename or not _allowed(request, project, pub):
         raise web.HTTPNotFound(text=f"{filename} is not listed by any upstream of {project}\n")
+    hosted = await serve_hosted(request, pub)
+    if hosted is not None:
+        return hosted
     if request.method == "HEAD":
         # Never download for a HEAD: answer from what the index knows.
         # Ranges on an uncached file are answered once it is verified, so they are honest.
@@ -301,6 +305,9 @@ async def _metadata_handler(
     pub = await _find_file(request, project, key)
     if pub is None or pub.filename != wheel or not _allowed(request, project, pub):
         raise web.HTTPNotFound(text=f"{wheel} is not listed by any upstream of {project}\n")
+    hosted = await serve_hosted(request, pub, metadata=True)
+    if hosted is not None:
+        return hosted
     sha = await _upstream_metadata(app, project, key, pub)
     if sha is None and store.resolve(key) is None and app[keys.FILLS].get(key) is None:
         # Neither the wheel nor its download is here: a few byte ranges beat the whole wheel.
