@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from nightproxy.hosted.auth import Identity
+from nightproxy.hosted.feed import HostedFeed
+from nightproxy.hosted.storage import Outcome
+from nightproxy.hosted.upload import UploadForm
 from tests.support import WAIT, installer_env, uv_bin
 
 #: Tokens of the test feeds (their sha256 lines go in the configs).
@@ -127,3 +132,25 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]]) -> None:
     async with asyncio.timeout(WAIT):
         while not await predicate():
             await asyncio.sleep(0.05)
+
+
+OPERATOR = Identity("admin token 1", admin=True)
+
+
+async def publish(
+    feed: HostedFeed, path: Path, identity: Identity = OPERATOR, **fields: str
+) -> Outcome:
+    name, version = path.name.split("-")[:2]
+    if path.name.endswith(".tar.gz"):
+        version = version.removesuffix(".tar.gz")
+    form = UploadForm.from_fields(
+        {":action": "file_upload", "name": name, "version": version, **fields}
+    )
+    body = feed.new_body()
+    async with feed.storage.staging() as staged:
+        data = path.read_bytes()
+        body.count(len(data))
+        body.update(data)
+        shutil.copyfile(path, staged.path)
+        result = await feed.accept(identity, form, path.name, staged, body)
+    return result.outcome

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,8 @@ from nightproxy.hosted.feed import FeedSettings, ForbiddenError, HostedFeed, Not
 from nightproxy.hosted.local import LocalStorage
 from nightproxy.hosted.prune import PruneRules
 from nightproxy.hosted.storage import Outcome
-from nightproxy.hosted.upload import UploadError, UploadForm
+from nightproxy.hosted.upload import UploadError
+from tests.hosted_support import publish
 from tests.wheels import build_sdist, build_wheel
 
 LINUX = "cp312-cp312-manylinux_2_17_x86_64"
@@ -57,25 +57,6 @@ async def feed(tmp_path: Path, clock: Clock) -> AsyncIterator[HostedFeed]:
     await hosted.open()
     yield hosted
     await hosted.close()
-
-
-async def publish(
-    feed: HostedFeed, path: Path, identity: Identity = ADMIN, **fields: str
-) -> Outcome:
-    name, version = path.name.split("-")[:2]
-    if path.name.endswith(".tar.gz"):
-        version = version.removesuffix(".tar.gz")
-    form = UploadForm.from_fields(
-        {":action": "file_upload", "name": name, "version": version, **fields}
-    )
-    body = feed.new_body()
-    async with feed.storage.staging() as staged:
-        data = path.read_bytes()
-        body.count(len(data))
-        body.update(data)
-        shutil.copyfile(path, staged.path)
-        result = await feed.accept(identity, form, path.name, staged, body)
-    return result.outcome
 
 
 async def listed(feed: HostedFeed) -> set[str]:

@@ -1,4 +1,4 @@
-"""Command line: ``nightproxy serve | check | cache stats|prune|export|import``.
+"""Command line: ``nightproxy serve | check | cache ... | token new | feed ...``.
 
 This module wires the parser; each command group lives in its own module with a ``register``
 that adds its subcommands and sets the ``handler`` that runs them; a new group (``feed``,
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from nightproxy import __version__
-from nightproxy.cli import cache, check, serve
+from nightproxy.cli import cache, check, feed, serve, token
 from nightproxy.cli.common import EXIT_USAGE, Handler
 from nightproxy.config import ConfigError
 
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nightproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, check, cache):
+    for group in (serve, check, cache, token, feed):
         group.register(commands)
     return parser
 

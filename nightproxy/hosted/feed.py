@@ -86,9 +86,13 @@ class Snapshot:
     projects: Mapping[NormalizedName, tuple[FileRecord, ...]]
     #: Every live file and METADATA blob by sha256, to the file it belongs to.
     digests: Mapping[str, FileRecord] = field(default_factory=lambda: MappingProxyType({}))
+    #: Files deleted so far, per reason.
+    deletions: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
-    def of(cls, generation: int, records: list[FileRecord]) -> Snapshot:
+    def of(
+        cls, generation: int, records: list[FileRecord], deletions: Mapping[str, int]
+    ) -> Snapshot:
         projects: dict[NormalizedName, list[FileRecord]] = {}
         digests: dict[str, FileRecord] = {}
         for record in records:
@@ -100,6 +104,7 @@ class Snapshot:
             generation,
             MappingProxyType({name: tuple(files) for name, files in projects.items()}),
             MappingProxyType(digests),
+            MappingProxyType(dict(deletions)),
         )
 
     def files(self) -> list[FileRecord]:
@@ -142,8 +147,14 @@ class HostedFeed:
             self._checked_at = time.monotonic()
             if self._snapshot is None or self._snapshot.generation != generation:
                 records = await self.storage.live()
-                self._snapshot = Snapshot.of(generation, records)
+                deletions = await self.storage.deletions()
+                self._snapshot = Snapshot.of(generation, records, deletions)
             return self._snapshot
+
+    @property
+    def last_snapshot(self) -> Snapshot | None:
+        """The listing as last read, without waiting (for metrics)."""
+        return self._snapshot
 
     def _changed(self, records: list[FileRecord]) -> None:
         self._checked_at = 0.0  # the next listing reads the records again

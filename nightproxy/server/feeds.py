@@ -25,6 +25,7 @@ from nightproxy.hosted.setup import hosted_upstreams, make_feed
 from nightproxy.hosted.upstream import HostedUpstream
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
+from nightproxy.server.feeds_status import FeedCollector
 from nightproxy.upstreams import make_upstream
 from nightproxy.upstreams.base import Upstream
 
@@ -49,6 +50,9 @@ async def feeds_ctx(app: web.Application) -> AsyncIterator[None]:
             await feed.close()
         raise
     app[keys.FEEDS] = feeds
+    app[keys.METRICS].registry.register(FeedCollector(feeds))
+    for feed in feeds.values():
+        await feed.snapshot()  # metrics read the last listing
     tasks = [
         asyncio.create_task(feed.maintain(), name=f"retention of feed {name}")
         for name, feed in feeds.items()

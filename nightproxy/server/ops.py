@@ -14,6 +14,7 @@ from nightproxy import __version__
 from nightproxy.config import mask_url
 from nightproxy.index.health import UpstreamHealth
 from nightproxy.server import keys
+from nightproxy.server.feeds_status import FEEDS_STYLE, feeds_html
 from nightproxy.server.fleet import shared_status, shared_status_rows
 from nightproxy.server.metrics import CONTENT_TYPE
 
@@ -138,6 +139,7 @@ async def status_page(request: web.Request) -> web.Response:
         rows_proj.append("<tr><td colspan='4'>No project has been requested yet.</td></tr>")
     used = store.used_bytes
     budget = store.max_size
+    hosted = await feeds_html(app[keys.FEEDS])
     html = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -148,6 +150,7 @@ body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #999; padding: 0.3em 0.8em; text-align: left; }}
 .state-ok {{ color: #060; }} .state-stale {{ color: #960; }} .state-down {{ color: #a00; }}
+{FEEDS_STYLE}
 </style>
 </head>
 <body>
@@ -179,6 +182,7 @@ th, td {{ border: 1px solid #999; padding: 0.3em 0.8em; text-align: left; }}
 {"".join(rows_proj)}
 </tbody>
 </table>
+{hosted}
 </body>
 </html>
 """
