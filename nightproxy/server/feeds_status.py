@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from html import escape
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from nightproxy.hosted.feed import HostedFeed
@@ -153,9 +153,12 @@ class FeedCollector(Collector):
             "Unix time of a project's newest upload to a hosted feed",
             labels=["feed", "project"],
         )
-        deleted = CounterMetricFamily(
-            "nightproxy_feed_deletions",
-            "Files a hosted feed deleted, by reason (retention, manual, replaced, missing)",
+        # A gauge, not a counter: it is the feed's own total, the same seen from every worker
+        # (the workers' metrics are merged by summing counters and taking the largest gauge).
+        deleted = GaugeMetricFamily(
+            "nightproxy_feed_deleted_files",
+            "Files a hosted feed has deleted so far, by reason (retention, manual, replaced, "
+            "missing)",
             labels=["feed", "reason"],
         )
         for name, feed in self.feeds.items():
