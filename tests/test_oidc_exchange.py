@@ -3,6 +3,8 @@ answers the real clients read, against a local OIDC issuer."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -145,3 +147,22 @@ async def test_without_github_publishers_there_is_no_exchange(
         assert resp.status == 404
     async with http.post(server.make_url("/_/oidc/mint-token"), json={"token": "x"}) as resp:
         assert resp.status in (404, 405)
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(
+    exchange: Exchange, oidc_issuer: OidcIssuer
+) -> None:
+    """A chunked body whose JSON arrives in several writes is exchanged like any other."""
+    body = json.dumps({"token": oidc_issuer.sign(oidc_issuer.job_claims())}).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+            await asyncio.sleep(0.01)
+
+    headers = {"Content-Type": "application/json"}
+    async with exchange.http.post(
+        exchange.url + "/_/oidc/mint-token", data=pieces(), headers=headers
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["success"] is True
