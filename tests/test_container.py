@@ -43,7 +43,10 @@ from tests.wheels import build_wheel, sha256_file
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 REQUIRE = "NIGHTPROXY_REQUIRE_CONTAINER"
-HOW = "apt-get install docker.io debootstrap docker-compose, start dockerd, run .ci/container-base"
+HOW = (
+    "apt-get install docker.io debootstrap docker-compose, then as root "
+    "bash .ci/container-engine && bash .ci/container-base"
+)
 WAIT = 60.0  # upper bound for a container to start, go healthy or stop; never a speed claim
 BUILD_TIMEOUT = 900  # pip inside the build downloads every dependency
 UID_GID = "10001:10001"
