@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import aiohttp
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 
 from nightproxy.config import Config
@@ -52,12 +53,13 @@ def feed_names(config: Config, name: str | None) -> list[str]:
 async def with_feed(config: Config, name: str, action: Callable[[HostedFeed], Awaitable[_T]]) -> _T:
     upstream = find_hosted(config, name)
     assert upstream is not None
-    feed = make_feed(config, upstream)
-    await feed.open()
-    try:
-        return await action(feed)
-    finally:
-        await feed.close()
+    async with aiohttp.ClientSession(trust_env=True) as session:
+        feed = make_feed(config, upstream, session)
+        await feed.open()
+        try:
+            return await action(feed)
+        finally:
+            await feed.close()
 
 
 def describe_file(record: FileRecord) -> str:

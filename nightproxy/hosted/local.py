@@ -21,10 +21,11 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Collection, Mapping
-from contextlib import suppress
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from packaging.utils import NormalizedName
 
@@ -45,6 +46,7 @@ from nightproxy.hosted.storage import (
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".nightproxy"
+READ_CHUNK = 1024 * 1024
 
 
 class LocalStorage(Storage):
@@ -149,6 +151,18 @@ class LocalStorage(Storage):
 
     def local_path(self, digest: str) -> Path | None:
         return self.blob(digest)
+
+    def open_bytes(self, record: FileRecord) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self._open_bytes(record)
+
+    @asynccontextmanager
+    async def _open_bytes(self, record: FileRecord) -> AsyncIterator[AsyncIterator[bytes]]:
+        # By content: an overwrite or a deletion of the name never changes these bytes.
+        handle = await asyncio.to_thread(open, self.blob(record.sha256), "rb")
+        try:
+            yield _chunks(handle)
+        finally:
+            await asyncio.to_thread(handle.close)
 
     async def read_blob(self, digest: str) -> bytes:
         return await asyncio.to_thread(self.blob(digest).read_bytes)
@@ -278,3 +292,8 @@ class LocalStorage(Storage):
                     self.blob(digest).unlink()
                     removed += 1
         return removed
+
+
+async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
+        yield chunk

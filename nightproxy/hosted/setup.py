@@ -6,14 +6,22 @@ beside a live server works on the same records and sees the same retention rules
 
 from __future__ import annotations
 
+import dataclasses
+
+import aiohttp
 from packaging.utils import NormalizedName
 
 from nightproxy.config import Config, HostedOptions, UpstreamConfig, effective_retention
 from nightproxy.hosted.auth import FeedAuth
+from nightproxy.hosted.bucket import BucketStorage
 from nightproxy.hosted.feed import Clock, FeedSettings, HostedFeed, utc_now
 from nightproxy.hosted.local import LocalStorage
 from nightproxy.hosted.prune import PruneRules
 from nightproxy.hosted.storage import Storage
+from nightproxy.objectstore import ObjectStore, StoreSettings
+
+#: Seconds a bucket-backed feed's listing may lag behind other servers' changes.
+BUCKET_RECHECK = 2.0
 
 
 def hosted_options(upstream: UpstreamConfig) -> HostedOptions:
@@ -56,17 +64,43 @@ def feed_auth(upstream: UpstreamConfig) -> FeedAuth:
     )
 
 
-def make_storage(upstream: UpstreamConfig) -> Storage:
+def make_storage(
+    config: Config, upstream: UpstreamConfig, session: aiohttp.ClientSession | None
+) -> Storage:
+    """The feed's storage; one in a bucket is reached over ``session``."""
     options = hosted_options(upstream)
-    if options.path is None:
-        raise NotImplementedError(
-            f"upstream {upstream.name}: a hosted feed in a bucket is not served by this build"
-        )
-    return LocalStorage(options.path)
+    if options.path is not None:
+        return LocalStorage(options.path)
+    if session is None:
+        raise ValueError(f"hosted feed {upstream.name} is in a bucket: it needs a session")
+    assert upstream.url is not None
+    assert options.s3 is not None
+    s3 = options.s3
+    settings = StoreSettings.from_url(
+        upstream.url,
+        endpoint=s3.endpoint,
+        region=s3.region,
+        addressing=s3.addressing,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+    )
+    # Upload bodies are received here: a wheel is checked whole before it goes to the bucket.
+    staging = config.cache.dir / "feeds" / upstream.name / "staging"
+    return BucketStorage(ObjectStore(session, settings), staging)
 
 
-def make_feed(config: Config, upstream: UpstreamConfig, *, clock: Clock = utc_now) -> HostedFeed:
-    """The feed of a hosted upstream, not yet opened."""
+def make_feed(
+    config: Config,
+    upstream: UpstreamConfig,
+    session: aiohttp.ClientSession | None = None,
+    *,
+    clock: Clock = utc_now,
+) -> HostedFeed:
+    """The feed of a hosted upstream, not yet opened; a bucket is reached over ``session``."""
+    settings = feed_settings(config, upstream)
+    if hosted_options(upstream).path is None:
+        # Each look at a bucket's records is a listing request: not more than every 2 s.
+        settings = dataclasses.replace(settings, recheck=BUCKET_RECHECK)
     return HostedFeed(
-        feed_settings(config, upstream), make_storage(upstream), feed_auth(upstream), clock=clock
+        settings, make_storage(config, upstream, session), feed_auth(upstream), clock=clock
     )

@@ -18,7 +18,7 @@ import fcntl
 import os
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -129,6 +129,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def local_path(self, digest: str) -> Path | None:
         """The local file holding these bytes, for ``FileResponse``; None if not local."""
+
+    @abc.abstractmethod
+    def open_bytes(self, record: FileRecord) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """A live file's bytes exactly as recorded, in chunks; an error rather than other bytes
+        once the file was replaced or deleted."""
 
     @abc.abstractmethod
     async def read_blob(self, digest: str) -> bytes:

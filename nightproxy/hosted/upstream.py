@@ -4,18 +4,16 @@ The feed's live files are listed like any other upstream's, with their PEP 700 u
 size and sha256, and PEP 658 metadata for wheels. A page's validator is the feed's generation,
 so an unchanged feed answers ``NotModified`` without rebuilding anything.
 
-The bytes are the feed's own: the server serves them straight from storage (``local_path``,
-for ``web.FileResponse``), never through the download cache, whose LRU must not evict them
+The bytes are the feed's own: the server serves them straight from storage (a local feed's
+with ``web.FileResponse``), never through the download cache, whose LRU must not evict them
 and which would only hold a second copy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from types import MappingProxyType
 
 from packaging.utils import NormalizedName
@@ -25,7 +23,6 @@ from nightproxy.hosted.feed import HostedFeed
 from nightproxy.hosted.records import FileRecord
 from nightproxy.model import DistFile, ProjectPage
 from nightproxy.upstreams.base import (
-    CHUNK_SIZE,
     Download,
     FetchResult,
     NotFound,
@@ -56,24 +53,16 @@ def dist_file(feed: str, record: FileRecord) -> DistFile:
     )
 
 
-class _BlobDownload(Download):
-    """The stored bytes of one file, exactly ``size`` of them, read off the event loop."""
+class _StoredDownload(Download):
+    """The stored bytes of one file, exactly as recorded."""
 
-    def __init__(self, upstream: str, path: Path, size: int) -> None:
-        self._upstream = upstream
-        self._path = path
+    def __init__(self, chunks: AsyncIterator[bytes], size: int) -> None:
+        self._chunks = chunks
         self.size = size
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            handle = await asyncio.to_thread(open, self._path, "rb")
-        except OSError as exc:
-            raise UpstreamError(self._upstream, f"cannot open {self._path.name}") from exc
-        try:
-            while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
-                yield chunk
-        finally:
-            await asyncio.to_thread(handle.close)
+        async for chunk in self._chunks:
+            yield chunk
 
 
 class HostedUpstream(Upstream):
@@ -116,22 +105,15 @@ class HostedUpstream(Upstream):
             raise UpstreamError(self.name, f"{file.filename} is no longer in the feed")
         return record
 
-    def local_path(self, file: DistFile) -> Path | None:
-        """The local file holding a listed file's bytes (content-addressed: never other bytes)."""
-        sha = file.sha256
-        return None if sha is None else self.feed.storage.local_path(sha)
-
     def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
         return self._open(file)
 
     @asynccontextmanager
     async def _open(self, file: DistFile) -> AsyncIterator[Download]:
         record = await self._live(file)
-        path = self.feed.storage.local_path(record.sha256)
-        if path is None:
-            raise UpstreamError(self.name, "this feed's storage is not local")
         with self.feed.serving(record.sha256):
-            yield _BlobDownload(self.name, path, record.size)
+            async with self.feed.storage.open_bytes(record) as chunks:
+                yield _StoredDownload(chunks, record.size)
 
     def open_metadata(self, file: DistFile) -> AbstractAsyncContextManager[Download] | None:
         if not file.core_metadata:
@@ -143,8 +125,9 @@ class HostedUpstream(Upstream):
         record = await self._live(file)
         if record.metadata_sha256 is None:
             raise UpstreamError(self.name, f"{file.filename} has no metadata")
-        path = self.feed.storage.local_path(record.metadata_sha256)
-        if path is None:
-            raise UpstreamError(self.name, "this feed's storage is not local")
-        size = await asyncio.to_thread(lambda: path.stat().st_size)
-        yield _BlobDownload(self.name, path, size)
+        data = await self.feed.storage.read_blob(record.metadata_sha256)
+        yield _StoredDownload(_once(data), len(data))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

@@ -297,6 +297,28 @@ class ObjectStore:
         _, answer = await self._small("PUT", key, f"PUT {key}", headers=headers, body=body)
         return answer.get("ETag", "")
 
+    async def copy(self, source: str, key: str, *, if_match: str | None = None) -> str:
+        """Copy object ``source`` to ``key`` inside the store, no bytes through this client;
+        the copy's ETag. ``ObjectNotFoundError`` when there is no ``source``;
+        ``PreconditionFailedError`` when ``if_match`` is not the source's ETag (any more)."""
+        what = f"CopyObject {source} to {key}"
+        headers = {
+            "x-amz-copy-source": quote(
+                f"/{self.settings.bucket}/{self.settings.prefix}{source}", safe="/" + _SAFE
+            )
+        }
+        if if_match is not None:
+            headers["x-amz-copy-source-if-match"] = if_match
+        body, _ = await self._small("PUT", key, what, headers=headers)
+        # As for CompleteMultipartUpload, S3 may answer 200 and report an error in the body.
+        root = await self._parse(body, what)
+        if wire.local_name(root) == "Error":
+            code = wire.find_text(root, "Code")
+            error = StoreError(f"{what}: {code}", status=200, code=code)
+            self._report(error)
+            raise error
+        return wire.find_text(root, "ETag") or ""
+
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
         """Remove the object (a missing one is not an error, as in S3 itself)."""
         headers = {"If-Match": if_match} if if_match is not None else None

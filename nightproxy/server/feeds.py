@@ -21,9 +21,11 @@ from aiohttp.abc import AbstractStreamWriter
 from packaging.utils import NormalizedName
 
 from nightproxy.hosted.feed import HostedFeed
+from nightproxy.hosted.records import FileRecord
 from nightproxy.hosted.setup import hosted_upstreams, make_feed
 from nightproxy.hosted.upstream import HostedUpstream
 from nightproxy.model import PublishedFile
+from nightproxy.objectstore import StoreError
 from nightproxy.server import keys
 from nightproxy.server.feeds_status import FeedCollector
 from nightproxy.upstreams import make_upstream
@@ -42,7 +44,7 @@ async def feeds_ctx(app: web.Application) -> AsyncIterator[None]:
     feeds: dict[str, HostedFeed] = {}
     try:
         for upstream in hosted_upstreams(config):
-            feed = make_feed(config, upstream)
+            feed = make_feed(config, upstream, app[keys.SESSION])
             await feed.open()
             feeds[upstream.name] = feed
     except BaseException:
@@ -124,6 +126,33 @@ async def serve_hosted(
             raise web.HTTPNotFound(text="no such metadata\n")
         digest = record.metadata_sha256
     path = feed.storage.local_path(digest)
-    if path is None:
-        raise web.HTTPNotImplemented(text="this feed's storage is not served by this build\n")
-    return _ServedBlob(feed, digest, path, METADATA_TYPE if metadata else OCTET)
+    if path is not None:
+        return _ServedBlob(feed, digest, path, METADATA_TYPE if metadata else OCTET)
+    headers = {"Cache-Control": FILE_CACHE_CONTROL}
+    if metadata:
+        data = await feed.storage.read_blob(digest)
+        return web.Response(body=data, content_type="text/plain", charset="utf-8", headers=headers)
+    return await _stream_stored(request, feed, record, headers)
+
+
+async def _stream_stored(
+    request: web.Request, feed: HostedFeed, record: FileRecord, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A file of a feed kept in a bucket, streamed as the store sends it."""
+    response = web.StreamResponse(
+        headers={**headers, "Content-Type": OCTET, "Content-Length": str(record.size)}
+    )
+    try:
+        with feed.serving(record.sha256):
+            async with feed.storage.open_bytes(record) as chunks:
+                await response.prepare(request)
+                if request.method == "HEAD":
+                    return response
+                async for chunk in chunks:
+                    await response.write(chunk)
+    except StoreError as exc:
+        if not response.prepared:
+            raise web.HTTPBadGateway(text=f"feed {feed.name}: {exc.reason}\n") from None
+        raise  # mid-body: the connection is cut, the client sees a short body
+    await response.write_eof()
+    return response
