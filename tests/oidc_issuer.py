@@ -21,10 +21,13 @@ from typing import Any
 import jwt
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from tests.support import installer_env
 
 #: The bearer token the fake runner expects (the runner's ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``).
 REQUEST_TOKEN = "runner-request-token"
@@ -180,6 +183,30 @@ class OidcIssuer:
         return jwt.encode(
             dict(claims), signing_key, algorithm=algorithm, headers={"kid": kid, **(headers or {})}
         )
+
+
+def https_config(
+    tmp_path: Path, cert: Path, key: Path, upstreams: list[dict[str, Any]], **sections: Any
+) -> Path:
+    """A ``nightproxy.yaml`` serving ``upstreams`` over HTTPS with ``cert`` and ``key``."""
+    config = tmp_path / "nightproxy.yaml"
+    data = {
+        "server": {"tls": {"cert": str(cert), "key": str(key)}},
+        "cache": {"dir": str(tmp_path / "cache")},
+        "upstreams": upstreams,
+        **sections,
+    }
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def job_env(tmp_path: Path, issuer: OidcIssuer, ca: LocalCA) -> dict[str, str]:
+    """A GitHub Actions job's environment with ``id-token: write``, trusting the local CA."""
+    env = installer_env(tmp_path)
+    env.update(issuer.runner_env())
+    env["REQUESTS_CA_BUNDLE"] = env["SSL_CERT_FILE"] = str(ca.ca_file)
+    env["GITHUB_STEP_SUMMARY"] = str(tmp_path / "step-summary.md")
+    return env
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from nightproxy.server.upload import setup_upload_routes
 from nightproxy.trust.claims import TrustedPublisher
 from nightproxy.trust.service import MintedTokenSource, TrustedPublishing
 from tests.hosted_support import NUMPY_TOKEN, run_tool, sha256_line, twine_bin
-from tests.oidc_issuer import REF, REPOSITORY, WORKFLOW, LocalCA, OidcIssuer
+from tests.oidc_issuer import REF, REPOSITORY, WORKFLOW, LocalCA, OidcIssuer, job_env
 from tests.support import installer_env, uv_bin
 from tests.wheels import build_wheel
 
@@ -106,15 +106,6 @@ async def publishing(
         yield Publishing(str(server.make_url("")).rstrip("/"), feed, trust)
         await trust.close()
     await feed.close()
-
-
-def job_env(tmp_path: Path, issuer: OidcIssuer, ca: LocalCA) -> dict[str, str]:
-    """A GitHub Actions job's environment with ``id-token: write``, trusting the local CA."""
-    env = installer_env(tmp_path)
-    env.update(issuer.runner_env())
-    env["REQUESTS_CA_BUNDLE"] = env["SSL_CERT_FILE"] = str(ca.ca_file)
-    env["GITHUB_STEP_SUMMARY"] = str(tmp_path / "step-summary.md")
-    return env
 
 
 def dist(tmp_path: Path, name: str = "octo-lib", version: str = "1.0.dev20261207") -> Path:

@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 import trustme
-import yaml
 from aiohttp import web
 
 from nightproxy.server.tls import TlsCertificates, TlsError
-from tests.oidc_issuer import LocalCA
+from tests.oidc_issuer import LocalCA, https_config
 from tests.support import WAIT, free_port, nightproxy_serve
 
 
@@ -174,19 +173,8 @@ def test_unusable_files_are_a_clear_error(local_ca: LocalCA, tmp_path: Path) -> 
 def write_tls_config(tmp_path: Path, cert: Path, key: Path) -> Path:
     """A config serving an empty directory feed over HTTPS with ``cert`` and ``key``."""
     (tmp_path / "wheels").mkdir(exist_ok=True)
-    config = tmp_path / "nightproxy.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "server": {"tls": {"cert": str(cert), "key": str(key)}},
-                "cache": {"dir": str(tmp_path / "cache")},
-                "upstreams": [
-                    {"name": "local", "kind": "directory", "path": str(tmp_path / "wheels")}
-                ],
-            }
-        )
-    )
-    return config
+    feed = {"name": "local", "kind": "directory", "path": str(tmp_path / "wheels")}
+    return https_config(tmp_path, cert, key, [feed])
 
 
 async def test_nightproxy_serve_rotates_its_certificate_without_a_restart(
