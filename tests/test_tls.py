@@ -201,20 +201,35 @@ async def test_nightproxy_serve_rotates_its_certificate_without_a_restart(
         assert proc.returncode is None
 
 
+async def read_until(stream: asyncio.StreamReader, text: str, count: int = 1) -> None:
+    """Read log lines until ``count`` of them contain ``text`` (bounded by WAIT)."""
+    async with asyncio.timeout(WAIT):
+        while count:
+            line = await stream.readline()
+            assert line, f"the server's log ended before {text!r}"
+            count -= text in line.decode(errors="replace")
+
+
 async def test_every_worker_reloads_on_sighup(local_ca: LocalCA, tmp_path: Path) -> None:
-    """With ``--workers 2``, SIGHUP to the parent reaches every worker: after it, no new
-    connection, whichever worker accepts it, is shown the old certificate."""
+    """With ``--workers 2``, SIGHUP to the parent reaches every worker: once both say they
+    reloaded, no new connection, whichever worker accepts it, is shown the old certificate."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     write_padded(local_ca, local_ca.leaf, cert, key)
     config = write_tls_config(tmp_path, cert, key)
     port = free_port()
     async with nightproxy_serve(
-        ["--config", str(config), "--workers", "2"], port, tls=local_ca.client_context()
+        ["--config", str(config), "--workers", "2"],
+        port,
+        tls=local_ca.client_context(),
+        stderr=asyncio.subprocess.PIPE,
     ) as proc:
+        assert proc.stderr is not None
+        # Both workers listen (their SIGHUP handlers are in place) before the signal is sent.
+        await read_until(proc.stderr, "all 2 workers accept connections")
         second = local_ca.ca.issue_cert("127.0.0.1")
         rewrite_unnoticed(local_ca, second, cert, key)
         proc.send_signal(signal.SIGHUP)
-        await wait_presented(port, local_ca, der(second))
+        await read_until(proc.stderr, "TLS certificate reloaded", count=2)
         seen = {await presented(port, local_ca) for _ in range(20)}
         assert seen == {der(second)}
 
