@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.targets import free_port, stop, wait_http  # noqa: E402
+from bench.targets import free_port, kill_all, spawn, stop, wait_http  # noqa: E402
 from tests.seaweed import SeaweedServer  # noqa: E402
 from tests.support import tool  # noqa: E402
 
@@ -164,15 +164,15 @@ class Bench:
             f"    url: {s.url(prefix)}\n    endpoint: {s.endpoint}\n"
             f"    access_key_id: {s.access_key_id}\n    secret_access_key: {s.secret_access_key}\n"
             f"    replica_id: replica{self.serial}\n    peer_url: http://127.0.0.1:{port}\n"
-            f"index:\n  ttl: 10m\nretention:\n  dev_max_age: off\nlogging:\n  level: warning\n"
+            f"index:\n  ttl: 10m\nretention:\n  dev_max_age: off\nlogging:\n  level: info\n"
             f"upstreams:\n  - name: up\n    kind: simple\n"
             f"    url: http://127.0.0.1:{self.upstream_port}/simple/\n"
         )
-        log = (home / "serve.log").open("wb")
-        proc = subprocess.Popen(
+        # Its own session, so that ``stop`` ends it and all it started.
+        proc = spawn(
             [sys.executable, "-m", "nightproxy", "serve", "--config", str(home / "nightproxy.yaml"),
              "--port", str(port)],
-            stdout=log, stderr=log, cwd=ROOT,
+            home / "serve.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
         )
         wait_http(f"http://127.0.0.1:{port}/healthz", proc, 30, home / "serve.log")
         self.replicas.append(proc)
@@ -190,9 +190,9 @@ class Bench:
         path = self.work / "nginx.conf"
         path.write_text(conf)
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.nginx = subprocess.Popen(
+        self.nginx = spawn(
             [binary, "-p", str(self.work), "-c", str(path), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self.work / "nginx.out",
         )
         wait_http(f"http://127.0.0.1:{self.upstream_port}/simple/onefile/", self.nginx, 15,
                   self.work / "nginx-error.log")
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     seaweed = SeaweedServer(Path(binary), work / "seaweed")
     seaweed.start()
-    bench = Bench(work, seaweed, args.reps)
+    bench = Bench(work, seaweed, args.reps + 1)
     load = Load()
     out: dict[str, Any] = {}
     try:
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 herd: list[float] = []
                 direct: list[float] = []
                 gets: list[int] = []
-                for i in range(args.reps):
+                for i in range(args.reps + 1):
                     name = f"blob-2.{i}-py3-none-any.whl"
                     result = load.ask(op="fetch", url=bench.file_url(lb, name), clients=32,
                                       headers={})
@@ -277,48 +277,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["shared_hit"] = shared_hit(bench, load, args.reps, prefix)
     finally:
         load.close()
-        bench.stop_replicas()
-        if bench.nginx is not None:
-            stop(bench.nginx)
+        kill_all()
         seaweed.stop()
     return out
 
 
-def shared_hit(bench: Bench, load: Load, reps: int, prefix: str) -> dict[str, float]:
-    """A warm file from the store by a replica that has it nowhere on disk, against a direct
-    signed GET of the same blob (Python's aiohttp client in both cases)."""
-    import aiohttp
-
+def _store(bench: Bench, session: Any, prefix: str) -> Any:
     from nightproxy.objectstore import ObjectStore, StoreSettings
 
-    name = "blob-1.0-py3-none-any.whl"
-    sha = bench.shas[name]
+    s = bench.seaweed
+    settings = StoreSettings(bucket=s.bucket, prefix=prefix, endpoint=s.endpoint,
+                             access_key_id=s.access_key_id, secret_access_key=s.secret_access_key)
+    return ObjectStore(session, settings)
+
+
+async def _wait_uploaded(bench: Bench, prefix: str, shas: list[str]) -> None:
+    """Until the herd's fillers have shared every file (their uploads follow the fills)."""
+    import aiohttp
+
+    from nightproxy.objectstore import ObjectNotFoundError
+
+    async with aiohttp.ClientSession() as session:
+        store = _store(bench, session, prefix)
+        deadline = time.monotonic() + 120
+        for sha in shas:
+            while True:
+                try:
+                    await store.head(f"blobs/{sha[:2]}/{sha}")
+                    break
+                except ObjectNotFoundError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+
+def shared_hit(bench: Bench, load: Load, reps: int, prefix: str) -> dict[str, float]:
+    """Files in the store but not on the replica's disk, through a warm replica (started
+    after the herd, warmed on another such file), against direct signed GETs of the same
+    blobs from the store (an aiohttp client in both cases)."""
+    import aiohttp
+
+    names = [f"blob-2.{i}-py3-none-any.whl" for i in range(reps + 1)]
+    asyncio.run(_wait_uploaded(bench, prefix, [bench.shas[n] for n in names]))
+    port = bench.start_replica(prefix)
+    base = f"http://127.0.0.1:{port}"
+    load.ask(op="fetch", url=f"{base}/simple/blob/", clients=1, headers={})
+    load.ask(op="fetch", url=bench.file_url(base, names[0]), clients=1, headers={})
     through: list[float] = []
-    for _ in range(reps):
-        port = bench.start_replica(prefix)
-        base = f"http://127.0.0.1:{port}"
-        load.ask(op="fetch", url=f"{base}/simple/blob/", clients=1, headers={})
+    for name in names[1:]:
         result = load.ask(op="fetch", url=bench.file_url(base, name), clients=1, headers={})
-        assert result["clients"][0]["sha256"] == sha
+        assert result["clients"][0]["sha256"] == bench.shas[name]
         through.append(result["clients"][0]["total_ms"])
-        stop(bench.replicas.pop())
-        bench.replica_ports.pop()
 
     async def direct() -> list[float]:
-        s = bench.seaweed
-        settings = StoreSettings(bucket=s.bucket, prefix=prefix, endpoint=s.endpoint,
-                                 access_key_id=s.access_key_id,
-                                 secret_access_key=s.secret_access_key)
         times = []
         async with aiohttp.ClientSession() as session:
-            store = ObjectStore(session, settings)
-            for _ in range(reps):
+            store = _store(bench, session, prefix)
+            for name in names:
+                sha = bench.shas[name]
                 t0 = time.perf_counter()
                 async with store.open(f"blobs/{sha[:2]}/{sha}") as reader:
                     async for _chunk in reader.chunks(1 << 20):
                         pass
                 times.append((time.perf_counter() - t0) * 1e3)
-        return times
+        return times[1:]
 
     return {"through_replica_ms": median(through), "direct_store_ms": median(asyncio.run(direct()))}
 
