@@ -77,6 +77,8 @@ class Fleet:
     root: Path
     fill_lease_ttl: str = "2s"
     extra_shared: str = ""
+    #: Where the replicas reach the store (a faulty proxy in front of it, say).
+    endpoint: str | None = None
     replicas: list[Replica] = field(default_factory=list)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -87,7 +89,7 @@ class Fleet:
             f"  dir: {replica.cache_dir}\n"
             f"  shared:\n"
             f"    url: {s.url(self.prefix)}\n"
-            f"    endpoint: {s.endpoint}\n"
+            f"    endpoint: {self.endpoint or s.endpoint}\n"
             f"    region: {s.region}\n"
             f"    access_key_id: {s.access_key_id}\n"
             f"    secret_access_key: ${{TEST_STORE_SECRET}}\n"

@@ -17,6 +17,7 @@ from nightproxy.objectstore import ObjectStore, StoreSettings
 from tests.conftest import simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.fakes._base import SlowControl
+from tests.fakes.faulty_store import FaultyStoreProxy
 from tests.fleet import Fleet, RoundRobin
 from tests.seaweed import SeaweedServer
 from tests.support import WAIT, html_anchors
@@ -300,3 +301,32 @@ async def test_new_replicas_with_empty_disks_serve_while_the_upstream_is_down(
         status, got, _, _ = await fetch(http, url)
         assert (status, got) == (200, digest), fleet.logs()
     assert upstream_gets(upstream, wheel.name) == 1
+
+
+async def test_a_slow_store_is_skipped_not_waited_for(
+    seaweed: SeaweedServer,
+    s3_prefix: str,
+    upstream: FakeSimpleIndex,
+    start_fake: Any,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """A store that takes 30 s per answer: a cold file is served from the upstream anyway (no
+    5xx, no waiting for the store's timeouts), and the replica says the store is degraded."""
+    wheel = build_wheel(tmp_path / "wheels", "patient", "1.0", payload_size=256 * 1024)
+    upstream.add_file("patient", wheel)
+    slow = await start_fake(FaultyStoreProxy(seaweed.endpoint))
+    fleet = Fleet(seaweed, s3_prefix, simple_url(upstream), tmp_path / "fleet")
+    fleet.endpoint = slow.base_url.rstrip("/")
+    try:
+        (replica,) = await fleet.start(1)
+        slow.delay = 30.0
+        url = await file_url(http, replica.base, "patient", wheel.name)
+        async with asyncio.timeout(WAIT):
+            status, digest, _, _ = await fetch(http, url)
+        assert (status, digest) == (200, sha256_file(wheel))
+        status, body = await readyz(http, replica.base)
+        assert (status, body["status"]) == (200, "degraded")
+        slow.heal()
+    finally:
+        await fleet.stop_all()

@@ -23,7 +23,7 @@ from nightproxy.cache.shared.tier import SharedTier
 from nightproxy.index.codec import gone_from_json, gone_to_json, page_from_json, page_to_json
 from nightproxy.index.state import Gone, IndexState
 from nightproxy.model import ProjectPage
-from nightproxy.objectstore import StoreError
+from nightproxy.objectstore import StoreDownError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,14 @@ class SharedIndexState(IndexState):
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(STORE_WAIT)
-        except (StoreError, concurrent.futures.TimeoutError) as exc:
+        except concurrent.futures.TimeoutError:
             future.cancel()
+            assert self.tier is not None
+            # A slow store counts as failing: the next pages do not wait for it (see health).
+            self.tier.health.record(StoreDownError(f"no answer within {STORE_WAIT:.0f} s"))
+            log.info("shared store too slow for index state: local state only")
+            return default
+        except StoreError as exc:
             log.info("shared store not consulted for index state: %s", exc)
             return default
 

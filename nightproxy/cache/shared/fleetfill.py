@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from nightproxy.cache.shared.peer import PeerLacksFileError, PeerUnavailableError, open_peer
 from nightproxy.cache.store import is_sha256
-from nightproxy.objectstore import ObjectNotFoundError, StoreError
+from nightproxy.objectstore import ObjectNotFoundError, StoreDownError, StoreError
 from nightproxy.objectstore.lease import Holder, LeaseKeeper
 from nightproxy.upstreams.base import Download
 
@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 Opener = Callable[[], AbstractAsyncContextManager[Download]]
 #: Between two looks at a lease held by a replica that does not answer.
 _POLL = 0.25
+#: Seconds one store request of choosing a source may take: a slower store is skipped (the
+#: client's first byte must not wait for it) and marked degraded.
+SOURCE_WAIT = 3.0
+_T = TypeVar("_T")
 
 
 class SourceChangedError(Exception):
@@ -133,19 +137,23 @@ class FleetDownload(Download):
         tier = self.tier
         sha = self.expected_sha256
         if sha is None or not is_sha256(sha):
-            sha = await tier.blobs.resolve(self.key)
+            sha = await self._in_time(tier.blobs.resolve(self.key))
         download: Download
         if sha is not None:
             try:
-                download = await self._stack.enter_async_context(tier.reading(sha, offset))
+                download = await self._in_time(
+                    self._stack.enter_async_context(tier.reading(sha, offset))
+                )
             except ObjectNotFoundError:
                 pass
             else:
                 self.source = "store"
                 tier.stats["store_hits"] += 1
                 return download
-        claim = await tier.leases.acquire(
-            fill_lease(self.key), tier.settings.fill_lease_ttl, info={"key": self.key}
+        claim = await self._in_time(
+            tier.leases.acquire(
+                fill_lease(self.key), tier.settings.fill_lease_ttl, info={"key": self.key}
+            )
         )
         if not isinstance(claim, Holder):
             keeper = LeaseKeeper(tier.leases, claim, release=False)
@@ -188,6 +196,16 @@ class FleetDownload(Download):
         self._skip = offset
         tier.stats["peer_streams"] += 1
         return download
+
+    async def _in_time(self, step: Awaitable[_T]) -> _T:
+        """A store step of choosing the source, bounded: a slow store counts as failing."""
+        try:
+            async with asyncio.timeout(SOURCE_WAIT):
+                return await step
+        except TimeoutError:
+            error = StoreDownError(f"{self.key}: the store did not answer in {SOURCE_WAIT:.0f} s")
+            self.tier.health.record(error)
+            raise error from None
 
     async def _direct(self, offset: int) -> Download:
         self.source = "direct"
