@@ -21,12 +21,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from nightproxy.objectstore import StoreSettings
 from tests.support import needs, tool
 
 REQUIRE_ENV = "NIGHTPROXY_REQUIRE_SEAWEEDFS"
@@ -95,6 +97,18 @@ class SeaweedServer:
     @property
     def log_path(self) -> Path:
         return self.directory / "weed.log"
+
+    def store_settings(self, prefix: str = "", **options: Any) -> StoreSettings:
+        """nightproxy's client settings for this server, under ``prefix``."""
+        return StoreSettings(
+            bucket=self.bucket,
+            prefix=prefix,
+            endpoint=self.endpoint,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            **options,
+        )
 
     def url(self, prefix: str = "") -> str:
         """``s3://BUCKET/PREFIX``, the form nightproxy's configuration takes."""

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from nightproxy.objectstore import ObjectStore, StoreSettings
+from nightproxy.objectstore import ObjectStore
 from tests.conftest import simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.fakes._base import SlowControl
@@ -50,16 +50,7 @@ async def fleet(
 @pytest.fixture
 async def store(seaweed: SeaweedServer, s3_prefix: str) -> AsyncIterator[ObjectStore]:
     async with aiohttp.ClientSession() as session:
-        yield ObjectStore(
-            session,
-            StoreSettings(
-                bucket=seaweed.bucket,
-                prefix=s3_prefix,
-                endpoint=seaweed.endpoint,
-                access_key_id=seaweed.access_key_id,
-                secret_access_key=seaweed.secret_access_key,
-            ),
-        )
+        yield ObjectStore(session, seaweed.store_settings(s3_prefix))
 
 
 def add_slow_wheel(fake: FakeSimpleIndex, tmp_path: Path, project: str, version: str) -> Path:

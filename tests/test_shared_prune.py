@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from nightproxy.cache.shared.prune import choose_victims, prune_once
 from nightproxy.cache.shared.settings import SharedSettings
 from nightproxy.cache.shared.tier import SharedTier
-from nightproxy.objectstore import StoreSettings
 from tests.seaweed import SeaweedServer
 
 MIB = 1024 * 1024
@@ -27,13 +26,7 @@ MIB = 1024 * 1024
 async def tiers(
     seaweed: SeaweedServer, s3_prefix: str
 ) -> AsyncIterator[tuple[SharedTier, SharedTier]]:
-    store = StoreSettings(
-        bucket=seaweed.bucket,
-        prefix=s3_prefix,
-        endpoint=seaweed.endpoint,
-        access_key_id=seaweed.access_key_id,
-        secret_access_key=seaweed.secret_access_key,
-    )
+    store = seaweed.store_settings(s3_prefix)
     async with aiohttp.ClientSession() as session:
         made = tuple(
             SharedTier(

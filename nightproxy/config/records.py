@@ -76,8 +76,8 @@ class SharedCacheConfig:
     max_size: int | None = None
     #: Seconds an object unused this long is removed; None: never.
     max_age: float | None = 14 * 86400
-    #: Names this replica in leases, the status page and metrics; None: the host name, the
-    #: process id and a random suffix.
+    #: Names this replica in leases, the status page and metrics; None: the host name and a
+    #: random suffix.
     replica_id: str | None = None
     #: Where the other replicas reach this one (``http://host:port``); None:
     #: ``http://<host name>:<server.port>``.

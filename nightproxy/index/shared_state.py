@@ -1,35 +1,26 @@
 """The index's persisted state, written through to the fleet's shared store and read back from
 it when this replica's disk has none (a new replica, an empty disk).
 
-``IndexState``'s methods do disk I/O and are called in worker threads; the store is reached
-from there through the event loop (``run_coroutine_threadsafe``), each call bounded by
-``STORE_WAIT``. Writes to the store happen in the background: the local copy is what the caller
-waited for. Whenever the store is failing, the replica runs on its local state alone.
+The local copy is what callers wait for; the store is reached through ``StoreBridge`` (reads
+bounded in time, writes in the background). Whenever the store is failing or slow, the replica
+runs on its local state alone.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import logging
-import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nightproxy.cache.shared.bridge import StoreBridge
 from nightproxy.cache.shared.docs import SharedDocs
 from nightproxy.cache.shared.tier import SharedTier
 from nightproxy.index.codec import gone_from_json, gone_to_json, page_from_json, page_to_json
 from nightproxy.index.state import Gone, IndexState
 from nightproxy.model import ProjectPage
-from nightproxy.objectstore import StoreDownError, StoreError
-
-log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-#: Seconds a read of the store may hold up a page; after that the local state answers alone.
-STORE_WAIT = 5.0
 #: A page the upstream confirmed (304) is written to the store again at most this often.
 TOUCH_EVERY = 600.0
 
@@ -37,67 +28,24 @@ TOUCH_EVERY = 600.0
 class SharedIndexState(IndexState):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.tier: SharedTier | None = None
         self.docs: SharedDocs | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self._bridge: StoreBridge | None = None
         self._touched: dict[tuple[str, str], float] = {}
         self._known: set[str] = set()
 
     def attach(self, tier: SharedTier) -> None:
         """Start writing to and reading from the shared store (called on the event loop, once
         the tier exists: the state is opened before it)."""
-        self.tier = tier
         self.docs = SharedDocs(tier.store)
-        self.loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-
-    # -- bridging from worker threads to the loop -------------------------------------------
-
-    def _usable(self) -> bool:
-        # On the loop's own thread a blocking wait would deadlock: local state only there.
-        return (
-            self.tier is not None
-            and threading.get_ident() != self._loop_thread
-            and not self.tier.health.skip()
-        )
+        self._bridge = StoreBridge(tier, "index state")
 
     def _wait(self, coro: Coroutine[Any, Any, _T], default: _T) -> _T:
-        if not self._usable():
-            coro.close()
-            return default
-        assert self.loop is not None
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(STORE_WAIT)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            assert self.tier is not None
-            # A slow store counts as failing: the next pages do not wait for it (see health).
-            self.tier.health.record(StoreDownError(f"no answer within {STORE_WAIT:.0f} s"))
-            log.info("shared store too slow for index state: local state only")
-            return default
-        except StoreError as exc:
-            log.info("shared store not consulted for index state: %s", exc)
-            return default
+        assert self._bridge is not None
+        return self._bridge.wait(coro, default)
 
     def _send(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Start a write to the store and return at once (failures are logged)."""
-        tier, loop = self.tier, self.loop
-        if tier is None or loop is None or tier.health.skip():
-            coro.close()
-            return
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except StoreError as exc:
-                log.info("index state not written to the shared store: %s", exc)
-
-        if threading.get_ident() == self._loop_thread:
-            tier.spawn(guarded(), "shared index state")
-        else:
-            loop.call_soon_threadsafe(tier.spawn, guarded(), "shared index state")
+        assert self._bridge is not None
+        self._bridge.send(coro)
 
     # -- IndexState ---------------------------------------------------------------------------
 

@@ -39,11 +39,13 @@ class TrustedPublishing:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        ledger: TrustLedger | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.publishers = tuple(publishers)
-        self.ledger = TrustLedger(state_dir / FILENAME)
+        # A fleet passes a SharedTrustLedger (trust.shared_ledger) on the same file.
+        self.ledger = ledger if ledger is not None else TrustLedger(state_dir / FILENAME)
         self.clock = clock
         self.monotonic = monotonic
         self.tokens = MintedTokens(self.ledger, lifetime=settings.token_lifetime, clock=clock)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 PRUNE_LEASE = "prune"
 PRUNE_LEASE_TTL = 60.0
+TRUST = "trust/"
+#: Seconds after which a seen jti or a minted token's record is of no use any more.
+RECORD_AGE = 86400.0
 
 
 @dataclass
@@ -41,6 +44,8 @@ class PruneReport:
     deleted: list[str] = field(default_factory=list)
     #: Victims left in place because a replica was reading them.
     spared: list[str] = field(default_factory=list)
+    #: Trusted-publishing records past their use removed.
+    expired_records: int = 0
 
 
 def _timestamp(text: str | None) -> float:
@@ -110,6 +115,20 @@ def choose_victims(
     return victims
 
 
+async def _expire_records(tier: SharedTier, keeper: LeaseKeeper) -> int:
+    """Remove trusted-publishing records (``trust/``) written over ``RECORD_AGE`` ago: the
+    tokens they are about live minutes."""
+    cutoff = time.time() - RECORD_AGE
+    removed = 0
+    async for info in tier.store.list_objects(TRUST):
+        if keeper.lost.is_set():
+            break
+        if _timestamp(info.last_modified) < cutoff:
+            await tier.store.delete(info.key)
+            removed += 1
+    return removed
+
+
 async def prune_once(tier: SharedTier) -> PruneReport | None:
     """Enforce the budget once, if no other replica is doing so; None when one is."""
     claim = await tier.leases.acquire(PRUNE_LEASE, PRUNE_LEASE_TTL)
@@ -152,6 +171,8 @@ async def prune_once(tier: SharedTier) -> PruneReport | None:
             for sha in marked:
                 with contextlib.suppress(StoreError):
                     await tier.store.delete(DOOMED + sha)
+        if not keeper.lost.is_set():
+            report.expired_records = await _expire_records(tier, keeper)
     tier.stats["pruned"] += len(report.deleted)
     if report.deleted:
         log.info(

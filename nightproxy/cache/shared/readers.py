@@ -8,7 +8,8 @@ read-after-write consistency):
 - the pruner marks a victim (``doomed/<sha>``), *then* reads every live ``readers/`` object,
   and deletes only victims nobody lists;
 - a reader lists the blob in its ``readers/`` object, *then* checks for the mark, and treats a
-  marked blob as missing.
+  marked blob as missing (it may have started its GET already: it passes on no byte before
+  the check).
 
 Whichever writes first, one of them sees the other: a blob is never deleted under a reader.
 A replica that dies stops renewing its object, and the pruner ignores it after ``READERS_TTL``.

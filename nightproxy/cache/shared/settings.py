@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 from dataclasses import dataclass
@@ -12,8 +11,8 @@ from nightproxy.objectstore import StoreSettings
 
 
 def default_replica_id() -> str:
-    """Host name plus a random suffix: unique per process start, readable in leases."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    """Host name plus a random suffix: unique per start, readable in leases."""
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -44,8 +45,11 @@ class SharedTier:
         self.health = StoreHealth()
         self.store = ObjectStore(session, settings.store, on_result=self.health.record)
         self.blobs = SharedBlobs(self.store)
-        self.leases = Leases(self.store, holder=settings.replica_id, url=settings.peer_url)
-        self.readers = ReadRegistry(self.store, settings.replica_id)
+        # The worker processes of one replica (server.workers) share its name and peer URL but
+        # hold leases and announce reads each in their own name.
+        self.holder = f"{settings.replica_id}.{os.getpid()}"
+        self.leases = Leases(self.store, holder=self.holder, url=settings.peer_url)
+        self.readers = ReadRegistry(self.store, self.holder)
         self.peer_token = peer_token(settings.peer_secret)
         self.stats: Counter[str] = Counter()
         self._held: dict[str, LeaseKeeper] = {}
@@ -104,8 +108,14 @@ class SharedTier:
 
     @asynccontextmanager
     async def reading(self, sha256: str, offset: int = 0) -> AsyncIterator[StoreDownload]:
-        """A blob from the store, announced to the pruner for as long as it is read."""
-        async with self.readers.reading(sha256), self.blobs.open(sha256, start=offset) as download:
+        """A blob from the store, announced to the pruner for as long as it is read.
+
+        The GET goes first, so that a miss (the common case while a fill runs) costs one
+        request; the read is announced and the pruner's mark checked before any byte is passed
+        on, which is all the handshake in ``readers`` needs: a pruner that did not see this
+        read marked the blob before the check.
+        """
+        async with self.blobs.open(sha256, start=offset) as download, self.readers.reading(sha256):
             yield download
 
     def hold(self, key: str, keeper: LeaseKeeper) -> None:
