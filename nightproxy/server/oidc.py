@@ -23,7 +23,9 @@ from nightproxy.server import keys
 from nightproxy.server.keys import TRUST
 from nightproxy.trust.claims import Refusal, TokenRefusedError, TrustedPublisher
 from nightproxy.trust.keys import KeysUnavailableError
+from nightproxy.trust.ledger import FILENAME as LEDGER_FILENAME
 from nightproxy.trust.service import MintedTokenSource, TrustedPublishing
+from nightproxy.trust.shared_ledger import SharedTrustLedger
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +166,19 @@ def setup_trusted_publishing(app: web.Application) -> None:
 
 async def _trust_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
+    # A fleet shares its ledger (seen jti's, minted tokens) through the store.
+    tier = app[keys.SHARED]
+    ledger = None if tier is None else SharedTrustLedger(config.cache.dir / LEDGER_FILENAME)
     trust = TrustedPublishing(
-        app[keys.SESSION], config.publishing.oidc, trusted_publishers(config), config.cache.dir
+        app[keys.SESSION],
+        config.publishing.oidc,
+        trusted_publishers(config),
+        config.cache.dir,
+        ledger=ledger,
     )
     await trust.open()
+    if ledger is not None and tier is not None:
+        ledger.attach(tier)
     app[TRUST] = trust
     app[keys.METRICS].registry.register(TrustStats(trust))
     yield
