@@ -79,6 +79,8 @@ class Fleet:
     extra_shared: str = ""
     #: Where the replicas reach the store (a faulty proxy in front of it, say).
     endpoint: str | None = None
+    #: More entries of ``upstreams:`` (YAML, indented as list items).
+    extra_upstreams: str = ""
     replicas: list[Replica] = field(default_factory=list)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -102,6 +104,7 @@ class Fleet:
             f"logging:\n  level: info\n"
             f"upstreams:\n"
             f"  - name: main\n    kind: simple\n    url: {upstream_url or self.upstream_url}\n"
+            f"{self.extra_upstreams}"
         )
 
     def new_replica(self) -> Replica:

@@ -19,8 +19,9 @@ from tests.fakes import FakeSimpleIndex
 from tests.fakes._base import SlowControl
 from tests.fakes.faulty_store import FaultyStoreProxy
 from tests.fleet import Fleet, RoundRobin
+from tests.hosted_support import NUMPY_TOKEN, sha256_line, twine_upload
 from tests.seaweed import SeaweedServer
-from tests.support import WAIT, html_anchors
+from tests.support import WAIT, html_anchors, installed_version, pip_install
 from tests.wheels import build_wheel
 
 PAYLOAD = 2 * 1024 * 1024
@@ -321,3 +322,24 @@ async def test_a_slow_store_is_skipped_not_waited_for(
         slow.heal()
     finally:
         await fleet.stop_all()
+
+
+async def test_an_upload_through_one_replica_installs_through_another(
+    fleet: Fleet, seaweed: SeaweedServer, s3_prefix: str, tmp_path: Path
+) -> None:
+    """twine uploads to a hosted feed in the bucket through A; pip installs it through B at
+    once."""
+    s = seaweed
+    fleet.extra_upstreams = (
+        f"  - name: community\n    kind: hosted\n    url: {s.url(s3_prefix + 'feed/')}\n"
+        f"    endpoint: {s.endpoint}\n    addressing: path\n    region: {s.region}\n"
+        f"    access_key_id: {s.access_key_id}\n"
+        f"    secret_access_key: ${{TEST_STORE_SECRET}}\n"
+        f"    publishers:\n      numpy:\n        tokens: ['{sha256_line(NUMPY_TOKEN)}']\n"
+    )
+    a, b = await fleet.start(2)
+    wheel = build_wheel(tmp_path / "dist", "numpy", "2.0.dev0")
+    status, out = await twine_upload(f"{a.base}feeds/community/", [wheel], NUMPY_TOKEN, tmp_path)
+    assert status == 0, out
+    await pip_install(f"{b.base}simple/", tmp_path / "target", tmp_path, "numpy")
+    assert installed_version(tmp_path / "target", "numpy") == "2.0.dev0"
