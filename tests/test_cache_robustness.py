@@ -27,7 +27,8 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from nightproxy.cache import transfer
-from nightproxy.cache.fill import Fill, FillError, FillManager, SizeMismatchError
+from nightproxy.cache.fill import Fill, FillError, SizeMismatchError
+from nightproxy.cache.fills import FillManager
 from nightproxy.cache.store import CacheStore
 from nightproxy.cache.transfer import MANIFEST, export_cache, import_cache
 from nightproxy.server import keys

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from nightproxy.cache import fill as fill_module
-from nightproxy.cache.fill import CHUNK_OVERHEAD, SPOOL_LIMIT, Fill, _Spooler
+from nightproxy.cache import spool as fill_module
+from nightproxy.cache.fill import Fill
+from nightproxy.cache.spool import CHUNK_OVERHEAD, SPOOL_LIMIT
+from nightproxy.cache.spool import Spooler as _Spooler
 
 WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
 

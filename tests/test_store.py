@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -324,8 +326,8 @@ BUDGET = 1000
 class StoreMachine(RuleBasedStateMachine):
     """Random admit / touch / pin / reserve sequences against a simple LRU model.
 
-    Memory-only operations: ``reserve``, ``admitted``, ``touch``, ``pinned`` and ``release``
-    never touch the disk, so the store needs no directory.
+    The blobs have records but no files (``reserve`` deletes whatever files there are), so
+    each run's store needs only an empty directory for its database.
     """
 
     reservations = Bundle("reservations")
@@ -333,7 +335,8 @@ class StoreMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.store = CacheStore(Path("/nonexistent-nightproxy-store"), BUDGET, MAX_AGE)
+        self.root = Path(tempfile.mkdtemp(prefix="nightproxy-store-"))
+        self.store = open_store(self.root, BUDGET)
         self.order: list[str] = []  # model LRU order, least recent first
         self.sizes: dict[str, int] = {}
         self.pinned: dict[str, int] = {}
@@ -442,6 +445,8 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for stack in self.pin_stacks.values():
             stack.close()
+        self.store.close()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 StoreMachine.TestCase.settings = settings(

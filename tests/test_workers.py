@@ -157,9 +157,6 @@ def sockets_of(pid: int) -> int:
     return count
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs the cache shared across processes (helper 'cache', not landed)"
-)
 @pytest.mark.parametrize("workers", [2, 4])
 async def test_a_file_cached_by_one_worker_is_a_hit_on_every_worker(
     upstream: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path, workers: int
@@ -278,9 +275,6 @@ async def test_metrics_and_status_page_add_up_across_workers(
                 assert f"<td>{hits / 4:.1%}</td>" in await resp.text()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs the cache shared across processes (helper 'cache', not landed)"
-)
 async def test_one_cold_file_asked_by_32_clients_over_the_workers_is_fetched_once(
     start_fake: StartFake, tmp_path: Path
 ) -> None:

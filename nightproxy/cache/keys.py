@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import quote
 
-from nightproxy.cache.store import is_sha256
+from nightproxy.cache.layout import is_sha256
 from nightproxy.model import DistFile
 
 _MARKER_PREFIX = "u"

@@ -1,4 +1,4 @@
-"""``nightproxy cache stats | prune | export | import``: work on a cache directory offline.
+"""``nightproxy cache stats | prune | verify | export | import``: work on a cache directory.
 
 Each subcommand finds the cache from ``--config`` (with its budget and max age) or takes a bare
 ``--cache-dir``, and opens the store beside a server that may be running on it.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nightproxy.cache.store import BlobRecord, CacheStore
 from nightproxy.cache.transfer import SkippedAliases, TransferError, export_cache, import_cache
+from nightproxy.cache.verify import verify_all
 from nightproxy.cli.common import (
     CONFIG_HELP,
     Commands,
@@ -62,6 +63,11 @@ def register(commands: Commands) -> None:
     )
     prune.add_argument(
         "-v", "--verbose", action="store_true", help="list every evicted file, not only the count"
+    )
+    add(
+        "verify",
+        "check every cached file against its sha256, evicting those that differ",
+        verify_command,
     )
     add(
         "export",
@@ -162,12 +168,10 @@ def prune_command(args: argparse.Namespace) -> int:
     with _opened(root, budget, max_age) as store:
         # Before anything goes: the names and last uses of what will.
         known = {blob["sha256"]: blob for blob in store.snapshot()[0]}
-        held = store.used_bytes
-        victims = store.expired(now)
-        victims += store.reserve(0) or []
-        if not args.dry_run:
-            store.delete_blobs(victims)
-        freed, remain = held - store.used_bytes, store.file_count
+        pruned = store.prune(now, dry_run=args.dry_run)
+        victims = [sha for sha, _size in pruned]
+        freed = sum(size for _sha, size in pruned)
+        remain = store.file_count - (len(victims) if args.dry_run else 0)
     rows = [_victim_row(sha, known.get(sha), now, budget, max_age) for sha in victims]
     verb = "would evict" if args.dry_run else "evicted"
     print(
@@ -205,6 +209,18 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     for row in (header, *rows):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
         print("  ".join(cells).rstrip())
+
+
+# -- verify ---------------------------------------------------------------------------------------
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    with _opened(*_place(args)) as store:
+        checked, size, bad = verify_all(store)
+    for filename, sha, actual in bad:
+        print(f"{filename or sha}: bytes hash to {actual}, not {sha}: evicted")
+    print(f"checked {checked} files, {size} bytes: {len(bad) or 'none'} corrupt")
+    return 1 if bad else 0
 
 
 # -- export / import ------------------------------------------------------------------------------

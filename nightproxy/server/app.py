@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
 from nightproxy import __version__
-from nightproxy.cache.fill import FillManager
+from nightproxy.cache.fills import FillManager
 from nightproxy.cache.remote_metadata import RemoteMetadata
+from nightproxy.cache.service import CacheService, Verified
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
 from nightproxy.index.service import IndexService
@@ -25,11 +26,14 @@ from nightproxy.server.metrics import Metrics
 from nightproxy.server.shared_metrics import INTERVAL, SharedDir
 from nightproxy.server.tls import load_tls
 from nightproxy.server.upload import setup_upload_routes
+from nightproxy.simple_api.filenames import METADATA_SUFFIX, parse_dist_filename
 
 log = logging.getLogger(__name__)
 
 #: How often recency is flushed to disk and the age sweep runs.
 MAINTENANCE_INTERVAL = 30.0
+#: How often this process takes in what other processes cached or evicted.
+SYNC_INTERVAL = 1.0
 #: On shutdown, after clients' responses are done (``serve``'s shutdown timeout), how long
 #: downloads nobody waits for any more may run on to finish filling the cache.
 DRAIN_TIMEOUT = 25.0
@@ -85,9 +89,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     store = CacheStore(config.cache.dir, config.cache.max_size, config.cache.max_age)
     await asyncio.to_thread(store.open)
-    expired = store.expired()
-    if expired:
-        await asyncio.to_thread(store.delete_blobs, expired)
+    await asyncio.to_thread(store.expired)
     log.info(
         "cache %s: %d files, %d bytes of %d",
         config.cache.dir,
@@ -124,11 +126,16 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.UPSTREAMS] = upstreams
     app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE], app[keys.INDEX_STATE])
     feeds.follow_feeds(app)
-    app[keys.FILLS] = FillManager(app[keys.STORE])
-    app[keys.REMOTE_METADATA] = RemoteMetadata()
-    app[keys.METRICS].bind(
-        app[keys.STORE], app[keys.FILLS], app[keys.INDEX], app[keys.REMOTE_METADATA]
+    app[keys.FILLS] = FillManager(
+        app[keys.STORE],
+        min_rate=config.cache.fill_min_rate,
+        stall_timeout=config.cache.fill_stall_timeout,
     )
+    app[keys.CACHE] = CacheService(app[keys.STORE], app[keys.FILLS])
+    app[keys.REMOTE_METADATA] = RemoteMetadata()
+    app[keys.CACHE].subscribe(_on_verified(app))
+    app[keys.FILLS].on_settled.append(lambda fill: fleet.shared_filled(app, fill))
+    app[keys.METRICS].bind(app[keys.CACHE], app[keys.INDEX], app[keys.REMOTE_METADATA])
     yield
     await app[keys.REMOTE_METADATA].close()
     await app[keys.FILLS].drain(timeout=DRAIN_TIMEOUT)
@@ -145,18 +152,48 @@ async def _tls_ctx(app: web.Application) -> AsyncIterator[None]:
         await watcher
 
 
+def _on_verified(app: web.Application) -> Callable[[Verified], None]:
+    """What a newly verified file changes outside the cache: its metadata is read from the
+    stored wheel from now on, and the project's page may publish the hash and size."""
+    index = app[keys.INDEX]
+    remote = app[keys.REMOTE_METADATA]
+
+    def verified(event: Verified) -> None:
+        remote.forget(event.key)
+        dist = parse_dist_filename(event.filename.removesuffix(METADATA_SUFFIX))
+        if dist is not None:
+            index.invalidate(dist.project)
+
+    return verified
+
+
 async def _maintenance(app: web.Application) -> None:
-    store = app[keys.STORE]
+    cache = app[keys.CACHE]
     while True:
         await asyncio.sleep(MAINTENANCE_INTERVAL)
         try:
-            victims = store.expired()
+            victims = await cache.maintain()
             if victims:
                 log.info("age sweep evicted %d files", len(victims))
-                await asyncio.to_thread(store.delete_blobs, victims)
-            await asyncio.to_thread(store.flush)
         except Exception:
             log.exception("cache maintenance failed")
+
+
+async def _sync(app: web.Application) -> None:
+    cache = app[keys.CACHE]
+    while True:
+        await asyncio.sleep(SYNC_INTERVAL)
+        try:
+            await cache.sync()
+        except Exception:
+            log.exception("reading the cache's changes failed")
+
+
+def _scrub(app: web.Application) -> list[asyncio.Task[None]]:
+    rate = app[keys.CONFIG].cache.scrub_rate
+    if not rate:
+        return []
+    return [asyncio.create_task(app[keys.CACHE].scrub(rate).run(), name="cache scrub")]
 
 
 async def _flush_logs_periodically() -> None:
@@ -177,6 +214,8 @@ async def _share_metrics(metrics: Metrics, shared: SharedDir) -> None:
 async def _maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(_maintenance(app), name="cache maintenance"),
+        asyncio.create_task(_sync(app), name="cache sync"),
+        *_scrub(app),
         asyncio.create_task(_flush_logs_periodically(), name="log flusher"),
     ]
     metrics = app[keys.METRICS]

@@ -17,15 +17,17 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nightproxy.cache.fill import Fill
+from nightproxy.cache.fill import Fill, FillError
 from nightproxy.cache.keys import is_file_key
+from nightproxy.cache.service import CacheService, CacheUnavailableError
 from nightproxy.cache.shared.fleetfill import Opener
 from nightproxy.cache.shared.peer import PEER_HEADER, token_matches
 from nightproxy.cache.shared.settings import settings_from_config
 from nightproxy.cache.shared.tier import SharedTier
-from nightproxy.cache.store import CacheStore
 from nightproxy.index.shared_state import SharedIndexState
 from nightproxy.server import keys
+from nightproxy.server.errors import bad_gateway
+from nightproxy.server.streaming import OCTET, BlobResponse, stream_fill
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,6 @@ def setup_fleet_routes(app: web.Application) -> None:
 
 
 async def peer_fill(request: web.Request) -> web.StreamResponse:
-    # The file handlers' own ways of answering; imported here, as they import this module.
-    from nightproxy.server.handlers import _serve_cached, _stream_fill
-
     tier = request.app[keys.SHARED]
     key = request.match_info["key"]
     presented = request.headers.get(PEER_HEADER)
@@ -71,13 +70,26 @@ async def peer_fill(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text="not a replica of this fleet\n")
     if not is_file_key(key):
         raise web.HTTPNotFound(text="no such file\n")
-    fill = request.app[keys.FILLS].get(key)
+    cache = request.app[keys.CACHE]
+    sha = cache.store.resolve(key)
+    fill = cache.fills.get(key)
     if fill is not None:
-        return await _stream_fill(request, fill)
-    store = request.app[keys.STORE]
-    sha = store.resolve(key)
-    if sha is not None and store.has(sha):
-        return _serve_cached(request, sha)
+        fill.join()
+        try:
+            await fill.wait_started()
+            if fill.hit is None:
+                return await stream_fill(request, fill, None)
+            sha = fill.hit
+        except FillError as exc:
+            raise bad_gateway(f"upstream download failed: {exc}") from None
+        finally:
+            fill.leave()
+    try:
+        blob = None if sha is None else await cache.open_blob(sha)
+    except CacheUnavailableError as exc:
+        raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+    if blob is not None:
+        return BlobResponse(blob, OCTET)
     raise web.HTTPNotFound(text="no fill or copy of that file here\n")
 
 
@@ -96,15 +108,21 @@ def shared_filled(app: web.Application, fill: Fill) -> None:
     tier = app[keys.SHARED]
     if tier is None:
         return
-    store = app[keys.STORE]
     sha = fill.sha256 if fill.cached else None
-    tier.filled(fill.key, sha, _pinned_copy(store, sha) if sha is not None else None)
+    tier.filled(fill.key, sha, _pinned_copy(app[keys.CACHE], sha) if sha is not None else None)
 
 
 @asynccontextmanager
-async def _pinned_copy(store: CacheStore, sha256: str) -> AsyncIterator[Path | None]:
-    with store.pinned(sha256):
-        yield store.path_for(sha256) if store.has(sha256) else None
+async def _pinned_copy(cache: CacheService, sha256: str) -> AsyncIterator[Path | None]:
+    try:
+        blob = await cache.open_blob(sha256)
+    except CacheUnavailableError:
+        blob = None
+    try:
+        yield None if blob is None else blob.path
+    finally:
+        if blob is not None:
+            blob.release()
 
 
 def shared_status(app: web.Application) -> dict[str, object] | None:

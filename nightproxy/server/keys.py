@@ -5,8 +5,9 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from nightproxy.cache.fill import FillManager
+from nightproxy.cache.fills import FillManager
 from nightproxy.cache.remote_metadata import RemoteMetadata
+from nightproxy.cache.service import CacheService
 from nightproxy.cache.shared.tier import SharedTier
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
@@ -23,6 +24,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 STORE = web.AppKey("store", CacheStore)
 FILLS = web.AppKey("fills", FillManager)
+CACHE = web.AppKey("cache", CacheService)
 INDEX = web.AppKey("index", IndexService)
 INDEX_STATE = web.AppKey("index_state", IndexState)
 METRICS = web.AppKey("metrics", Metrics)

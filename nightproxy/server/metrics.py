@@ -23,8 +23,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from nightproxy.cache.fill import FillManager
+from nightproxy.cache.fills import FillManager
 from nightproxy.cache.remote_metadata import RemoteMetadata
+from nightproxy.cache.service import CacheService
 from nightproxy.cache.store import CacheStore
 from nightproxy.index.health import UpstreamHealth
 from nightproxy.index.service import IndexService
@@ -44,15 +45,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _LiveCollector(Collector):
-    def __init__(
-        self,
-        store: CacheStore,
-        fills: FillManager,
-        index: IndexService,
-        remote: RemoteMetadata,
-    ) -> None:
-        self.store = store
-        self.fills = fills
+    def __init__(self, cache: CacheService, index: IndexService, remote: RemoteMetadata) -> None:
+        self.cache = cache
+        self.store: CacheStore = cache.store
+        self.fills: FillManager = cache.fills
         self.index = index
         self.remote = remote
 
@@ -78,6 +74,16 @@ class _LiveCollector(Collector):
             "nightproxy_hash_mismatches",
             "Downloads rejected because their sha256 did not match the index",
             value=self.fills.hash_mismatches,
+        )
+        yield CounterMetricFamily(
+            "nightproxy_cache_corrupt_files",
+            "Cached files whose bytes no longer matched their sha256 (evicted, fetched again)",
+            value=self.cache.corrupt_blobs,
+        )
+        yield CounterMetricFamily(
+            "nightproxy_stalled_downloads",
+            "Downloads abandoned because the upstream sent too little for too long",
+            value=self.fills.stalls,
         )
         yield GaugeMetricFamily(
             "nightproxy_downloads_in_flight",
@@ -207,17 +213,11 @@ class Metrics:
         self.hits = 0
         self.misses = 0
 
-    def bind(
-        self,
-        store: CacheStore,
-        fills: FillManager,
-        index: IndexService,
-        remote: RemoteMetadata,
-    ) -> None:
-        self.registry.register(_LiveCollector(store, fills, index, remote))
+    def bind(self, cache: CacheService, index: IndexService, remote: RemoteMetadata) -> None:
+        self.registry.register(_LiveCollector(cache, index, remote))
         index.on_upstream_request = self.observe_upstream
         self._index = index
-        self._fills = fills
+        self._fills = cache.fills
 
     def observe_upstream(self, upstream: str, seconds: float, ok: bool) -> None:
         self.upstream_latency.labels(upstream).observe(seconds)
