@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -134,12 +135,24 @@ async def test_workers_serve_pages_and_files(
             assert (status, digest) == (200, entry.sha256)
 
 
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] in {"T", "t"}
+
+
 @contextlib.contextmanager
 def only(workers: set[int], running: int) -> Iterator[None]:
-    """Every worker but ``running`` stopped (SIGSTOP), so that it takes the new connections."""
+    """Every worker but ``running`` stopped (SIGSTOP), so that it takes the new connections.
+
+    Entered once the others are really stopped: a worker busy on another core when the signal
+    is sent could still accept a connection or two meant for ``running``.
+    """
     stopped = workers - {running}
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + WAIT
+    while not all(_stopped(pid) for pid in stopped) and time.monotonic() < deadline:
+        time.sleep(0.001)
     try:
         yield
     finally:
