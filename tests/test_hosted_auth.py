@@ -74,3 +74,18 @@ async def test_new_token_matches_its_config_line() -> None:
     auth = FeedAuth({NUMPY: [line]})
     assert await auth.identify(token) is not None
     assert new_token()[0] != token
+
+
+async def test_a_token_listed_twice_has_both_rights() -> None:
+    """A token given for two projects may publish both; one also listed as admin is an admin."""
+    digest = token_digest("shared-token")
+    auth = FeedAuth({NUMPY: [digest], SKLEARN: [digest]})
+    identity = await auth.identify("shared-token")
+    assert identity is not None
+    assert identity.may_publish(NUMPY)
+    assert identity.may_publish(SKLEARN)
+    assert not identity.admin
+    both = FeedAuth({NUMPY: [digest]}, admins=[digest])
+    admin = await both.identify("shared-token")
+    assert admin is not None
+    assert admin.admin

@@ -101,12 +101,19 @@ class FeedAuth:
     def identify_configured(self, token: str) -> Identity | None:
         """The configured identity of ``token``, compared with every digest whatever matches."""
         presented = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        found: Identity | None = None
+        matched: list[Identity] = []
         for entry in self._entries:
             # No early exit: the time taken does not depend on which digest matched.
-            if hmac.compare_digest(presented, entry.digest) and found is None:
-                found = entry.identity
-        return found
+            if hmac.compare_digest(presented, entry.digest):
+                matched.append(entry.identity)
+        if not matched:
+            return None
+        # One token listed for several projects, or also as an admin, has all those rights.
+        admin = next((i for i in matched if i.admin), None)
+        if admin is not None:
+            return admin
+        projects = frozenset().union(*(i.projects for i in matched))
+        return Identity(label=matched[0].label, projects=projects)
 
     async def identify(self, token: str) -> Identity | None:
         """Who ``token`` is: a configured token first, then each added source."""
