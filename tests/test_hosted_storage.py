@@ -152,17 +152,22 @@ async def test_generation_changes_with_every_change(storage: LocalStorage) -> No
 
 
 async def test_open_repairs_what_a_crash_left(tmp_path: Path) -> None:
-    """Reopening drops uncommitted blobs and unlocked staging files, relinks listed files,
-    unlinks trashed ones, and keeps a staging file another upload still holds."""
+    """Reopening drops uncommitted blobs and unlocked staging files, relinks listed files and
+    unlinks trashed ones that a change left unsettled, and keeps a staging file another
+    upload still holds."""
     storage = LocalStorage(tmp_path / "feed")
     await storage.open(NOW)
     await upload(storage, b"one")
     await upload(storage, b"gone", filename="demo-0.9.dev0-py3-none-any.whl")
     [kept, gone] = await storage.live()
     await storage.trash([gone], REASON_MANUAL, "x", NOW)
+    # A crash right after two changes' transactions, before their links were made: the
+    # records say which files those were.
+    with storage.db.write(change=False) as writer:
+        writer.unsettled([kept.id, gone.id])
     await storage.close()
-    # A crash: the named file replaced by bytes never committed, a trashed file's link back,
-    # an orphan blob, a stale staging file, and one another process is writing.
+    # The links as that crash left them: the named file still other bytes, a trashed file's
+    # link still there; and an orphan blob, a stale staging file, one another process holds.
     named = storage.root / "demo" / NAME
     named.unlink()
     named.write_bytes(b"torn")
@@ -210,3 +215,22 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(RuntimeError, match="upgrade nightproxy"):
         await LocalStorage(tmp_path / "feed").open(NOW)
+
+
+async def test_a_version_1_database_is_migrated_and_every_link_checked(tmp_path: Path) -> None:
+    """Records from before unsettled files were kept: every link is checked once, on upgrade."""
+    storage = LocalStorage(tmp_path / "feed")
+    await storage.open(NOW)
+    await upload(storage, b"one")
+    await storage.close()
+    with sqlite3.connect(storage.state_dir / "feed.sqlite") as db:
+        db.execute("DROP TABLE pending")
+        db.execute("PRAGMA user_version = 1")
+    named = storage.root / "demo" / NAME
+    named.unlink()
+    reopened = LocalStorage(storage.root)
+    await reopened.open(NOW)
+    assert named.read_bytes() == b"one"
+    with sqlite3.connect(storage.state_dir / "feed.sqlite") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    await reopened.close()

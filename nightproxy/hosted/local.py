@@ -18,6 +18,7 @@ links are brought in line with the records when the feed opens.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import uuid
@@ -29,7 +30,7 @@ from typing import BinaryIO
 
 from packaging.utils import NormalizedName
 
-from nightproxy.hosted.records import FileRecord, NewFile, RecordDB, Writer
+from nightproxy.hosted.records import SCHEMA_VERSION, FileRecord, NewFile, RecordDB, Writer
 from nightproxy.hosted.storage import (
     REASON_MISSING,
     REASON_REPLACED,
@@ -82,12 +83,23 @@ class LocalStorage(Storage):
             self._repair(writer, now)
 
     def _repair(self, writer: Writer, now: datetime) -> None:
-        """Bring the named links and the blobs in line with the records after a crash."""
+        """Bring the links and the blobs in line with the records after a crash.
+
+        Only the files a change left unsettled (``pending``) can have a link out of line;
+        every file's is checked once, when the records come from before that was kept.
+        """
+        full = 0 < self.db.migrated_from < SCHEMA_VERSION
+        records = (self.db.trashed() + self.db.live()) if full else writer.pending()
         # Trashed first: a trashed file may share its name and bytes with a live one.
-        for record in self.db.trashed():
-            self._unlink_named(record)
+        records.sort(key=lambda r: r.trashed_at is None)
+        on_disk = {
+            blob.name
+            for folder in self.blob_dir.iterdir()
+            if folder.is_dir()
+            for blob in folder.iterdir()
+        }
         for record in self.db.live():
-            if not self.blob(record.sha256).is_file():
+            if record.sha256 not in on_disk:
                 log.error(
                     "%s/%s: its bytes are missing from %s: moved to the trash",
                     record.project,
@@ -95,28 +107,36 @@ class LocalStorage(Storage):
                     self.blob_dir,
                 )
                 writer.trash(record, REASON_MISSING, "bytes missing from storage", now)
+                records.append(dataclasses.replace(record, trashed_at=now))
+        changed: set[Path] = set()
+        for record in records:
+            if record.trashed_at is not None:
                 self._unlink_named(record)
-                continue
-            self._link_named(record)
+            elif (folder := self._link_named(record, sync=False)) is not None:
+                changed.add(folder)
+        for folder in changed:
+            fsync_dir(folder)
+        writer.settle_all()
         needed = writer.all_digests()
-        for folder in self.blob_dir.iterdir():
-            for blob in folder.iterdir() if folder.is_dir() else ():
-                if blob.name not in needed:
-                    # Stored by an upload whose transaction never committed.
-                    blob.unlink()
+        for digest in on_disk - needed:
+            # Stored by an upload whose transaction never committed.
+            self.blob(digest).unlink()
 
-    def _link_named(self, record: FileRecord) -> None:
-        """Make ``<project>/<filename>`` the record's bytes, replacing whatever is there."""
+    def _link_named(self, record: FileRecord, *, sync: bool = True) -> Path | None:
+        """Make ``<project>/<filename>`` the record's bytes, replacing whatever is there; the
+        folder changed, which ``sync=False`` leaves to the caller to fsync (once per folder)."""
         blob = self.blob(record.sha256)
         named = self.named(record.project, record.filename)
         with suppress(FileNotFoundError):
             if os.path.samestat(named.stat(), blob.stat()):
-                return
+                return None
         named.parent.mkdir(exist_ok=True)
         spare = named.parent / f".{uuid.uuid4().hex}.link"
         os.link(blob, spare)
         os.replace(spare, named)
-        fsync_dir(named.parent)
+        if sync:
+            fsync_dir(named.parent)
+        return named.parent
 
     def _unlink_named(self, record: FileRecord) -> None:
         """Remove ``<project>/<filename>`` if it still is this record's bytes."""
@@ -192,16 +212,19 @@ class LocalStorage(Storage):
                     writer.trash(
                         existing, REASON_REPLACED, f"replaced by {new.uploader}", new.upload_time
                     )
+                    writer.unsettled([existing.id])
                 self._place(staged.path, new.sha256)
                 if metadata_tmp is not None and new.metadata_sha256 is not None:
                     self._place(metadata_tmp, new.metadata_sha256)
                 record = writer.insert(new)
+                writer.unsettled([record.id])
         finally:
             if metadata_tmp is not None:
                 with suppress(FileNotFoundError):
                     metadata_tmp.unlink()
         # After the commit: the records are the truth, and a crash here is repaired on open.
         self._link_named(record)
+        self.db.settled([record.id] + ([existing.id] if existing is not None else []))
         outcome = Outcome.CREATED if existing is None else Outcome.REPLACED
         return CommitResult(outcome, record, replaced=existing)
 
@@ -240,8 +263,10 @@ class LocalStorage(Storage):
             for record in current:
                 text = detail if isinstance(detail, str) else detail.get(record.id, "")
                 writer.trash(record, reason, text, now)
+            writer.unsettled([r.id for r in current])
         for record in current:
             self._unlink_named(record)
+        self.db.settled([r.id for r in current])
         return current
 
     async def restore(self, records: Collection[FileRecord], now: datetime) -> list[FileRecord]:
@@ -263,8 +288,10 @@ class LocalStorage(Storage):
                 names.add(key)
                 writer.restore(record, now)
             restored = writer.by_ids([r.id for r in current])
+            writer.unsettled([r.id for r in restored])
         for record in restored:
             self._link_named(record)
+        self.db.settled([r.id for r in restored])
         return restored
 
     async def purge(self, records: Collection[FileRecord], protect: Collection[str]) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 from packaging.utils import NormalizedName
 
 #: Bumped with each change of the schema; ``_MIGRATIONS[n]`` moves version n to n + 1.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE files (
@@ -45,6 +45,11 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX by_sha ON files (sha256);
     CREATE INDEX by_metadata_sha ON files (metadata_sha256);
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+    # Files whose <project>/<filename> link a change has yet to bring in line: what a crash
+    # can leave half done, and all that opening the feed must look at.
+    """
+    CREATE TABLE pending (id INTEGER PRIMARY KEY);
     """,
 )
 _COLUMNS = (
@@ -129,6 +134,8 @@ class RecordDB:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
+        #: The schema version found on opening (0: a new database).
+        self.migrated_from = SCHEMA_VERSION
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=30000")
@@ -141,8 +148,7 @@ class RecordDB:
             raise
         self._db = db
 
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
+    def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -151,6 +157,7 @@ class RecordDB:
                     f"the feed database has schema {version}; this nightproxy knows up to "
                     f"{SCHEMA_VERSION}: upgrade nightproxy"
                 )
+            self.migrated_from = int(version)
             for step in range(version, SCHEMA_VERSION):
                 for statement in _MIGRATIONS[step].split(";"):
                     if statement.strip():
@@ -166,13 +173,17 @@ class RecordDB:
             self._db.close()
 
     @contextmanager
-    def write(self) -> Iterator[Writer]:
-        """One write transaction; every process's writers take turns. Commits on success."""
+    def write(self, *, change: bool = True) -> Iterator[Writer]:
+        """One write transaction; every process's writers take turns. Commits on success.
+
+        ``change``: the feed's listing changes (its generation moves on).
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield Writer(self._db)
-                self._bump(GENERATION)
+                if change:
+                    self._bump(GENERATION)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -205,6 +216,12 @@ class RecordDB:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [_record(row) for row in rows]
+
+    def settled(self, ids: Collection[int]) -> None:
+        """These files' links are in line with their records."""
+        if ids:
+            with self.write(change=False) as writer:
+                writer.settle(ids)
 
     def deletions(self) -> dict[str, int]:
         """Files deleted so far, per reason."""
@@ -290,6 +307,26 @@ class Writer:
 
     def forget(self, record: FileRecord) -> None:
         self._db.execute("DELETE FROM files WHERE id = ?", (record.id,))
+
+    def unsettled(self, ids: Collection[int]) -> None:
+        """Mark files whose links this transaction's change leaves to be brought in line."""
+        self._db.executemany("INSERT OR IGNORE INTO pending (id) VALUES (?)", [(i,) for i in ids])
+
+    def settle(self, ids: Collection[int]) -> None:
+        self._db.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in ids])
+
+    def settle_all(self) -> None:
+        self._db.execute("DELETE FROM pending")
+
+    def pending(self) -> list[FileRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE id IN (SELECT id FROM pending)"  # noqa: S608
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+    def live_digests(self) -> set[str]:
+        rows = self._db.execute("SELECT sha256 FROM files WHERE trashed_at IS NULL")
+        return {sha for (sha,) in rows}
 
     def referenced(self, digest: str) -> bool:
         """Whether any row, live or trashed, needs the blob of ``digest``."""
