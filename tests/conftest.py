@@ -104,6 +104,14 @@ async def simple_upstream(start_fake: StartFake, wheelhouse: Path) -> FakeSimple
 
 
 @pytest.fixture
+async def one_wheel(start_fake: StartFake, tmp_path: Path) -> FakeSimpleIndex:
+    """An upstream with one wheel, demo 1.0 (64 KiB of payload)."""
+    fake = FakeSimpleIndex()
+    fake.add_file("demo", build_wheel(tmp_path / "wheels", "demo", "1.0", payload_size=64 * 1024))
+    return await start_fake(fake)
+
+
+@pytest.fixture
 async def slow_fake(start_fake: StartFake, tmp_path: Path) -> FakeSimpleIndex:
     """An upstream whose one wheel (256 KiB of payload) is held after its first chunks until
     the test sets ``slow.release``."""

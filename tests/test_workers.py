@@ -77,13 +77,6 @@ async def serving(
 
 
 @pytest.fixture
-async def upstream(start_fake: StartFake, tmp_path: Path) -> FakeSimpleIndex:
-    fake = FakeSimpleIndex()
-    fake.add_file("demo", build_wheel(tmp_path / "wheels", "demo", "1.0", payload_size=64 * 1024))
-    return await start_fake(fake)
-
-
-@pytest.fixture
 async def fresh() -> AsyncIterator[aiohttp.ClientSession]:
     """A client that opens a new connection per request."""
     connector = aiohttp.TCPConnector(force_close=True)
@@ -121,12 +114,12 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @pytest.mark.parametrize("workers", [2, 4])
 async def test_workers_serve_pages_and_files(
-    upstream: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path, workers: int
+    one_wheel: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path, workers: int
 ) -> None:
     """With 2 and 4 workers, the index, project pages and the file are answered on every new
     connection, with the right bytes."""
-    (entry,) = upstream.projects["demo"].files.values()
-    async with serving(tmp_path, upstream, workers) as (_proc, base):
+    (entry,) = one_wheel.projects["demo"].files.values()
+    async with serving(tmp_path, one_wheel, workers) as (_proc, base):
         url = await file_url(fresh, base, "demo")
         for _ in range(4 * workers):
             async with fresh.get(base.join(URL("/simple/"))) as resp:
@@ -172,27 +165,27 @@ def sockets_of(pid: int) -> int:
 
 @pytest.mark.parametrize("workers", [2, 4])
 async def test_a_file_cached_by_one_worker_is_a_hit_on_every_worker(
-    upstream: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path, workers: int
+    one_wheel: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path, workers: int
 ) -> None:
     """Once one worker has cached a file, each worker (made the only one running in turn)
     answers it as a hit: the upstream is asked once."""
-    (entry,) = upstream.projects["demo"].files.values()
-    async with serving(tmp_path, upstream, workers) as (proc, base):
+    (entry,) = one_wheel.projects["demo"].files.values()
+    async with serving(tmp_path, one_wheel, workers) as (proc, base):
         pids = children(proc.pid)
         url = await file_url(fresh, base, "demo")
         assert await fetch(fresh, url) == (200, "miss", entry.sha256)
         for pid in pids:
             with only(pids, pid):
                 assert await fetch(fresh, url) == (200, "hit", entry.sha256)
-    assert upstream.count("GET", "/files/") == 1
+    assert one_wheel.count("GET", "/files/") == 1
 
 
 async def test_a_killed_worker_is_started_again_and_the_server_keeps_answering(
-    upstream: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path
+    one_wheel: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """SIGKILL to one worker: every request still gets its answer (the other worker takes
     the new connections), and the parent starts a new worker in its place."""
-    async with serving(tmp_path, upstream, 2) as (proc, base):
+    async with serving(tmp_path, one_wheel, 2) as (proc, base):
         before = children(proc.pid)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
@@ -243,10 +236,10 @@ async def test_sigterm_drains_every_worker_and_the_parent_logs_it(
 
 
 async def test_workers_stop_when_the_parent_is_killed(
-    upstream: FakeSimpleIndex, tmp_path: Path
+    one_wheel: FakeSimpleIndex, tmp_path: Path
 ) -> None:
     """SIGKILL to the parent leaves no worker behind: each notices and stops by itself."""
-    async with serving(tmp_path, upstream, 2, sigterm=False) as (proc, _base):
+    async with serving(tmp_path, one_wheel, 2, sigterm=False) as (proc, _base):
         workers = children(proc.pid)
         proc.kill()
         await proc.wait()
@@ -257,12 +250,12 @@ async def test_workers_stop_when_the_parent_is_killed(
 
 
 async def test_metrics_and_status_page_add_up_across_workers(
-    upstream: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path
+    one_wheel: FakeSimpleIndex, fresh: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """Requests spread over the workers sum to what was sent, whichever worker answers
     ``/metrics`` or the status page (other workers' figures are up to a second behind)."""
     pages = 30
-    async with serving(tmp_path, upstream, 2) as (_proc, base):
+    async with serving(tmp_path, one_wheel, 2) as (_proc, base):
         url = await file_url(fresh, base, "demo")  # one page request
         for _ in range(pages - 1):
             async with fresh.get(base.join(URL("/simple/demo/"))) as resp:
@@ -309,11 +302,16 @@ async def test_one_cold_file_asked_by_32_clients_over_the_workers_is_fetched_onc
         first, second = sorted(children(proc.pid))
         url = await file_url(http, base, "demo")
         clients: list[asyncio.Task[tuple[int, str, str]]] = []
-        for pid in (first, second):
-            with only({first, second}, pid):
-                before = sockets_of(pid)
-                clients += [asyncio.create_task(fetch(http, url)) for _ in range(16)]
-                await wait_for(lambda p=pid, b=before: sockets_of(p) >= b + 16, "accepted")
-        answers = await asyncio.wait_for(asyncio.gather(*clients), 3 * WAIT)
+        try:
+            for pid in (first, second):
+                with only({first, second}, pid):
+                    before = sockets_of(pid)
+                    clients += [asyncio.create_task(fetch(http, url)) for _ in range(16)]
+                    await wait_for(lambda p=pid, b=before: sockets_of(p) >= b + 16, "accepted")
+            answers = await asyncio.wait_for(asyncio.gather(*clients), 3 * WAIT)
+        finally:
+            for client in clients:
+                client.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
     assert {(status, digest) for status, _cache, digest in answers} == {(200, sha256_file(wheel))}
     assert fake.count("GET", "/files/") == 1

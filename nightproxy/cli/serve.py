@@ -61,6 +61,7 @@ def serve_command(args: argparse.Namespace) -> int:
     # Imported here so that `check` and `cache` start without loading the server.
     from nightproxy.logs import setup_logging
     from nightproxy.server.app import create_app
+    from nightproxy.server.connections import check_cap, raise_open_files_limit
     from nightproxy.server.runner import ListenError, bind, bound_port, run
     from nightproxy.server.tls import load_tls
     from nightproxy.server.workers import serve_workers
@@ -93,6 +94,14 @@ def serve_command(args: argparse.Namespace) -> int:
         config.source,
         f", {workers} workers" if workers > 1 else "",
     )
+    soft, hard = raise_open_files_limit()
+    logging.getLogger("nightproxy").info(
+        "open files: up to %d per process (hard limit %s); at most %d client connections each",
+        soft,
+        "unlimited" if hard < 0 else hard,
+        config.server.max_connections,
+    )
+    check_cap(config.server.max_connections, soft)
     if workers > 1:
         return serve_workers(config, sockets, workers, shutdown_timeout=SHUTDOWN_TIMEOUT)
     # SIGINT/SIGTERM: stop accepting, drain, run cleanup contexts.

@@ -29,6 +29,7 @@ from nightproxy.cache.service import CacheService
 from nightproxy.cache.store import CacheStore
 from nightproxy.index.health import UpstreamHealth
 from nightproxy.index.service import IndexService
+from nightproxy.server.connections import ConnectionGate
 from nightproxy.server.shared_metrics import (
     SharedDir,
     Snapshot,
@@ -167,6 +168,21 @@ class RequestStats(Collector):
         yield latency
 
 
+class _Connections(Collector):
+    def __init__(self, gate: ConnectionGate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "nightproxy_connections", "Client connections open now", value=self.gate.open
+        )
+        yield CounterMetricFamily(
+            "nightproxy_connections_refused",
+            "Client connections answered 503 because server.max_connections were open",
+            value=self.gate.refused,
+        )
+
+
 class _Fixed(Collector):
     """Families already gathered (the whole server's)."""
 
@@ -218,6 +234,9 @@ class Metrics:
         index.on_upstream_request = self.observe_upstream
         self._index = index
         self._fills = cache.fills
+
+    def watch_connections(self, gate: ConnectionGate) -> None:
+        self.registry.register(_Connections(gate))
 
     def observe_upstream(self, upstream: str, seconds: float, ok: bool) -> None:
         self.upstream_latency.labels(upstream).observe(seconds)

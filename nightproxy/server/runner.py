@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from nightproxy.server import keys
+from nightproxy.server.connections import ConnectionGate, install_accept_error_log
 from nightproxy.server.tls import TlsCertificates
 
 log = logging.getLogger(__name__)
@@ -110,21 +111,29 @@ async def serve(
         loop.add_signal_handler(signum, _stop_on, stop, signum, label)
     tls = app.get(keys.TLS)
     loop.add_signal_handler(signal.SIGHUP, _on_sighup, tls, label)
+    install_accept_error_log(loop)
+    servers: list[asyncio.Server] = []
     try:
         await runner.setup()
         try:
+            assert runner.server is not None
+            # aiohttp's server is the protocol factory of the listening sockets, as its
+            # low-level API has it, behind the gate that counts and caps connections.
+            gate = ConnectionGate(runner.server, app[keys.CONFIG].server.max_connections)
+            app[keys.METRICS].watch_connections(gate)
             for sock in sockets:
-                await web.SockSite(
-                    runner,
-                    sock,
+                server = await loop.create_server(
+                    gate,
+                    sock=sock,
                     backlog=BACKLOG,
-                    ssl_context=tls.server_context if tls is not None else None,
-                ).start()
+                    ssl=tls.server_context if tls is not None else None,
+                )
+                servers.append(server)
             if on_ready is not None:
                 on_ready()
             await stop.wait()
         finally:
-            await stop_accepting(runner, sockets)
+            await stop_accepting(servers, sockets)
             await runner.cleanup()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -150,7 +159,9 @@ def _stop_on(stop: asyncio.Event, signum: int, label: str) -> None:
     stop.set()
 
 
-async def stop_accepting(runner: web.BaseRunner, sockets: Sequence[socket.socket]) -> None:
+async def stop_accepting(
+    servers: Sequence[asyncio.Server], sockets: Sequence[socket.socket]
+) -> None:
     """Stop accepting, let every accepted connection reach its request loop, then close the
     listening sockets (connections still queued in the kernel are refused)."""
     loop = asyncio.get_running_loop()
@@ -158,8 +169,8 @@ async def stop_accepting(runner: web.BaseRunner, sockets: Sequence[socket.socket
         if sock.fileno() >= 0:
             loop.remove_reader(sock.fileno())
     await _settle()
-    for site in list(runner.sites):
-        await site.stop()
+    for server in servers:
+        server.close()
     await _settle()
 
 

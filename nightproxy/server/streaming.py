@@ -11,6 +11,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from nightproxy.cache.fill import Fill, FillError, Part, read_span
 from nightproxy.cache.service import ServedBlob
+from nightproxy.server.access import mark_cut_short
 
 FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 OCTET = "application/octet-stream"
@@ -46,6 +47,9 @@ class BlobResponse(web.FileResponse):
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
             return await super().prepare(request)
+        except ConnectionError:
+            mark_cut_short(request, self)
+            raise
         finally:
             self._blob.release()
 
@@ -114,6 +118,11 @@ async def stream_fill(
             # client sees a short read rather than a complete-looking, unverified body.
             if request.transport is not None:
                 request.transport.abort()
+            return response
+        except ConnectionError:
+            # The client went away: nothing more to send. Returned rather than raised, so
+            # that aiohttp logs the request (cut short) instead of an error with a traceback.
+            mark_cut_short(request, response)
             return response
         finally:
             await parts.aclose()
