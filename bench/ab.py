@@ -12,6 +12,9 @@ Each round starts both sides with empty caches, then fetches every cold file of 
 once from nginx direct and once through each side, alternating which side goes first. It
 prints the medians of the total time and of the time to the first body byte.
 
+``--b-env NAME=VALUE`` sets an environment variable for side B only: the same tree on both
+sides then measures a deployment setting such as glibc's ``MALLOC_*`` variables.
+
 ``--warm-load SECONDS`` first sends each target's warm 50 MB file to 8 clients for that long
 before every cold download, as ``run.py`` does (its warm download scenario comes just before
 the cold one): on this VM that load changes the cold figure (see ``bench/RESULTS.md``).
@@ -36,13 +39,16 @@ from run import VENV, WORK, LoadClient, log, published_url, setup_venv
 
 
 class Side(tg.Nightproxy):
-    def __init__(self, work: Path, upstream_simple: str, label: str, tree: Path) -> None:
+    def __init__(self, work: Path, upstream_simple: str, label: str, tree: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
         super().__init__(work, VENV, upstream_simple, label=label)
         self.tree = tree
+        self.extra_env = extra_env or {}
 
     def env(self) -> dict[str, str]:
         env = super().env()
         env["PYTHONPATH"] = str(self.tree)
+        env.update(self.extra_env)
         return env
 
     def imported_from(self) -> str:
@@ -70,6 +76,8 @@ def main() -> int:
     ap.add_argument("--a", required=True, type=Path, help="source tree of side A")
     ap.add_argument("--b", required=True, type=Path, help="source tree of side B")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for side B only (e.g. MALLOC_TRIM_THRESHOLD_)")
     ap.add_argument("--warm-load", type=float, default=0.0, metavar="SECONDS",
                     help="send the warm 50 MB file to 8 clients for this long before each "
                          "cold download (as run.py's warm download scenario does)")
@@ -89,7 +97,9 @@ def main() -> int:
     try:
         nginx.start()
         up = f"{nginx.upstream}/simple/"
-        sides = [Side(work, up, "A", args.a.resolve()), Side(work, up, "B", args.b.resolve())]
+        b_env = dict(item.split("=", 1) for item in args.b_env)
+        sides = [Side(work, up, "A", args.a.resolve()),
+                 Side(work, up, "B", args.b.resolve(), b_env)]
         for side in sides:
             log(f"side {side.label} imports {side.imported_from()}")
         for rnd in range(args.rounds):
