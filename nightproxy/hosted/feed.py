@@ -136,10 +136,12 @@ class HostedFeed:
 
     # -- the listing ------------------------------------------------------------------------
 
-    async def snapshot(self, *, fresh: bool = False) -> Snapshot:
-        """The live files; at most ``recheck`` seconds behind other processes' changes."""
+    async def snapshot(self, *, fresh: bool = False, max_age: float | None = None) -> Snapshot:
+        """The live files; at most ``recheck`` (or ``max_age``) seconds behind other
+        processes' changes, or checked now with ``fresh``."""
         snapshot = self._snapshot
-        recent = time.monotonic() - self._checked_at < self.settings.recheck
+        window = self.settings.recheck if max_age is None else max_age
+        recent = time.monotonic() - self._checked_at < window
         if snapshot is not None and not fresh and recent:
             return snapshot
         async with self._snapshot_lock:

@@ -31,6 +31,8 @@ from nightproxy.upstreams.base import (
 )
 from nightproxy.upstreams.http import UpstreamError
 
+#: Seconds at most between two looks at the storage for a project the listing lacks.
+UNKNOWN_RECHECK = 0.1
 #: The scheme of a hosted file's (never published) upstream URL: ``hosted://<feed>/<sha256>``.
 SCHEME = "hosted"
 
@@ -81,6 +83,10 @@ class HostedUpstream(Upstream):
         self, project: NormalizedName, *, etag: str | None = None, last_modified: str | None = None
     ) -> FetchResult:
         snapshot = await self.feed.snapshot()
+        if project not in snapshot.projects:
+            # A project just uploaded through another process or server: looked for now
+            # (not more often than every UNKNOWN_RECHECK), so that it installs at once.
+            snapshot = await self.feed.snapshot(max_age=UNKNOWN_RECHECK)
         current = self._etag(snapshot.generation)
         if etag is not None and etag == current:
             return NotModified()
