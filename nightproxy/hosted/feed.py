@@ -74,6 +74,8 @@ class FeedSettings:
     trash: float = 7 * 86400
     #: Seconds between retention runs besides the one after each upload.
     prune_interval: float = 3600
+    #: Seconds at least between two retention runs.
+    prune_spacing: float = 10
     #: Seconds a process's listing may lag behind changes made by other processes.
     recheck: float = 1.0
 
@@ -326,7 +328,11 @@ class HostedFeed:
         self._wake.set()
 
     async def maintain(self) -> None:
-        """Retention and trash expiry, after each upload and every ``prune_interval``."""
+        """Retention and trash expiry, after uploads and every ``prune_interval``.
+
+        A burst of uploads (a CI matrix publishing) makes one run, not one per file: runs
+        are at least ``prune_spacing`` apart, and a plan reads the whole feed.
+        """
         while True:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.prune_interval)
@@ -336,6 +342,7 @@ class HostedFeed:
                 await self.expire_trash()
             except Exception:
                 log.exception("%s: retention failed; the feed is as it was before", self.name)
+            await asyncio.sleep(self.settings.prune_spacing)
 
 
 def _select(
