@@ -4,7 +4,9 @@ Every request's outcome is recorded (the client's health hook): a failure of the
 (down, throttled, 5xx, denied) makes it ``degraded`` until a request succeeds again. While
 degraded, callers skip the store for a short back-off instead of making every client wait for
 a store that is not answering, and a probe (``StoreHealth.due_probe``) finds out when it is back
-without needing client traffic.
+without needing client traffic. While ok, the same probe runs when the store has not been asked
+anything for a while, so that an outage shows on /readyz even when every request is served
+from local disk.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ class StoreHealth:
     #: the operation and key only).
     last_error: str | None = None
     last_failure: float | None = None
+    #: Monotonic time of the last request, whatever its outcome.
+    last_request: float = field(default_factory=time.monotonic)
     requests: int = 0
     failures: Counter[str] = field(default_factory=Counter)
 
     def record(self, error: StoreError | None) -> None:
         self.requests += 1
         now = time.monotonic()
+        self.last_request = now
         if error is None:
             if self.state != "ok":
                 self.state = "ok"
@@ -58,9 +63,12 @@ class StoreHealth:
             and time.monotonic() - self.last_failure < SKIP_AFTER_FAILURE
         )
 
-    def due_probe(self) -> bool:
-        """Whether a probe should ask the store if it is back."""
-        return not self.ok and not self.skip()
+    def due_probe(self, idle: float) -> bool:
+        """Whether a probe should ask the store: if it is back, or (when ok and nothing
+        asked it for ``idle`` seconds) if it is still there."""
+        if self.ok:
+            return time.monotonic() - self.last_request >= idle
+        return not self.skip()
 
     def describe(self) -> dict[str, object]:
         """For the status page and /readyz."""

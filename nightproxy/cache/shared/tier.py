@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two probes of a store marked degraded.
 PROBE_INTERVAL = 1.0
+#: Seconds without any store request after which a healthy store is probed too.
+HEARTBEAT_IDLE = 5.0
 PROBE_KEY = "health/probe"
 
 
@@ -88,7 +90,7 @@ class SharedTier:
     async def _probe(self) -> None:
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
-            if self.health.due_probe():
+            if self.health.due_probe(HEARTBEAT_IDLE):
                 with contextlib.suppress(StoreError):
                     await self.store.head(PROBE_KEY)
 
