@@ -16,11 +16,13 @@ from nightproxy.hosted.auth import FeedAuth, Identity, token_digest
 from nightproxy.hosted.feed import FeedSettings, ForbiddenError, HostedFeed, NotFoundError
 from nightproxy.hosted.local import LocalStorage
 from nightproxy.hosted.prune import PruneRules
+from nightproxy.hosted.records import FileRecord
 from nightproxy.hosted.storage import Outcome
 from nightproxy.hosted.upload import UploadError
 from tests.hosted_support import publish
 from tests.wheels import build_sdist, build_wheel
 
+WAIT = 20.0  # upper bound for any single wait; never an assertion about speed
 LINUX = "cp312-cp312-manylinux_2_17_x86_64"
 WINDOWS = "cp312-cp312-win_amd64"
 NUMPY = canonicalize_name("numpy")
@@ -184,3 +186,82 @@ async def test_maintain_prunes_after_an_upload(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class GatedStorage(LocalStorage):
+    """A local storage whose full listing waits for the test to let it through: a big feed's
+    slow re-read, made observable."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.reading = asyncio.Event()
+
+    async def live(self, project: NormalizedName | None = None) -> list[FileRecord]:
+        if project is None:
+            self.reading.set()
+            await self.gate.wait()
+        return await super().live(project)
+
+
+@pytest.fixture
+async def two_processes(
+    tmp_path: Path, clock: Clock
+) -> AsyncIterator[tuple[HostedFeed, GatedStorage, HostedFeed]]:
+    """Two feeds over one folder, as two worker processes have; the first's re-reads gated."""
+    auth = FeedAuth({NUMPY: [token_digest("t")]})
+    gated = GatedStorage(tmp_path / "feed")
+    settings = FeedSettings(name="community", rules=rules, recheck=0)
+    here = HostedFeed(settings, gated, auth, clock=clock)
+    there = HostedFeed(settings, LocalStorage(tmp_path / "feed"), auth, clock=clock)
+    await here.open()
+    await there.open()
+    yield here, gated, there
+    gated.gate.set()
+    await here.close()
+    await there.close()
+
+
+async def test_pages_do_not_queue_behind_a_slow_re_read(
+    two_processes: tuple[HostedFeed, GatedStorage, HostedFeed], tmp_path: Path
+) -> None:
+    """While one task re-reads a big feed for another process's upload, other listings get
+    the previous one at once; the re-read then brings the upload."""
+    here, gated, there = two_processes
+    before = await here.snapshot()
+    wheel = build_wheel(tmp_path / "dist", "numpy", "2.0.dev0", tag=LINUX)
+    await publish(there, wheel)
+    gated.gate.clear()
+    gated.reading.clear()
+    refresh = asyncio.create_task(here.snapshot())
+    await gated.reading.wait()
+    async with asyncio.timeout(WAIT):
+        assert await here.snapshot() is before
+    gated.gate.set()
+    assert [r.filename for r in (await refresh).files()] == [
+        "numpy-2.0.dev0-cp312-cp312-manylinux_2_17_x86_64.whl"
+    ]
+
+
+async def test_a_listing_after_an_upload_here_waits_for_it(
+    two_processes: tuple[HostedFeed, GatedStorage, HostedFeed], tmp_path: Path
+) -> None:
+    """After an upload through this process, a listing never answers from before it, even
+    while a re-read is already under way."""
+    here, gated, there = two_processes
+    await here.snapshot()
+    await publish(there, build_wheel(tmp_path / "dist", "numpy", "1.0.dev0", tag=LINUX))
+    gated.gate.clear()
+    gated.reading.clear()
+    refresh = asyncio.create_task(here.snapshot())
+    await gated.reading.wait()
+    wheel = build_wheel(tmp_path / "dist", "numpy", "2.0.dev0", tag=LINUX)
+    assert await publish(here, wheel) is Outcome.CREATED
+    listing = asyncio.create_task(here.snapshot())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not listing.done()
+    gated.gate.set()
+    await refresh
+    assert wheel.name in {r.filename for r in (await listing).files()}

@@ -125,6 +125,8 @@ class HostedFeed:
         self._snapshot: Snapshot | None = None
         self._checked_at = 0.0
         self._snapshot_lock = asyncio.Lock()
+        #: Changed through this process since the listing was last read.
+        self._dirty = False
         self._serving: Counter[str] = Counter()
         self._wake = asyncio.Event()
         #: Called with the projects whose listing changed through this process.
@@ -146,13 +148,29 @@ class HostedFeed:
         recent = time.monotonic() - self._checked_at < window
         if snapshot is not None and not fresh and recent:
             return snapshot
+        if (
+            snapshot is not None
+            and not fresh
+            and max_age is None
+            and not self._dirty
+            and self._snapshot_lock.locked()
+        ):
+            # Another task is reading the listing again for other processes' changes, which
+            # may take seconds for a big feed: pages meanwhile get the listing as it was
+            # rather than queue behind it. Not after a change through this process (dirty),
+            # which its own uploader may be about to install.
+            return snapshot
         async with self._snapshot_lock:
+            self._dirty = False
             generation = await self.storage.generation()
             self._checked_at = time.monotonic()
             if self._snapshot is None or self._snapshot.generation != generation:
                 records = await self.storage.live()
                 deletions = await self.storage.deletions()
-                self._snapshot = Snapshot.of(generation, records, deletions)
+                # Dicts over every file of the feed: off the event loop for a big feed.
+                self._snapshot = await asyncio.to_thread(
+                    Snapshot.of, generation, records, deletions
+                )
             return self._snapshot
 
     @property
@@ -162,6 +180,7 @@ class HostedFeed:
 
     def _changed(self, records: list[FileRecord]) -> None:
         self._checked_at = 0.0  # the next listing reads the records again
+        self._dirty = True
         projects = frozenset(record.project for record in records)
         if projects:
             for listener in list(self.on_change):
