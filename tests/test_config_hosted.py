@@ -215,6 +215,11 @@ def test_any_token_from_the_environment_becomes_its_digest(secret: str) -> None:
         ("{repository: o/r, workflow: build.sh}", "workflow", "the workflow's file name"),
         ("{repository: o/r}", "workflow", "is required"),
         ("{repository: o/r, workflow: w.yml, enviroment: x}", "enviroment", "'environment'"),
+        (
+            "{repository: o/r, workflow: w.yml, repository_owner_id: octo}",
+            "repository_owner_id",
+            "numeric GitHub id",
+        ),
     ],
 )
 def test_a_bad_github_publisher_is_an_error_at_its_key(
@@ -307,3 +312,15 @@ def test_a_config_error_never_quotes_an_environment_token(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load(tmp_path, hosted("    admins: ['${A}']\n"), {"A": "short-SENTINEL"})
     assert "SENTINEL" not in str(info.value)
+
+
+@pytest.mark.parametrize("written", ["365630", "'365630'"])
+def test_a_publisher_may_pin_its_owners_github_id(tmp_path: Path, written: str) -> None:
+    """repository_owner_id is kept as the digits the token carries, written bare or quoted."""
+    text = hosted(
+        "    publishers:\n      numpy:\n        github:\n"
+        "          - {repository: numpy/numpy, workflow: w.yml,"
+        f" repository_owner_id: {written}}}\n"
+    )
+    (github,) = feed_options(tmp_path, text).publishers[canonicalize_name("numpy")].github
+    assert github.repository_owner_id == "365630"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hypothesis import given
@@ -167,6 +168,19 @@ def test_repository_owner_must_own_the_repository() -> None:
     publisher = TrustedPublisher("community", "demo", "octo-org/lib", "nightly.yml")
     claims = claims_for(publisher, "refs/heads/main", repository_owner="mallory")
     assert refusal_reason(match_publishers(claims, [publisher])) == "owner"
+
+
+@given(publishers(), refs, st.integers(min_value=1, max_value=10**9))
+def test_a_pinned_owner_id_must_match(publisher: TrustedPublisher, ref: str, owner_id: int) -> None:
+    """With repository_owner_id pinned, the token's must be the same: an owner name registered
+    again by another account (another id) gets nothing."""
+    pinned = dataclasses.replace(publisher, repository_owner_id=str(owner_id))
+    same = claims_for(pinned, ref, repository_owner_id=str(owner_id))
+    assert isinstance(match_publishers(same, [pinned]), Match)
+    other = claims_for(pinned, ref, repository_owner_id=str(owner_id + 1))
+    assert refusal_reason(match_publishers(other, [pinned])) == "owner-id"
+    missing = claims_for(pinned, ref)
+    assert refusal_reason(match_publishers(missing, [pinned])) == "owner-id"
 
 
 def test_a_repository_publishing_several_projects_gets_all_of_them_and_no_others() -> None:

@@ -59,7 +59,10 @@ def _hosted(options: HostedOptions) -> dict[str, Any]:
     out["publishers"] = {
         str(project): {
             "tokens": [MASK] * len(publisher.tokens),
-            "github": [_fields(github) for github in publisher.github],
+            "github": [
+                {key: value for key, value in _fields(github).items() if value is not None}
+                for github in publisher.github
+            ],
         }
         for project, publisher in options.publishers.items()
     }

@@ -103,6 +103,20 @@ def _read_workflow(node: Node) -> str:
     return text
 
 
+def _read_owner_id(node: Node) -> str:
+    # GitHub's ids are numbers; YAML reads them as int unless quoted, and the token carries
+    # them as strings.
+    value = node.value
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str):
+        text = value.strip()
+    if text is None or not text.isdigit() or not text.isascii():
+        raise node.error(
+            f"expected the owner's numeric GitHub id, such as 365630, got {describe(value)}"
+        )
+    return text
+
+
 def _read_github(node: Node) -> tuple[GithubPublisher, ...]:
     if not isinstance(node.value, list):
         raise node.error(
@@ -112,12 +126,13 @@ def _read_github(node: Node) -> tuple[GithubPublisher, ...]:
     publishers: list[GithubPublisher] = []
     for item in node.items():
         entry = Section(item)
-        entry.only(("repository", "workflow", "environment"))
+        entry.only(("repository", "workflow", "environment", "repository_owner_id"))
         publishers.append(
             GithubPublisher(
                 repository=_read_repository(entry.require("repository")),
                 workflow=_read_workflow(entry.require("workflow")),
                 environment=entry.read("environment", lambda n: read_str(n).strip(), None),
+                repository_owner_id=entry.read("repository_owner_id", _read_owner_id, None),
             )
         )
     return tuple(publishers)

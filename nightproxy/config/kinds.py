@@ -100,6 +100,10 @@ class GithubPublisher:
     workflow: str
     #: The deployment environment the job must run in; None: any.
     environment: str | None = None
+    #: GitHub's numeric id of the repository's owner; None: not checked. Pins the publisher
+    #: to the account, so that an owner name deleted and registered again by someone else
+    #: does not inherit it.
+    repository_owner_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -140,7 +140,12 @@ def trusted_publishers(config: Config) -> tuple[TrustedPublisher, ...]:
     """Every ``publishers.<project>.github`` entry of every hosted feed."""
     return tuple(
         TrustedPublisher(
-            upstream.name, project, github.repository, github.workflow, github.environment
+            upstream.name,
+            project,
+            github.repository,
+            github.workflow,
+            github.environment,
+            github.repository_owner_id,
         )
         for upstream in config.upstreams
         if isinstance(upstream.options, HostedOptions)

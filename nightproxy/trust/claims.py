@@ -19,6 +19,7 @@ REPORTED_CLAIMS: Final = (
     "aud",
     "repository",
     "repository_owner",
+    "repository_owner_id",
     "job_workflow_ref",
     "ref",
     "event_name",
@@ -42,6 +43,8 @@ class TrustedPublisher:
     repository: str  # owner/name
     workflow: str  # the workflow's file name under .github/workflows/
     environment: str | None = None
+    #: The owner's numeric GitHub id, when the configuration pins it.
+    repository_owner_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -162,6 +165,20 @@ def match_publishers(
             "repository",
             f"no trusted publisher is configured for repository {repository[:MAX_REPORTED_LENGTH]}",
             reported(claims, ("repository", "repository_owner")),
+        )
+    owner_id = claims.get("repository_owner_id")
+    owner_id = str(owner_id) if isinstance(owner_id, (str, int)) else None
+    same_repository = [
+        p
+        for p in same_repository
+        if p.repository_owner_id is None or p.repository_owner_id == owner_id
+    ]
+    if not same_repository:
+        return Refusal(
+            "owner-id",
+            f"the owner of {repository[:MAX_REPORTED_LENGTH]} is not the account its trusted "
+            "publisher was pinned to (repository_owner_id differs)",
+            reported(claims, ("repository", "repository_owner", "repository_owner_id")),
         )
     same_workflow = [p for p in same_repository if _workflow_matches(job_workflow_ref, p, refs)]
     if not same_workflow:
