@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from packaging.utils import NormalizedName, canonicalize_name
 
-from nightproxy.hosted.auth import FeedAuth, Identity, new_token, token_digest
+from nightproxy.config import token_digest
+from nightproxy.hosted.auth import FeedAuth, Identity, new_token
 
 NUMPY = canonicalize_name("numpy")
 SKLEARN = canonicalize_name("scikit-learn")

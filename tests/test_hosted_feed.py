@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from packaging.utils import NormalizedName, canonicalize_name
 
-from nightproxy.hosted.auth import FeedAuth, Identity, token_digest
+from nightproxy.config import token_digest
+from nightproxy.hosted.auth import FeedAuth, Identity
 from nightproxy.hosted.feed import FeedSettings, ForbiddenError, HostedFeed, NotFoundError
 from nightproxy.hosted.local import LocalStorage
 from nightproxy.hosted.prune import PruneRules

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from nightproxy.config import token_digest
 from nightproxy.trust.claims import Grant, Match
 from nightproxy.trust.ledger import FILENAME, TrustLedger
-from nightproxy.trust.minted import TOKEN_PREFIX, MintedTokens, token_digest
+from nightproxy.trust.minted import TOKEN_PREFIX, MintedTokens
 
 MATCH = Match((Grant("community", "octo-lib"),), "github:octo-org/octo-lib:nightly.yml")
 

@@ -20,6 +20,8 @@ from typing import Protocol
 
 from packaging.utils import NormalizedName
 
+from nightproxy.config import token_digest
+
 #: What ``nightproxy token new`` puts before the random part, so a leaked token is recognisable
 #: to secret scanners and people alike.
 TOKEN_PREFIX = "npf_"  # noqa: S105 - a prefix, not a secret
@@ -51,11 +53,6 @@ class TokenSource(Protocol):
 
     async def identify(self, token: str) -> Identity | None:
         """The identity ``token`` stands for, or None when this source does not know it."""
-
-
-def token_digest(token: str) -> str:
-    """The lowercase hex sha256 of a token's secret, as the configuration stores it."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_token() -> tuple[str, str]:
@@ -100,7 +97,7 @@ class FeedAuth:
 
     def identify_configured(self, token: str) -> Identity | None:
         """The configured identity of ``token``, compared with every digest whatever matches."""
-        presented = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        presented = bytes.fromhex(token_digest(token))
         matched: list[Identity] = []
         for entry in self._entries:
             # No early exit: the time taken does not depend on which digest matched.

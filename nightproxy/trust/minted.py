@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nightproxy.config import token_digest
 from nightproxy.trust.claims import Grant, Match
 from nightproxy.trust.ledger import TrustLedger
 
@@ -20,10 +20,6 @@ TOKEN_PREFIX = "nightproxy-oidc-"  # noqa: S105 - a label, not a secret
 DEFAULT_LIFETIME = 15 * 60.0
 #: Random bytes per token (256 bits).
 TOKEN_BYTES = 32
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
