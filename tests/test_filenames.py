@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 
-from nightproxy.simple_api.filenames import MAX_FILENAME, DistName, parse_dist_filename
+from nightproxy.simple_api.filenames import (
+    MAX_FILENAME,
+    DistName,
+    is_safe_filename,
+    parse_dist_filename,
+)
 
 
 def test_a_version_too_long_for_an_int_is_no_distribution() -> None:
@@ -38,3 +49,43 @@ def test_parse_dist_filename_never_raises(filename: str) -> None:
     for candidate in (filename, filename + ".whl", filename + ".tar.gz"):
         parsed = parse_dist_filename(candidate)
         assert parsed is None or isinstance(parsed, DistName)
+
+
+_PARTS = st.sampled_from(
+    [
+        "demo",
+        "Demo_x",
+        "a__b",
+        "1.0",
+        "1.0.dev20260101",
+        "2!1.0+local.7",
+        "x y",
+        "",
+        "1a",
+        "..",
+        "py3",
+        "cp311",
+        "none",
+        "any",
+        "manylinux_2_17_x86_64.manylinux2014_x86_64",
+        "7build",
+    ]
+)
+
+
+@given(st.lists(_PARTS, min_size=1, max_size=7), st.sampled_from([".whl", ".tar.gz", ".zip"]))
+def test_wheel_names_parse_exactly_as_packaging_parses_them(parts: list[str], ext: str) -> None:
+    """Parsing a wheel's name and version once per build (not once per platform wheel) gives
+    what ``packaging`` gives for the whole filename, for valid and invalid names alike."""
+    filename = "-".join(parts) + ext
+    expected: DistName | None = None
+    if is_safe_filename(filename):
+        try:
+            if ext == ".whl":
+                name, version, _build, _tags = parse_wheel_filename(filename)
+            else:
+                name, version = parse_sdist_filename(filename)
+            expected = DistName(name, version)
+        except (InvalidWheelFilename, InvalidSdistFilename):
+            expected = None
+    assert parse_dist_filename(filename) == expected

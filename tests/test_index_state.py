@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from nightproxy.index.state import FILENAME, SCHEMA_VERSION, IndexState
 from nightproxy.model import DistFile, ProjectPage
@@ -233,28 +234,67 @@ def test_worker_processes_writing_at_once_lose_nothing_and_corrupt_nothing(
     db.close()
 
 
+async def undated_feed(request: web.Request) -> web.Response:
+    """A PEP 503 page whose one file nothing dates (no upload time, no date in its version)."""
+    link = '<a href="/files/demo-1.0-py3-none-any.whl#sha256=' + SHA + '">x</a>'
+    return web.Response(text=f"<html><body>{link}</body></html>", content_type="text/html")
+
+
 async def test_page_state_is_written_off_the_event_loop(
-    upstream: FakeSimpleIndex,
+    aiohttp_server: Any,
     make_config: MakeConfig,
     start_proxy: StartProxy,
     http: aiohttp.ClientSession,
 ) -> None:
     """Saving a fetched page and recording its files' first-seen times run in worker threads,
     never on the thread of the event loop."""
-    proxy = await start_proxy(
-        make_config([{"name": "main", "kind": "simple", "url": simple_url(upstream)}])
-    )
+    feed = web.Application()
+    feed.router.add_get("/simple/demo/", undated_feed)
+    server = await aiohttp_server(feed)
+    entry = {"name": "main", "kind": "simple", "url": str(server.make_url("/simple/"))}
+    proxy = await start_proxy(make_config([entry]))
     state = proxy.app[keys.INDEX_STATE]
-    threads: list[threading.Thread] = []
+    calls: list[tuple[str, threading.Thread]] = []
     for name in ("save_page", "first_seen"):
         method = getattr(state, name)
 
-        def spy(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
-            threads.append(threading.current_thread())
+        def spy(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            calls.append((_name, threading.current_thread()))
             return _method(*args, **kwargs)
 
         setattr(state, name, spy)
-    async with http.get(proxy.make_url("/simple/demo/"), headers={"Accept": PIP_ACCEPT}) as resp:
+    async with http.get(proxy.make_url("/simple/demo/"), headers={"Accept": "text/html"}) as resp:
         assert resp.status == 200
-    assert len(threads) == 2
-    assert threading.main_thread() not in threads
+    assert {name for name, _thread in calls} == {"save_page", "first_seen"}
+    assert threading.main_thread() not in {thread for _name, thread in calls}
+
+
+def test_a_version_1_database_is_brought_forward_with_its_first_seen_times(
+    tmp_path: Path,
+) -> None:
+    """A database of schema version 1 (first-seen times in a rowid table) keeps every time
+    when it is brought to the current version."""
+    db = sqlite3.connect(tmp_path / FILENAME)
+    db.executescript(
+        """
+        CREATE TABLE pages (upstream TEXT NOT NULL, project TEXT NOT NULL,
+            fetched_at REAL NOT NULL, body BLOB NOT NULL, encoding TEXT NOT NULL,
+            PRIMARY KEY (upstream, project));
+        CREATE TABLE retained (upstream TEXT NOT NULL, project TEXT NOT NULL,
+            body TEXT NOT NULL, PRIMARY KEY (upstream, project));
+        CREATE TABLE first_seen (key TEXT PRIMARY KEY, at REAL NOT NULL);
+        PRAGMA user_version = 1;
+        """
+    )
+    with db:
+        db.executemany(
+            "INSERT INTO first_seen VALUES (?, ?)", [(f"k{n}", float(n)) for n in range(50)]
+        )
+    db.close()
+    state = IndexState(tmp_path)
+    state.open()
+    assert state.first_seen(["k7", "k49", "new"], 1000.0) == {"k7": 7.0, "k49": 49.0, "new": 1000.0}
+    state.close()
+    db = sqlite3.connect(tmp_path / FILENAME)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()

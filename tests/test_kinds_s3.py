@@ -403,3 +403,26 @@ async def test_a_listing_size_that_is_not_ascii_digits_is_ignored(
 
     assert list(files) == ["odd_size-1.0.dev1-py3-none-any.whl"]
     assert "size" not in files["odd_size-1.0.dev1-py3-none-any.whl"]
+
+
+async def test_an_object_added_later_is_listed_within_the_global_ttl(
+    s3: Bucketful,
+    gate: AnonymousDenyingS3Proxy,
+    make_config: MakeConfig,
+    start_proxy: StartProxy,
+    http: aiohttp.ClientSession,
+    wheelhouse: Path,
+) -> None:
+    """An s3 upstream with no ``ttl`` of its own keeps its bucket listing only as long as
+    ``index.ttl`` says: with ``0s`` a wheel put into the bucket is on the very next page."""
+    bucket = "ttl-later"
+    s3.moto.create_bucket(bucket, public_read=True)
+    first = build_wheel(wheelhouse, "late-proj", "1.0")
+    s3.moto.put(bucket, f"{PREFIX}/{first.name}", first)
+    proxy = await start_proxy(make_config([entry(bucket, gate.origin)], index={"ttl": "0s"}))
+    files, _ = await files_of(http, proxy, "late-proj")
+    assert set(files) == {first.name}
+    second = build_wheel(wheelhouse, "late-proj", "1.1")
+    s3.moto.put(bucket, f"{PREFIX}/{second.name}", second)
+    files, _ = await files_of(http, proxy, "late-proj")
+    assert set(files) == {first.name, second.name}

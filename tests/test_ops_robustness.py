@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from nightproxy.index import health as breaker
+from nightproxy.index import readiness
 from nightproxy.server import keys
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
@@ -81,15 +82,18 @@ async def test_one_failed_page_does_not_make_the_proxy_unready(
     assert (await readyz(http, proxy))[0] == 200
 
 
-async def test_readiness_comes_back_once_the_circuit_breaker_lets_requests_through(
+async def test_readiness_comes_back_once_the_upstream_answers_the_probe(
     upstream: FakeSimpleIndex,
     make_config: MakeConfig,
     start_proxy: StartProxy,
     http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An upstream failing repeatedly makes an empty proxy unready while its breaker is open;
-    when the breaker's back-off has passed the proxy is ready again, with no client request
-    in between (an unready pod gets none)."""
+    """An upstream failing repeatedly makes an empty proxy unready, and it stays unready while
+    the upstream is down, also once the breaker's back-off has passed; when the upstream
+    answers again the background probe finds it and the proxy is ready, with no client
+    request in between (an unready pod gets none)."""
+    monkeypatch.setattr(readiness, "PROBE_INTERVAL", 0.05)
     proxy = await start_proxy(make_config([entry(upstream)], index={"ttl": "0s"}))
     upstream.down = True
     for _ in range(breaker.BREAKER_THRESHOLD):
@@ -98,7 +102,17 @@ async def test_readiness_comes_back_once_the_circuit_breaker_lets_requests_throu
     assert (await readyz(http, proxy))[0] == 503
     index = proxy.app[keys.INDEX]
     index.clock = lambda: time.time() + breaker.BREAKER_MAX_DELAY + 1
-    assert (await readyz(http, proxy))[0] == 200
+    probes = upstream.count("HEAD", "/simple/")
+    async with asyncio.timeout(WAIT):
+        while upstream.count("HEAD", "/simple/") < probes + 2:
+            await asyncio.sleep(0.02)
+    assert (await readyz(http, proxy))[0] == 503, "ready while every upstream is down"
+    pages = upstream.count("GET", "/simple/demo/")
+    upstream.down = False
+    async with asyncio.timeout(WAIT):
+        while (await readyz(http, proxy))[0] != 200:
+            await asyncio.sleep(0.02)
+    assert upstream.count("GET", "/simple/demo/") == pages
 
 
 async def test_a_page_fetch_left_without_waiters_logs_no_unretrieved_error(

@@ -145,11 +145,12 @@ async def test_a_warm_page_asked_for_as_latest_json_is_labelled_v1(proxy: TestSe
 
 @pytest.mark.parametrize("path", ["/simple/", "/simple/demo/"])
 async def test_latest_html_is_served_as_html(proxy: TestServer, path: str) -> None:
-    """``Accept: ...latest+html`` gets the HTML page (not a 406)."""
+    """``Accept: ...latest+html`` gets the HTML page (not a 406), named by the concrete
+    version served, as PEP 691 asks: ``application/vnd.pypi.simple.v1+html``."""
     async with (
         aiohttp.ClientSession() as http,
         http.get(proxy.make_url(path), headers={"Accept": LATEST_HTML}) as resp,
     ):
         assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/html")
+        assert resp.headers["Content-Type"] == "application/vnd.pypi.simple.v1+html"
         assert b"<html" in (await resp.read()).lower()

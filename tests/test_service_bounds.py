@@ -93,22 +93,26 @@ async def test_unexpected_error_in_one_upstream_leaves_only_it_out_of_a_page(
     assert "unexpected ValueError" in caplog.text
 
 
-async def test_unexpected_error_in_one_upstream_counts_toward_its_circuit_breaker(
+async def test_unexpected_errors_on_many_projects_count_toward_its_circuit_breaker(
     good: FakeSimpleIndex,
     other: FakeSimpleIndex,
     make_config: MakeConfig,
     start_proxy: StartProxy,
     http: aiohttp.ClientSession,
 ) -> None:
-    """Such a failure is recorded like any other: readiness and the breaker see it."""
+    """Such a failure is taken for a failure of the page being read; once pages of enough
+    different projects failed, they are recorded against the upstream like any other
+    failure: readiness and the breaker see it."""
     proxy = await start_proxy(
         make_config([entry("good", good), entry("bad", other)], index={"ttl": "0s"})
     )
     break_upstream(proxy, "bad", "fetch_project")
-    for _ in range(breaker.BREAKER_THRESHOLD):
-        assert (await get_json(http, proxy, "/simple/demo/"))[0] == 200
+    asked = breaker.PAGE_FAILURE_PROJECTS + breaker.BREAKER_THRESHOLD - 1
+    for n in range(asked):
+        await get_json(http, proxy, f"/simple/demo{n}/")
+    assert (await get_json(http, proxy, "/simple/demo/"))[0] == 200
     health = proxy.app[keys.INDEX].health["bad"]
-    assert health.failures == breaker.BREAKER_THRESHOLD
+    assert health.failures >= breaker.BREAKER_THRESHOLD
     assert health.last_error == "unexpected ValueError"
     assert health.open_until > time.time()
 

@@ -27,10 +27,10 @@ from packaging.utils import canonicalize_name
 from yarl import URL
 
 from nightproxy.config import DirectoryOptions, UpstreamConfig
+from nightproxy.simple_api.listparse import parse_project_list
 from nightproxy.simple_api.parse import (
     PageParseError,
     parse_project_json,
-    parse_project_list,
     parse_upload_time,
 )
 from nightproxy.simple_api.records import ProjectPage

@@ -12,6 +12,7 @@ Only (2) is ever published as an upload time; the others serve retention alone.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from packaging.version import Version
 
@@ -25,6 +26,15 @@ _FUTURE_SLACK_DAYS = 2
 
 
 def _from_digits(digits: str, now: datetime) -> datetime | None:
+    when = _digits_time(digits)
+    if when is None or when < _EARLIEST or (when - now).days > _FUTURE_SLACK_DAYS:
+        return None
+    return when
+
+
+@lru_cache(maxsize=4096)
+def _digits_time(digits: str) -> datetime | None:
+    """The time digits spell, if they spell one (``strptime`` is slow; nightlies repeat)."""
     length = len(digits)
     try:
         if length in {8, 11}:  # YYYYMMDD, YYYYMMDD + NNN build counter
@@ -38,8 +48,6 @@ def _from_digits(digits: str, now: datetime) -> datetime | None:
         else:
             return None
     except ValueError:
-        return None
-    if when < _EARLIEST or (when - now).days > _FUTURE_SLACK_DAYS:
         return None
     return when
 
@@ -63,6 +71,13 @@ def version_timestamp(version: Version, now: datetime | None = None) -> datetime
 def build_time(
     file: DistFile, first_seen: datetime, now: datetime | None = None
 ) -> tuple[datetime, BuildTimeSource]:
+    return known_build_time(file, now) or (first_seen, "first-seen")
+
+
+def known_build_time(
+    file: DistFile, now: datetime | None = None
+) -> tuple[datetime, BuildTimeSource] | None:
+    """The build time from the file's version or its feed; None: only first sight can date it."""
     dist = parse_dist_filename(file.filename)
     if dist is not None:
         when = version_timestamp(dist.version, now)
@@ -70,4 +85,4 @@ def build_time(
             return when, "version"
     if file.upload_time is not None:
         return file.upload_time, "upstream"
-    return first_seen, "first-seen"
+    return None

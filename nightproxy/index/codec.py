@@ -1,14 +1,22 @@
-"""Pure (de)serialisation of upstream pages, for persisting last good pages across restarts."""
+"""Pure (de)serialisation of upstream pages, for persisting last good pages across restarts.
+
+Pages are saved packed (``packed_page``): their records as they are held, compressed, with
+the page's validators in a small header. The JSON form is what nightproxy 0.x saved, and what
+a fleet's shared store holds.
+"""
 
 from __future__ import annotations
 
 import json
+import zlib
+from array import array
 from types import MappingProxyType
 from typing import Any
 
 from packaging.utils import canonicalize_name
 
 from nightproxy.model import DistFile, ProjectPage
+from nightproxy.simple_api.packed import SEGMENT, PackedFiles, Records
 from nightproxy.simple_api.parse import parse_upload_time
 from nightproxy.simple_api.render import format_upload_time
 
@@ -82,3 +90,43 @@ def gone_from_json(text: str) -> dict[str, tuple[DistFile, float]]:
         file = _file_from_dict(entry["file"])
         out[file.filename] = (file, float(entry["since"]))
     return out
+
+
+def packed_page(page: ProjectPage) -> bytes:
+    """A page, compressed: a JSON header line, the records' ends, the records' text."""
+    records = PackedFiles.of(page.files).records
+    segments = [segment.encode() for segment in records.segments()]
+    header = {
+        "name": page.name,
+        "etag": page.etag,
+        "last_modified": page.last_modified,
+        "count": len(records),
+        "segments": [len(s) for s in segments],
+    }
+    packer = zlib.compressobj(1)
+    out = [packer.compress(json.dumps(header).encode() + b"\n" + records.ends.tobytes())]
+    out.extend(packer.compress(segment) for segment in segments)
+    out.append(packer.flush())
+    return b"".join(out)
+
+
+def page_from_packed(body: bytes) -> ProjectPage:
+    data = zlib.decompress(body)
+    line = data.index(b"\n")
+    header = json.loads(data[:line])
+    count = int(header["count"])
+    ends: array[int] = array("L")
+    start = line + 1 + count * ends.itemsize
+    ends.frombytes(data[line + 1 : start])
+    segments = []
+    for size in header["segments"]:
+        segments.append(data[start : start + size].decode())
+        start += size
+    if len(ends) != count or len(segments) != -(-count // SEGMENT):
+        raise ValueError("a saved page does not add up")
+    return ProjectPage(
+        name=canonicalize_name(header["name"]),
+        files=PackedFiles(Records(tuple(segments), ends, count)),
+        etag=header.get("etag"),
+        last_modified=header.get("last_modified"),
+    )

@@ -1,14 +1,21 @@
 """Per-upstream health: what readiness and the status page report, and the circuit breaker.
 
-After ``BREAKER_THRESHOLD`` consecutive failures an upstream is skipped for a while (doubling
-up to ``BREAKER_MAX_DELAY``), so that a feed that is down costs clients no timeouts.
+The breaker counts failures of the upstream, not of a page: a connection refused or reset, a
+timeout, an answer that the upstream (or whatever stands in front of it) is unavailable, a
+server error on its root. A single project's page failing (malformed, missing, a server error
+of its own) does not count: any client can ask for such a page, and every healthy project of
+the upstream would be refused with it. Pages of ``PAGE_FAILURE_PROJECTS`` different projects
+failing without a success in between do count: then it is the upstream that is broken.
+
+After ``BREAKER_THRESHOLD`` counted failures in a row an upstream is skipped for a while
+(doubling up to ``BREAKER_MAX_DELAY``), so that a feed that is down costs clients no timeouts.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nightproxy.upstreams.http import UpstreamError
 
@@ -18,6 +25,18 @@ log = logging.getLogger(__name__)
 BREAKER_THRESHOLD = 3
 BREAKER_BASE_DELAY = 5.0
 BREAKER_MAX_DELAY = 300.0
+#: Different projects whose pages failed since the upstream's last success, from which on a
+#: page's failure counts against the upstream.
+PAGE_FAILURE_PROJECTS = 3
+#: Statuses that say the upstream (or the proxy or balancer in front of it) is unavailable,
+#: whichever page was asked for; and those that concern the client's standing with it.
+UNAVAILABLE = frozenset({502, 503, 504})
+REFUSED = frozenset({401, 403, 407, 429})
+#: Different projects answered "not found", with none found, after which the upstream's URL
+#: is suspected of not being an index's root.
+NOT_FOUND_WARNING = 5
+#: Projects remembered per upstream for the two counts above (client-chosen names).
+_MEMORY = 64
 
 
 class CircuitOpenError(UpstreamError):
@@ -34,12 +53,35 @@ class UpstreamHealth:
     last_error: str | None = None
     last_error_at: float | None = None
     served_stale: bool = False
+    #: Something a person should look at although requests succeed.
+    warning: str | None = None
+    #: Projects whose pages failed since the last success.
+    failing_pages: set[str] = field(default_factory=set)
+    #: Projects the upstream said it does not have, while it has had none asked for.
+    not_found: set[str] = field(default_factory=set)
+    found_any: bool = False
 
     @property
     def state(self) -> str:
         if self.failures == 0:
             return "ok"
         return "stale" if self.served_stale else "down"
+
+    @property
+    def unavailable(self) -> bool:
+        """Failed often enough to be skipped, and not answered since (a request or the
+        readiness probe): not counted on for readiness. A single blip does not make it so."""
+        return self.failures >= BREAKER_THRESHOLD
+
+
+def counts_against_upstream(failure: UpstreamError, project: str | None) -> bool:
+    """Whether a failure is the upstream's rather than one page's (``project`` None: the
+    upstream's root, its project list)."""
+    if failure.page:
+        return False
+    if failure.status is None or failure.status in UNAVAILABLE | REFUSED:
+        return True  # transport: refused, reset, timed out, cut short
+    return project is None and failure.status >= 500
 
 
 class Breakers:
@@ -68,13 +110,22 @@ class Breakers:
         health.failures = 0
         health.open_until = 0.0
         health.served_stale = False
+        health.failing_pages.clear()
         health.last_success = self.clock()
 
-    def record_failure(self, upstream: str, reason: str) -> None:
+    def record_failure(
+        self, upstream: str, failure: UpstreamError, project: str | None = None
+    ) -> None:
+        """A request of ``project``'s page (None: of the project list) failed."""
         health = self.health[upstream]
-        health.failures += 1
-        health.last_error = reason
+        health.last_error = failure.reason
         health.last_error_at = self.clock()
+        if not counts_against_upstream(failure, project):
+            if project is not None and len(health.failing_pages) < _MEMORY:
+                health.failing_pages.add(project)
+            if len(health.failing_pages) < PAGE_FAILURE_PROJECTS:
+                return
+        health.failures += 1
         if health.failures >= BREAKER_THRESHOLD:
             delay = min(
                 BREAKER_BASE_DELAY * 2 ** (health.failures - BREAKER_THRESHOLD), BREAKER_MAX_DELAY
@@ -87,13 +138,37 @@ class Breakers:
                 delay,
             )
 
+    def record_found(self, upstream: str, *, found: bool, project: str) -> None:
+        """The upstream answered for ``project``'s page: with a page, or "no such project".
+
+        An upstream that has answered "not found" for every one of several projects, and
+        never had one, is most likely configured with a URL that is not an index's root (a
+        missing ``/simple/``): that is logged once and shown on the status page.
+        """
+        health = self.health[upstream]
+        if found:
+            health.found_any = True
+            health.not_found.clear()
+            health.warning = None
+            return
+        if health.found_any or len(health.not_found) >= _MEMORY:
+            return
+        health.not_found.add(project)
+        if len(health.not_found) == NOT_FOUND_WARNING:
+            health.warning = (
+                f"answered 404 for all {NOT_FOUND_WARNING} projects asked so far: is its url "
+                "the index root (for a simple index, ending in /simple/)?"
+            )
+            log.warning("upstream %r %s", upstream, health.warning)
+
 
 def as_upstream_error(upstream: str, exc: Exception) -> UpstreamError:
     """Any failure of one upstream's fetch as that upstream's failure, never the page's.
 
     Upstream kinds raise UpstreamError for what they expect; anything else (a parser bug, a
-    malformed body no one foresaw) must still leave only that upstream out. Its text may
-    carry a URL with a token in it, so only its type and where it was raised are kept.
+    malformed body no one foresaw) must still leave only that upstream out, and is taken for
+    a failure of the page it was reading. Its text may carry a URL with a token in it, so
+    only its type and where it was raised are kept.
     """
     if isinstance(exc, UpstreamError):
         return exc
@@ -106,4 +181,4 @@ def as_upstream_error(upstream: str, exc: Exception) -> UpstreamError:
     if tb is not None:
         where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
     log.warning("upstream %r: unexpected %s%s", upstream, type(exc).__name__, where)
-    return UpstreamError(upstream, f"unexpected {type(exc).__name__}")
+    return UpstreamError(upstream, f"unexpected {type(exc).__name__}", page=True)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cachetools import LRUCache
 from packaging.utils import NormalizedName
+from packaging.version import Version
 
 from nightproxy.cache.store import CacheStore
 from nightproxy.config import Config
@@ -26,6 +29,8 @@ from nightproxy.index.health import Breakers, as_upstream_error
 from nightproxy.index.missing import MissingFiles
 from nightproxy.index.state import Gone, IndexState
 from nightproxy.model import ProjectPage
+from nightproxy.simple_api.filenames import parse_dist_filename
+from nightproxy.simple_api.packed import PackedFiles
 from nightproxy.upstreams.base import NotFound, NotModified, Upstream
 from nightproxy.upstreams.http import UpstreamError
 
@@ -45,6 +50,22 @@ class PageEntry:
     page: ProjectPage | None
     fetched_at: float
     generation: int
+    #: The newest version on the page and its upload time, for the status page.
+    newest: tuple[str, datetime | None] | None = None
+
+
+def absorbed(page: ProjectPage) -> tuple[ProjectPage, tuple[str, datetime | None] | None]:
+    """Blocking: a fetched page as it is kept (packed), and its newest version."""
+    files = PackedFiles.of(page.files)
+    best: tuple[Version, int] | None = None
+    for index, filename in enumerate(files.filenames()):
+        dist = parse_dist_filename(filename)
+        if dist is not None and (best is None or dist.version > best[0]):
+            best = (dist.version, index)
+    kept = dataclasses.replace(page, files=files)
+    if best is None:
+        return kept, ("?", None) if len(files) else None
+    return kept, (str(best[0]), files[best[1]].upload_time)
 
 
 class UpstreamPages:
@@ -101,6 +122,12 @@ class UpstreamPages:
             if entry.page is not None:
                 yield upstream, project, entry.page
 
+    def newest(self) -> Iterator[tuple[str, NormalizedName, tuple[str, datetime | None]]]:
+        """(upstream, project, (newest version, its upload time)) of every page held."""
+        for (upstream, project), entry in list(self._pages.items()):
+            if entry.newest is not None:
+                yield upstream, project, entry.newest
+
     def ttl(self, upstream: str) -> float:
         ttl = self.upstreams[upstream].config.ttl
         return self.config.index.ttl if ttl is None else ttl
@@ -143,16 +170,19 @@ class UpstreamPages:
             )
         except Exception as exc:
             failure = as_upstream_error(upstream, exc)
-            self.breakers.record_failure(upstream, failure.reason)
+            self.breakers.record_failure(upstream, failure, project)
             self._observe(upstream, time.perf_counter() - started, ok=False)
             if failure is exc:
                 raise
             raise failure from exc
         self._observe(upstream, time.perf_counter() - started, ok=True)
         self.breakers.record_success(upstream)
+        self.breakers.record_found(
+            upstream, found=not isinstance(result, NotFound), project=project
+        )
         now = self.clock()
         if isinstance(result, NotModified) and previous is not None:
-            entry = PageEntry(previous.page, now, previous.generation)
+            entry = PageEntry(previous.page, now, previous.generation, previous.newest)
             if previous.page is not None:
                 # Confirmed current: that counts as a good fetch for stale-if-error, also
                 # after a restart.
@@ -162,13 +192,16 @@ class UpstreamPages:
             entry = PageEntry(None, now, self._generation)
         else:
             self._generation += 1
-            entry = PageEntry(result, now, self._generation)
-            await self._save(self.state.save_page, upstream, now, result)
-        if entry.page is not baseline and self.missing.note_removed(
-            upstream, project, baseline, entry.page
-        ):
-            gone = dict(self.missing.state(upstream, project))
-            await self._save(self.state.save_gone, upstream, project, gone)
+            # Packing a page of 200,000 files is seconds of CPU: never on the event loop.
+            page, newest = await asyncio.to_thread(absorbed, result)
+            entry = PageEntry(page, now, self._generation, newest)
+            await self._save(self.state.save_page, upstream, now, page)
+        if entry.page is not baseline:
+            changed: Gone | None = await asyncio.to_thread(
+                self.missing.note_removed, upstream, project, baseline, entry.page
+            )
+            if changed is not None:
+                await self._save(self.state.save_gone, upstream, project, changed)
         self._put((upstream, project), entry)
         return entry
 

@@ -14,9 +14,10 @@ Settings are resolved per file's upstream (project, then upstream, then global).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Iterable
+from array import array
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from packaging.utils import NormalizedName
 from packaging.version import Version
@@ -81,6 +82,40 @@ def dev_only_files(files: Iterable[DistFile]) -> tuple[DistFile, ...]:
     return tuple(kept)
 
 
+#: Times in retention's columns: whole microseconds since the epoch (exact, unlike floats).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+#: No time known.
+UNKNOWN = -(2**63)
+
+
+def micros(when: datetime | None) -> int:
+    """A time as retention's columns hold it."""
+    return UNKNOWN if when is None else (when - _EPOCH) // _MICROSECOND
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What retention reads of each file of a page, a column per fact (a column of numbers
+    costs neither an object per file nor the garbage collector's time)."""
+
+    upstreams: Sequence[str]
+    versions: Sequence[Version | None]
+    #: ``micros`` of each build time.
+    build_times: Sequence[int]
+    #: ``micros`` of when each file existed from (``available_since``).
+    sinces: Sequence[int]
+
+    @classmethod
+    def of(cls, files: Sequence[PublishedFile]) -> Facts:
+        return cls(
+            [pub.source.upstream for pub in files],
+            [_version(pub) for pub in files],
+            array("q", [micros(pub.build_time) for pub in files]),
+            array("q", [micros(available_since(pub)) for pub in files]),
+        )
+
+
 def apply_retention(
     files: Iterable[PublishedFile],
     policy: Policy,
@@ -90,33 +125,50 @@ def apply_retention(
     dev_only: Collection[str] = (),
 ) -> tuple[PublishedFile, ...]:
     """The files a page shows, in their given order."""
-    candidates: list[tuple[PublishedFile, Version]] = []
-    for pub in files:
-        version = _version(pub)
-        if version is None:
-            continue
-        if pub.source.upstream in dev_only and not version.is_prerelease:
-            continue
-        if as_of is not None:
-            since = available_since(pub)
-            if since is not None and since > as_of:
-                continue
-        candidates.append((pub, version))
-    reference = as_of or now
+    listed = tuple(files)
+    shown = retention_mask(Facts.of(listed), policy, now=now, as_of=as_of, dev_only=dev_only)
+    return tuple(pub for pub, keep in zip(listed, shown, strict=True) if keep)
+
+
+def retention_mask(
+    facts: Facts,
+    policy: Policy,
+    *,
+    now: datetime,
+    as_of: datetime | None = None,
+    dev_only: Collection[str] = (),
+) -> list[bool]:
+    """Which of a page's files it shows: ``apply_retention`` over the files' facts only."""
+    candidates: list[bool] = []
+    dev_versions_seen: set[Version] = set()
+    until = micros(as_of) if as_of is not None else None
+    for upstream, version, since in zip(facts.upstreams, facts.versions, facts.sinces, strict=True):
+        keep = version is not None
+        if version is not None and upstream in dev_only and not version.is_prerelease:
+            keep = False
+        if keep and until is not None and since != UNKNOWN and since > until:
+            keep = False
+        candidates.append(keep)
+        if keep and version is not None and version.is_devrelease:
+            dev_versions_seen.add(version)
+    reference = micros(as_of or now)
     # The newest dev versions per upstream policy's keep_latest, over the whole project.
-    dev_versions = sorted({v for _p, v in candidates if v.is_devrelease}, reverse=True)
+    dev_versions = sorted(dev_versions_seen, reverse=True)
+    newest: dict[int, frozenset[Version]] = {}
     shown = []
-    for pub, version in candidates:
-        if not version.is_devrelease:
-            shown.append(pub)
+    for upstream, version, built, keep in zip(
+        facts.upstreams, facts.versions, facts.build_times, candidates, strict=True
+    ):
+        if not keep or version is None or not version.is_devrelease:
+            shown.append(keep)
             continue
-        settings = policy.resolve(pub.source.upstream)
-        if version in dev_versions[: settings.keep_latest]:
-            shown.append(pub)
-            continue
-        if settings.dev_max_age is None or pub.build_time is None:
-            shown.append(pub)
-            continue
-        if reference - pub.build_time <= timedelta(seconds=settings.dev_max_age):
-            shown.append(pub)
-    return tuple(shown)
+        settings = policy.resolve(upstream)
+        latest = newest.get(settings.keep_latest)
+        if latest is None:
+            latest = newest[settings.keep_latest] = frozenset(dev_versions[: settings.keep_latest])
+        if version in latest or settings.dev_max_age is None or built == UNKNOWN:
+            shown.append(True)
+        else:
+            limit = timedelta(seconds=settings.dev_max_age) // _MICROSECOND
+            shown.append(reference - built <= limit)
+    return shown

@@ -9,7 +9,8 @@ It wires the parts, each in its own module:
 - ``views``: merged project pages, for now and for ``as_of`` times;
 - ``listing``: the project list;
 - ``prepared``: the bytes and ETags of a page's representations;
-- ``state``: what all this keeps across restarts.
+- ``state``: what all this keeps across restarts;
+- ``readiness``: the background probe of upstreams that are down.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from nightproxy.index.listing import ListView, ProjectListing
 from nightproxy.index.missing import MissingFiles
 from nightproxy.index.pages import UpstreamPages
 from nightproxy.index.publish import Publisher
+from nightproxy.index.readiness import Prober
 from nightproxy.index.state import IndexState
 from nightproxy.index.views import AllUpstreamsFailedError, ProjectView, ProjectViews
-from nightproxy.model import DistFile, PublishedFile
-from nightproxy.simple_api.filenames import parse_dist_filename
+from nightproxy.model import PublishedFile
 from nightproxy.upstreams.base import Upstream
 
 __all__ = ["AllUpstreamsFailedError", "IndexService", "ListView", "ProjectView"]
@@ -74,7 +75,15 @@ class IndexService:
         publisher = Publisher(config, self.upstreams, store, self.state)
         self.views = ProjectViews(config, self.pages, publisher, self._clock)
         self.pages.on_refreshed = self.views.expire
+        for name, upstream in self.upstreams.items():
+            # ``index.ttl`` for every upstream without a ttl of its own, whatever its kind.
+            upstream.ttl = self.pages.ttl(name)
         self.listing = ProjectListing(config, self.upstreams, self.breakers, self._clock)
+        self.prober = Prober(self.upstreams, self.breakers)
+
+    def start(self) -> None:
+        """Start the background work: probing upstreams that are down, for readiness."""
+        self.prober.start()
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -134,21 +143,13 @@ class IndexService:
 
     def newest_builds(self) -> list[tuple[NormalizedName, str, str, datetime | None]]:
         """(project, upstream, newest version, its upload time) for every page seen so far."""
-        rows = []
-        for upstream, project, page in sorted(self.pages.held(), key=lambda r: r[:2]):
-            if not page.files:
-                continue
-            newest = max(page.files, key=_version_key)
-            version = parse_dist_filename(newest.filename)
-            rows.append(
-                (project, upstream, str(version.version) if version else "?", newest.upload_time)
+        return [
+            (project, upstream, version, uploaded)
+            for upstream, project, (version, uploaded) in sorted(
+                self.pages.newest(), key=lambda row: row[:2]
             )
-        return rows
+        ]
 
     async def close(self) -> None:
+        await self.prober.close()
         await self.pages.close()
-
-
-def _version_key(file: DistFile) -> tuple[int, object]:
-    dist = parse_dist_filename(file.filename)
-    return (1, dist.version) if dist else (0, file.filename)

@@ -20,7 +20,13 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from nightproxy.index.codec import gone_from_json, gone_to_json, page_from_json, page_to_json
+from nightproxy.index.codec import (
+    gone_from_json,
+    gone_to_json,
+    packed_page,
+    page_from_json,
+    page_from_packed,
+)
 from nightproxy.model import DistFile, ProjectPage
 
 log = logging.getLogger(__name__)
@@ -32,7 +38,7 @@ LEGACY_FILENAME = "state.sqlite"
 BUSY_TIMEOUT = 15_000
 #: First-seen times are recorded in transactions of at most this many keys, so that a page of
 #: 200,000 files does not hold the write lock against the other workers for long.
-FIRST_SEEN_BATCH = 2_000
+FIRST_SEEN_BATCH = 10_000
 
 #: Files an upstream stopped listing, by filename, with the time it stopped.
 Gone = dict[str, tuple[DistFile, float]]
@@ -96,13 +102,22 @@ def _take_over_legacy(db: sqlite3.Connection, legacy: Path) -> None:
         log.info("took over %d saved pages from %s", copied, legacy)
 
 
+def _to_v2(db: sqlite3.Connection, _root: Path) -> None:
+    """First-seen times in a table without rowids: one B-tree to write per new file instead
+    of two (a page of 200,000 new files is 200,000 inserts of random keys)."""
+    db.execute("CREATE TABLE first_seen_v2 (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID")
+    db.execute("INSERT INTO first_seen_v2 SELECT key, at FROM first_seen")
+    db.execute("DROP TABLE first_seen")
+    db.execute("ALTER TABLE first_seen_v2 RENAME TO first_seen")
+
+
 def _batches(db: sqlite3.Connection, query: str) -> Iterator[list[tuple[object, ...]]]:
     cursor = db.execute(query)
     while rows := cursor.fetchmany(1000):
         yield rows
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection, Path], None], ...] = (_to_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection, Path], None], ...] = (_to_v1, _to_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -142,9 +157,7 @@ class IndexState:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            if self._db is None:
-                raise sqlite3.ProgrammingError("index state is not open")
-            db = self._db
+            db = self._open_db()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -171,10 +184,10 @@ class IndexState:
 
     def save_page(self, upstream: str, fetched_at: float, page: ProjectPage) -> None:
         """Keep an upstream's last good page for stale-if-error across restarts."""
-        body = zlib.compress(page_to_json(page).encode(), 1)
+        body = packed_page(page)
         with self._write() as db:
             db.execute(
-                "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, 'json+zlib')",
+                "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, 'packed')",
                 (upstream, page.name, fetched_at, body),
             )
 
@@ -196,10 +209,9 @@ class IndexState:
             return None
         fetched_at, body, encoding = row
         try:
-            if encoding == "json+zlib" and isinstance(body, bytes):
-                text = zlib.decompress(body).decode()
-            else:
-                text = body.decode() if isinstance(body, bytes) else str(body)
+            if encoding == "packed" and isinstance(body, bytes):
+                return float(str(fetched_at)), page_from_packed(body)
+            text = body.decode() if isinstance(body, bytes) else str(body)
             return float(str(fetched_at)), page_from_json(text)
         except (ValueError, KeyError, TypeError, zlib.error):
             return None
@@ -230,29 +242,42 @@ class IndexState:
     def first_seen(self, keys: list[str], now: float) -> dict[str, float]:
         """When each key was first seen, recording ``now`` for new ones.
 
-        Unreadable or unwritable, every key counts as seen ``now``: a build date is then only
-        less precise.
+        Known keys are only read (no write lock); new ones are written in short transactions
+        and read back, since another process may have seen them first. Unreadable or
+        unwritable, a key counts as seen ``now``: a build date is then only less precise.
         """
         found: dict[str, float] = {}
         try:
             for start in range(0, len(keys), FIRST_SEEN_BATCH):
                 batch = keys[start : start + FIRST_SEEN_BATCH]
-                with self._write() as db:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO first_seen VALUES (?, ?)", [(k, now) for k in batch]
-                    )
-                    for offset in range(0, len(batch), 500):
-                        chunk = batch[offset : offset + 500]
-                        marks = ",".join("?" * len(chunk))
-                        found.update(
-                            db.execute(
-                                f"SELECT key, at FROM first_seen WHERE key IN ({marks})",  # noqa: S608
-                                chunk,
-                            )
+                with self._lock:
+                    found.update(self._seen(self._open_db(), batch))
+                new = [k for k in batch if k not in found]
+                if new:
+                    with self._write() as db:
+                        db.executemany(
+                            "INSERT OR IGNORE INTO first_seen VALUES (?, ?)",
+                            [(k, now) for k in new],
                         )
+                        found.update(self._seen(db, new))
         except sqlite3.Error as exc:
             log.warning("could not record first-seen times (%s)", exc)
         return found
+
+    @staticmethod
+    def _seen(db: sqlite3.Connection, keys: list[str]) -> Iterator[tuple[str, float]]:
+        rows: list[tuple[str, float]] = []
+        for offset in range(0, len(keys), 500):
+            chunk = keys[offset : offset + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT key, at FROM first_seen WHERE key IN ({marks})"  # noqa: S608
+            rows.extend(db.execute(query, chunk))
+        return iter(rows)
+
+    def _open_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("index state is not open")
+        return self._db
 
 
 def _connect(path: Path, root: Path) -> sqlite3.Connection:

@@ -4,7 +4,7 @@ prepared once per change of its inputs, for now and for any ``as_of`` time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,10 +15,11 @@ from nightproxy.cache.keys import file_key
 from nightproxy.config import Config
 from nightproxy.index.pages import UpstreamPages, retrieve
 from nightproxy.index.prepared import Representations
-from nightproxy.index.publish import Publisher, key_of
+from nightproxy.index.publish import Publisher, Sources
 from nightproxy.model import ProjectPage, PublishedFile
 from nightproxy.simple_api.negotiate import Format
-from nightproxy.simple_api.render import render_project_html, render_project_json
+from nightproxy.simple_api.published import PackedPublished
+from nightproxy.simple_api.render import iter_project_html, iter_project_json
 
 #: Bounds on what client-chosen names and times can make the service hold: merged views
 #: (the least recently used is rebuilt from its pages when asked again), and views of one
@@ -48,23 +49,22 @@ class ProjectView:
     """A merged, retention-filtered project page, prepared lazily once per representation."""
 
     name: NormalizedName
-    files: tuple[PublishedFile, ...]
+    files: PackedPublished
     missing: tuple[str, ...]
     stale: tuple[str, ...]
     retained: int
     built_at: float
     fresh_until: float
     inputs: tuple[int, ...]
-    by_key: dict[str, PublishedFile] = field(default_factory=dict)
     prepared: Representations = field(init=False)
 
     def __post_init__(self) -> None:
         self.prepared = Representations(self._render)
 
-    def _render(self, fmt: Format) -> bytes:
+    def _render(self, fmt: Format) -> Iterator[bytes]:
         if fmt == "json":
-            return render_project_json(self.name, self.files)
-        return render_project_html(self.name, self.files)
+            return iter_project_json(self.name, self.files, self.files.filenames())
+        return iter_project_html(self.name, self.files)
 
 
 #: A merged view's key: the project, and the ``as_of`` time as a timestamp (None: now).
@@ -154,7 +154,7 @@ class ProjectViews:
         missing: list[str] = []
         stale: list[str] = []
         reasons: dict[str, str] = {}
-        pages: list[tuple[str, ProjectPage]] = []
+        sources: Sources = []
         inputs: list[int] = []
         for name, (entry, reason, was_stale) in zip(names, results, strict=True):
             if entry is None:
@@ -165,10 +165,10 @@ class ProjectViews:
                 stale.append(name)
             retained = self.pages.missing.retained(name, project)
             if entry.page is not None or retained:
-                listed = (entry.page.files if entry.page is not None else ()) + tuple(retained)
-                pages.append((name, ProjectPage(name=project, files=listed)))
+                listed = [] if entry.page is None else [entry.page.files]
+                sources.append((name, [*listed, retained] if retained else listed))
                 inputs.append(entry.generation)
-        if not pages and missing:
+        if not sources and missing:
             raise AllUpstreamsFailedError(project, reasons)
         now = self.clock()
         fresh_for = min((self.pages.ttl(n) for n in names), default=self.config.index.ttl)
@@ -185,33 +185,41 @@ class ProjectViews:
         ):
             previous.fresh_until = now + fresh_for
             return previous
-        files = await self.publisher.publish(project, pages, as_of, now)
+        files, retained_count = await asyncio.to_thread(
+            self.publisher.build, project, sources, as_of, now
+        )
         view = ProjectView(
             name=project,
             files=files,
             missing=tuple(missing),
             stale=tuple(stale),
-            retained=sum(1 for f in files if f.source.retained),
+            retained=retained_count,
             built_at=now,
             fresh_until=now + fresh_for,
             inputs=key_inputs,
         )
-        view.by_key = {key_of(pub): pub for pub in files}
         self._map(as_of)[_key(project, as_of)] = view
         return view
 
     async def find_file(self, project: NormalizedName, key: str) -> PublishedFile | None:
         """The published file behind a key: from a built view, else from a fresh one."""
         for built in self.of(project):
-            if key in built.by_key:
-                return built.by_key[key]
+            if (pub := built.files.find(key)) is not None:
+                return pub
         view = await self.view(project)
-        if view is not None and key in view.by_key:
-            return view.by_key[key]
+        if view is not None and (pub := view.files.find(key)) is not None:
+            return pub
         # An older page may link a file that retention now hides: it still names real bytes.
-        for _upstream, name, page in self.pages.held():
-            if name != project:
-                continue
+        pages = [page for _upstream, name, page in self.pages.held() if name == project]
+        if not pages:
+            return None
+        return await asyncio.to_thread(self._find_in_pages, project, key, pages)
+
+    def _find_in_pages(
+        self, project: NormalizedName, key: str, pages: list[ProjectPage]
+    ) -> PublishedFile | None:
+        """Blocking: the file behind ``key`` on any of ``pages``."""
+        for page in pages:
             for file in page.files:
                 if file_key(file) == key:
                     return self.publisher.published(project, file, key, self.clock())

@@ -125,6 +125,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     upstreams = feeds.make_upstreams(app, session)
     app[keys.UPSTREAMS] = upstreams
     app[keys.INDEX] = IndexService(config, upstreams, app[keys.STORE], app[keys.INDEX_STATE])
+    app[keys.INDEX].start()
     feeds.follow_feeds(app)
     app[keys.FILLS] = FillManager(
         app[keys.STORE],

@@ -41,6 +41,7 @@ def _upstream_json(health: UpstreamHealth) -> dict[str, object]:
         "last_success": _iso(health.last_success),
         "last_error": health.last_error,
         "last_error_at": _iso(health.last_error_at),
+        "warning": health.warning,
     }
 
 
@@ -54,11 +55,10 @@ async def readyz(request: web.Request) -> web.Response:
         os.access, store.tmp_dir, os.W_OK
     )
     upstreams = {name: _upstream_json(h) for name, h in index.health.items()}
-    # A failing upstream counts as able to serve again once its circuit breaker lets requests
-    # through: readiness that waited for a request to succeed would never see one, since an
-    # unready pod gets no traffic.
-    now = index.clock()
-    serving_upstream = any(h.state != "down" or h.open_until <= now for h in index.health.values())
+    # A down upstream is probed in the background (the index's readiness probe), and counts
+    # as able to serve again only once it has answered: an unready pod gets no traffic, so
+    # readiness cannot wait for a client's request to succeed, nor guess from the breaker.
+    serving_upstream = any(not h.unavailable for h in index.health.values())
     cache_can_serve = store.file_count > 0
     # Without a writable cache, upstreams can still serve pages and streamed files, but a
     # proxy that cannot keep what it fetches is not ready for a fleet of CI jobs.
@@ -130,6 +130,11 @@ async def status_page(request: web.Request) -> web.Response:
             f"<td>{escape(_iso(health.last_success) or '-')}</td>"
             f"<td>{escape(health.last_error or '-')}</td></tr>"
         )
+    warnings = "".join(
+        f"<p class='warning'>Upstream {escape(name)}: {escape(health.warning)}</p>\n"
+        for name, health in index.health.items()
+        if health.warning
+    )
     rows_proj = [
         f"<tr><td>{escape(project)}</td><td>{escape(upstream)}</td><td>{escape(version)}</td>"
         f"<td>{escape(_age(uploaded, now))}</td></tr>"
@@ -149,6 +154,7 @@ async def status_page(request: web.Request) -> web.Response:
 body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #999; padding: 0.3em 0.8em; text-align: left; }}
+.warning {{ color: #960; }}
 .state-ok {{ color: #060; }} .state-stale {{ color: #960; }} .state-down {{ color: #a00; }}
 {FEEDS_STYLE}
 </style>
@@ -158,7 +164,7 @@ th, td {{ border: 1px solid #999; padding: 0.3em 0.8em; text-align: left; }}
 <p>Index: <a href="/simple/">/simple/</a> &middot; <a href="/metrics">metrics</a>
 &middot; <a href="/readyz">readiness</a></p>
 <h2>Upstreams</h2>
-<table id="upstreams">
+{warnings}<table id="upstreams">
 <thead><tr><th>Name</th><th>Kind</th><th>Feed</th><th>State</th><th>Last success</th>
 <th>Last error</th></tr></thead>
 <tbody>

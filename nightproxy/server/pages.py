@@ -23,7 +23,7 @@ from nightproxy.index.prepared import Prepared
 from nightproxy.index.service import AllUpstreamsFailedError, ListView, ProjectView
 from nightproxy.server import keys
 from nightproxy.server.errors import bad_gateway
-from nightproxy.simple_api.negotiate import CONTENT_TYPES, Format, negotiate, weighted_list
+from nightproxy.simple_api.negotiate import CONTENT_TYPES, FORMATS, media, weighted_list
 from nightproxy.simple_api.parse import parse_upload_time
 
 #: The route of a project page.
@@ -138,33 +138,40 @@ def _plus_offset(value: str) -> str:
     return value
 
 
-def _format(request: web.Request) -> Format:
-    fmt = negotiate(
+def _media(request: web.Request) -> str:
+    """The media type to answer with: the one the client asked for (a key of
+    ``CONTENT_TYPES``)."""
+    chosen = media(
         request.headers.get("Accept"),
         request.query.get("format") if request.query_string else None,
     )
-    if fmt is None:
+    if chosen is None:
         raise web.HTTPNotAcceptable(
             text="this index serves application/vnd.pypi.simple.v1+json, "
             "application/vnd.pypi.simple.v1+html and text/html\n"
         )
-    return fmt
+    return chosen
 
 
-#: The response headers of each prepared representation that do not change per request,
-#: derived once: they live as long as the representation does.
-_STATIC: weakref.WeakKeyDictionary[Prepared, Mapping[str, str]] = weakref.WeakKeyDictionary()
+#: The response headers of each prepared representation (per media type asked for) that do
+#: not change per request, derived once: they live as long as the representation does.
+_STATIC: weakref.WeakKeyDictionary[Prepared, dict[str, Mapping[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def static_headers(
-    page: ProjectView | ListView, prepared: Prepared, fmt: Format, gzipped: bool
+    page: ProjectView | ListView, prepared: Prepared, media_type: str, gzipped: bool
 ) -> Mapping[str, str]:
     """Everything but the freshness, fixed for the life of the representation."""
-    static = _STATIC.get(prepared)
+    known = _STATIC.get(prepared)
+    if known is None:
+        _STATIC[prepared] = known = {}
+    static = known.get(media_type)
     if static is None:
         block = CIMultiDict(
             {
-                "Content-Type": CONTENT_TYPES[fmt],
+                "Content-Type": CONTENT_TYPES[media_type],
                 "Vary": "Accept, Accept-Encoding",
                 "ETag": prepared.etag,
                 "Last-Modified": _http_date(page.built_at),
@@ -179,7 +186,7 @@ def static_headers(
             block["X-Nightproxy-Stale"] = ", ".join(page.stale)
         if isinstance(page, ProjectView) and page.retained:
             block["X-Nightproxy-Retained"] = str(page.retained)
-        _STATIC[prepared] = static = CIMultiDictProxy(block)
+        known[media_type] = static = CIMultiDictProxy(block)
     return static
 
 
@@ -188,16 +195,37 @@ def max_age(page: ProjectView | ListView, now: float) -> str:
 
 
 async def _page_response(
-    request: web.Request, page: ProjectView | ListView, fmt: Format, gzipped: bool, now: float
-) -> web.Response:
+    request: web.Request, page: ProjectView | ListView, media_type: str, gzipped: bool, now: float
+) -> web.StreamResponse:
+    fmt = FORMATS[media_type]
     prepared = page.prepared.get(fmt, gzipped)
     if prepared is None:
         prepared = await asyncio.to_thread(page.prepared.make, fmt, gzipped)
-    headers = CIMultiDict(static_headers(page, prepared, fmt, gzipped))
+    headers = CIMultiDict(static_headers(page, prepared, media_type, gzipped))
     headers["Cache-Control"] = max_age(page, now)
     if etag_matches(request.headers.get("If-None-Match"), prepared.etag):
         return web.Response(status=304, headers=headers)
+    if prepared.inflate:
+        return await _inflated(request, prepared, headers)
     return web.Response(body=prepared.body, headers=headers)
+
+
+async def _inflated(
+    request: web.Request, prepared: Prepared, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    """A big page kept compressed, sent to a client that does not take gzip: inflated a piece
+    at a time as the client reads, never whole."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = prepared.length
+    await response.prepare(request)
+    if request.method != "HEAD":
+        for piece in prepared.chunks():
+            await response.write(piece)
+            # A write returns at once while the socket takes the bytes: let the other
+            # requests in between pieces.
+            await asyncio.sleep(0)
+    await response.write_eof()
+    return response
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -223,21 +251,21 @@ def _http_date(when: float) -> str:
     return formatdate(when, usegmt=True)
 
 
-async def index_page(request: web.Request) -> web.Response:
-    fmt = _format(request)
+async def index_page(request: web.Request) -> web.StreamResponse:
+    media_type = _media(request)
     gzipped = _wants_gzip(request)
     index = request.app[keys.INDEX]
     listing = await index.project_list()
-    return await _page_response(request, listing, fmt, gzipped, index.clock())
+    return await _page_response(request, listing, media_type, gzipped, index.clock())
 
 
-async def project_page(request: web.Request) -> web.Response:
+async def project_page(request: web.Request) -> web.StreamResponse:
     raw = request.match_info["project"]
     project = canonical(raw)
     if project != raw:
         raise web.HTTPMovedPermanently(_page_location(request, _valid(raw)))
     _valid(raw)  # a canonical spelling can still be no name at all ("demo-")
-    fmt = _format(request)
+    media_type = _media(request)
     as_of = _as_of(request)
     gzipped = _wants_gzip(request)
     index = request.app[keys.INDEX]
@@ -250,4 +278,4 @@ async def project_page(request: web.Request) -> web.Response:
             raise bad_gateway(str(exc), summary=exc.summary) from None
         if view is None:
             raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
-    return await _page_response(request, view, fmt, gzipped, index.clock())
+    return await _page_response(request, view, media_type, gzipped, index.clock())

@@ -46,26 +46,42 @@ MAX_FILENAME = 512
 
 def parse_dist_filename(filename: str) -> DistName | None:
     """The project and version a wheel or sdist filename names, or None for anything else."""
-    if len(filename) > MAX_FILENAME:
+    if len(filename) > MAX_FILENAME or not is_safe_filename(filename):
         return None
-    return _parse_dist_filename(filename)
+    if filename.endswith(".whl"):
+        # A wheel's name and version do not depend on its tags, and parsing the tags is most of
+        # the cost: the platform wheels of one build (a page of nightlies holds thousands) share
+        # one parse of everything before them. ``packaging`` still parses that part, in a
+        # filename with the tags of a pure wheel, so that the rules are exactly its own.
+        stem = filename[:-4]
+        if stem.count("-") not in {4, 5}:
+            return None
+        return _parse_wheel_head(stem.rsplit("-", 3)[0])
+    if filename.endswith((".tar.gz", ".zip")):
+        return _parse_sdist(filename)
+    return None
 
 
 @lru_cache(maxsize=65536)
-def _parse_dist_filename(filename: str) -> DistName | None:
-    if not is_safe_filename(filename):
-        return None
+def _parse_wheel_head(head: str) -> DistName | None:
+    """Name and version of the wheels whose filenames start with ``head`` and a dash."""
     try:
-        if filename.endswith(".whl"):
-            name, version, _build, _tags = parse_wheel_filename(filename)
-            return DistName(name, version)
-        if filename.endswith((".tar.gz", ".zip")):
-            name, version = parse_sdist_filename(filename)
-            return DistName(name, version)
-    except (InvalidWheelFilename, InvalidSdistFilename):
+        name, version, _build, _tags = parse_wheel_filename(f"{head}-py3-none-any.whl")
+    except InvalidWheelFilename:
         return None
     except ValueError:
         # ``packaging`` turns each release segment into an int; Python refuses more than 4,300
         # digits, and a hostile page may send them.
         return None
-    return None
+    return DistName(name, version)
+
+
+@lru_cache(maxsize=65536)
+def _parse_sdist(filename: str) -> DistName | None:
+    try:
+        name, version = parse_sdist_filename(filename)
+    except InvalidSdistFilename:
+        return None
+    except ValueError:
+        return None
+    return DistName(name, version)

@@ -1,25 +1,31 @@
-"""Pure parsers: upstream page bytes -> ``ProjectPage`` / project names.
+"""Pure parsers: upstream page bytes -> ``ProjectPage``.
 
 Upstream pages are untrusted and come in many dialects (PEP 503 HTML, PEP 691 JSON, static
 bucket trees, anaconda's root-relative links, Azure's GUID paths). The parsers keep what is a
 distribution file, skip everything else with no exception, and raise ``PageParseError`` only
 when the document as a whole is not an index page.
+
+A page of 200,000 links is read a slice at a time and each file packed as soon as it is
+read (``packed``): the page never exists as text and as objects at once.
 """
 
 from __future__ import annotations
 
-import json
+import codecs
 import logging
+import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from types import MappingProxyType
-from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from packaging.utils import NormalizedName, canonicalize_name
+from packaging.utils import NormalizedName
 
 from nightproxy.simple_api.filenames import parse_dist_filename
+from nightproxy.simple_api.jsonstream import ArrayMember, JsonStreamError
+from nightproxy.simple_api.packed import PackedFiles, RecordsBuilder, encode_dist
 from nightproxy.simple_api.records import DistFile, ProjectPage
 
 log = logging.getLogger(__name__)
@@ -29,6 +35,13 @@ HTML_TYPE = "application/vnd.pypi.simple.v1+html"
 
 _HEX = frozenset(string.hexdigits.lower())
 _KNOWN_HASHES = frozenset({"sha256", "sha384", "sha512", "sha224", "sha1", "md5", "blake2b"})
+
+
+#: Bytes of a page decoded (and parsed) at a time.
+SLICE = 1024 * 1024
+#: What keeps an absolute URL from being its own join: a query, parameters, characters
+#: ``urlsplit`` strips or drops, anything that is not plain ASCII.
+_NEEDS_JOIN = re.compile(r"[?;]|[^\x21-\x7e]|^https?://[^/]*$")
 
 
 class PageParseError(ValueError):
@@ -90,11 +103,6 @@ def _metadata_attr(value: object) -> bool | Mapping[str, str]:
     return False
 
 
-def _filename_from_url(url: str) -> str:
-    path = urlsplit(url).path
-    return unquote(path.rsplit("/", 1)[-1])
-
-
 def _make_file(
     *,
     url: str,
@@ -109,15 +117,25 @@ def _make_file(
     upload_time: object,
     core_metadata: bool | Mapping[str, str],
 ) -> DistFile | None:
-    absolute = urljoin(base_url, url)
-    parts = urlsplit(absolute)
-    if parts.scheme not in {"http", "https"}:
+    plain = url.partition("#")[0]
+    if plain.startswith(("https://", "http://")) and not _NEEDS_JOIN.search(plain):
+        # An absolute URL that joining and splitting would give back as it is (no query,
+        # parameters, blanks or controls): what ``urljoin`` and ``urldefrag`` would make of it
+        # is its part before the fragment. Most links of a big page are of this kind.
+        absolute = plain
+        parts = urlsplit(absolute)
+    else:
+        absolute = urljoin(base_url, url)
+        parts = urlsplit(absolute)
+        if "#" in absolute:
+            # As ``urldefrag`` does, from the parts in hand.
+            absolute = urlunsplit(parts._replace(fragment=""))
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
         return None
     # Raises for a port that is not a number or out of range: better here, where the link is
     # skipped, than at download time.
     _port = parts.port
-    absolute, _frag = urldefrag(absolute)
-    filename = _filename_from_url(absolute)
+    filename = unquote(parts.path.rsplit("/", 1)[-1])
     if filename_hint and filename_hint != filename and parse_dist_filename(filename_hint):
         # JSON pages name the file explicitly; prefer that over the URL's last segment.
         filename = filename_hint
@@ -144,60 +162,104 @@ def _make_file(
     )
 
 
-class _AnchorCollector(HTMLParser):
-    def __init__(self) -> None:
+class _Files:
+    """A page's files as they are parsed: the first of each filename, packed."""
+
+    def __init__(self, upstream: str, project: NormalizedName) -> None:
+        self.upstream = upstream
+        self.project = project
+        self._records = RecordsBuilder()
+        self._seen: set[str] = set()
+        self.skipped = 0
+
+    def add(self, file: DistFile | None) -> None:
+        if file is None or file.filename in self._seen:
+            return
+        record = encode_dist(file)
+        if record is None:
+            self.skipped += 1
+            return
+        self._seen.add(file.filename)
+        self._records.add(record)
+
+    def page(self) -> ProjectPage:
+        log_skipped(self.upstream, f"the page of {self.project}", self.skipped)
+        return ProjectPage(name=self.project, files=PackedFiles(self._records.build()))
+
+
+def text_slices(body: bytes, size: int = SLICE) -> Iterator[str]:
+    """``body`` as UTF-8 text (bad bytes replaced), a slice at a time: a big page is never
+    one string as well as its bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    view = memoryview(body)
+    for start in range(0, len(body), size):
+        yield decoder.decode(view[start : start + size])
+    yield decoder.decode(b"", final=True)
+
+
+class _AnchorReader(HTMLParser):
+    """Each ``<a>`` start tag to ``on_anchor`` as it is read, and the first ``<base href>``
+    (which, in a page as HTML requires, comes before the links it applies to)."""
+
+    def __init__(self, on_anchor: Callable[[dict[str, str | None], str | None], None]) -> None:
         super().__init__(convert_charrefs=True)
-        self.anchors: list[dict[str, str | None]] = []
+        self.on_anchor = on_anchor
         self.base_href: str | None = None
         self.saw_html = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
-            self.anchors.append(dict(attrs))
+            self.on_anchor(dict(attrs), self.base_href)
         elif tag == "base" and self.base_href is None:
             self.base_href = dict(attrs).get("href")
         if tag in {"html", "body", "a", "head", "title", "h1"}:
             self.saw_html = True
 
 
-def _collect(body: bytes) -> _AnchorCollector:
-    collector = _AnchorCollector()
+def read_anchors(
+    body: bytes, on_anchor: Callable[[dict[str, str | None], str | None], None]
+) -> None:
+    reader = _AnchorReader(on_anchor)
     try:
-        collector.feed(body.decode("utf-8", errors="replace"))
-        collector.close()
+        for text in text_slices(body):
+            reader.feed(text)
+        reader.close()
+    except PageParseError:
+        raise
     except Exception as exc:  # HTMLParser can raise on pathological input
         raise PageParseError(f"unparsable HTML: {type(exc).__name__}") from exc
-    if not collector.saw_html:
+    if not reader.saw_html:
         raise PageParseError("response is not an HTML index page")
-    return collector
 
 
 def parse_project_html(
     body: bytes, base_url: str, upstream: str, project: NormalizedName
 ) -> ProjectPage:
     """Parse a PEP 503 project page (any of the dialects static trees and channels produce)."""
-    collector = _collect(body)
-    base = base_url
-    if collector.base_href:
+    files = _Files(upstream, project)
+    bases: dict[str | None, str] = {None: base_url}
+
+    def on_anchor(attrs: dict[str, str | None], base_href: str | None) -> None:
+        base = bases.get(base_href)
+        if base is None:
+            try:
+                base = urljoin(base_url, base_href)
+            except ValueError:
+                log.warning(
+                    "%s: ignoring an unusable <base href> on the page of %s", upstream, project
+                )
+                base = base_url
+            bases[base_href] = base
         try:
-            base = urljoin(base_url, collector.base_href)
+            files.add(_html_file(attrs, base, upstream, project))
         except ValueError:
-            log.warning("%s: ignoring an unusable <base href> on the page of %s", upstream, project)
-    files: dict[str, DistFile] = {}
-    skipped = 0
-    for attrs in collector.anchors:
-        try:
-            dist = _html_file(attrs, base, upstream, project)
-        except ValueError:
-            skipped += 1
-            continue
-        if dist is not None:
-            files.setdefault(dist.filename, dist)
-    _log_skipped(upstream, f"the page of {project}", skipped)
-    return ProjectPage(name=project, files=tuple(files.values()))
+            files.skipped += 1
+
+    read_anchors(body, on_anchor)
+    return files.page()
 
 
-def _log_skipped(upstream: str, where: str, skipped: int) -> None:
+def log_skipped(upstream: str, where: str, skipped: int) -> None:
     # One line per page, and never the links themselves: a link can carry user-info.
     if skipped:
         log.warning("%s: skipped %d unusable link(s) on %s", upstream, skipped, where)
@@ -210,7 +272,7 @@ def _html_file(
     href = attrs.get("href")
     if not href:
         return None
-    _url, fragment = urldefrag(href)
+    _url, _sep, fragment = href.partition("#")
     yanked_attr = attrs.get("data-yanked", False) if "data-yanked" in attrs else False
     yanked: bool | str = (yanked_attr or True) if yanked_attr is not False else False
     metadata = _metadata_attr(
@@ -237,33 +299,41 @@ def _yanked_json(value: object) -> bool | str:
     return bool(value) if isinstance(value, bool) else False
 
 
-def _load_json(body: bytes) -> object:
+def read_json_member(
+    body: bytes, key: str, on_element: Callable[[object], None]
+) -> dict[str, object]:
+    """Each element of the array ``key`` of the JSON object in ``body`` to ``on_element``, one
+    at a time; the object's other members are returned. PageParseError when ``body`` is no
+    JSON object with such an array."""
+    reader = ArrayMember(key, on_element)
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    view = memoryview(body)
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: a few hundred thousand nested brackets, from a hostile upstream.
+        for start in range(0, len(body), SLICE):
+            reader.feed(decoder.decode(view[start : start + SLICE]))
+        reader.feed(decoder.decode(b"", final=True))
+        reader.close()
+    except (JsonStreamError, UnicodeDecodeError) as exc:
         raise PageParseError("invalid JSON") from exc
+    if not reader.found:
+        raise PageParseError(f"JSON page has no {key!r} list")
+    return reader.others
 
 
 def parse_project_json(
     body: bytes, base_url: str, upstream: str, project: NormalizedName
 ) -> ProjectPage:
     """Parse a PEP 691 JSON project page."""
-    data = _load_json(body)
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
-        raise PageParseError("JSON page has no 'files' list")
-    files: dict[str, DistFile] = {}
-    skipped = 0
-    for entry in data["files"]:
+    files = _Files(upstream, project)
+
+    def on_entry(entry: object) -> None:
         try:
-            dist = _json_file(entry, base_url, upstream, project)
+            files.add(_json_file(entry, base_url, upstream, project))
         except ValueError:
-            skipped += 1
-            continue
-        if dist is not None:
-            files.setdefault(dist.filename, dist)
-    _log_skipped(upstream, f"the page of {project}", skipped)
-    return ProjectPage(name=project, files=tuple(files.values()))
+            files.skipped += 1
+
+    read_json_member(body, "files", on_entry)
+    return files.page()
 
 
 def _json_file(
@@ -287,7 +357,7 @@ def _json_file(
         upstream=upstream,
         project=project,
         filename_hint=hint if isinstance(hint, str) else None,
-        hashes=hashes or _hash_from_fragment(urldefrag(entry["url"])[1]),
+        hashes=hashes or _hash_from_fragment(entry["url"].partition("#")[2]),
         requires_python=entry.get("requires-python"),
         yanked=_yanked_json(entry.get("yanked")),
         size=entry.get("size"),
@@ -308,50 +378,3 @@ def parse_project_page(
     if body.lstrip()[:1] == b"{":
         return parse_project_json(body, base_url, upstream, project)
     return parse_project_html(body, base_url, upstream, project)
-
-
-def parse_project_list(body: bytes, content_type: str) -> frozenset[NormalizedName]:
-    """The project names of a ``/simple/`` page, canonicalized."""
-    return frozenset(parse_project_links(body, content_type, ""))
-
-
-def parse_project_links(
-    body: bytes, content_type: str, base_url: str, upstream: str = "upstream"
-) -> dict[NormalizedName, str | None]:
-    """Canonical project name -> where the ``/simple/`` page links it, resolved on ``base_url``.
-
-    The link is kept only where its last path segment is not the canonical name already: a
-    static tree links ``zope.interface/``, which is where its page is, while an index that
-    follows PEP 503 links the canonical name and needs no map (on a list of 600,000 projects
-    the map would cost more than it says). JSON lists carry no links: None for every name.
-    Links ``urllib`` cannot take are skipped.
-    """
-    media = content_type.split(";", 1)[0].strip().lower()
-    links: dict[NormalizedName, str | None] = {}
-    if media in {JSON_TYPE, "application/json"} or body.lstrip()[:1] == b"{":
-        data = _load_json(body)
-        projects = data.get("projects") if isinstance(data, dict) else None
-        if not isinstance(projects, list):
-            raise PageParseError("JSON project list has no 'projects' list")
-        for entry in projects:
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                links.setdefault(canonicalize_name(entry["name"]), None)
-        return links
-    collector = _collect(body)
-    skipped = 0
-    for attrs in collector.anchors:
-        href = attrs.get("href")
-        if not href:
-            continue
-        try:
-            segment = unquote(urlsplit(href).path.rstrip("/").rsplit("/", 1)[-1])
-            if not segment or segment in {".", ".."}:
-                continue
-            name = canonicalize_name(segment)
-            link = None if segment == name else urldefrag(urljoin(base_url, href))[0]
-        except ValueError:
-            skipped += 1
-            continue
-        links.setdefault(name, link)
-    _log_skipped(upstream, "the project list", skipped)
-    return links

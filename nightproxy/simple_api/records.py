@@ -8,7 +8,7 @@ PEP 503/691 pages. Nothing here does I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -61,7 +61,8 @@ class ProjectPage:
     """A project's files as one upstream (or the merge of several) lists them."""
 
     name: NormalizedName
-    files: tuple[DistFile, ...]
+    #: In the order the page lists them (packed, ``packed.PackedFiles``, once parsed).
+    files: Sequence[DistFile]
     #: Upstream validators, used to revalidate with If-None-Match / If-Modified-Since.
     etag: str | None = None
     last_modified: str | None = None

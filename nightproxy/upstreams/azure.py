@@ -8,6 +8,8 @@ takes no part in ``/simple/``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import aiohttp
 from packaging.utils import NormalizedName
 
@@ -22,5 +24,5 @@ class AzureUpstream(HttpIndexUpstream):
         assert config.url is not None
         super().__init__(config, session, config.url)
 
-    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+    async def fetch_project_list(self) -> Collection[NormalizedName] | None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -107,6 +107,10 @@ class Upstream(abc.ABC):
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self.name = config.name
+        #: How long what the upstream lists stays fresh: its own ``ttl``, else ``index.ttl``,
+        #: which the index (that owns freshness) sets here. A kind that keeps a listing for
+        #: many pages (a bucket's) keeps it no longer than this.
+        self.ttl: float = config.ttl if config.ttl is not None else 600.0
 
     @abc.abstractmethod
     async def fetch_project(
@@ -115,7 +119,7 @@ class Upstream(abc.ABC):
         """The project's files; ``NotModified`` when the validators still match."""
 
     @abc.abstractmethod
-    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+    async def fetch_project_list(self) -> Collection[NormalizedName] | None:
         """Every project the feed has, or None when the feed cannot list its projects."""
 
     @abc.abstractmethod
@@ -129,6 +133,11 @@ class Upstream(abc.ABC):
     def range_reader(self, file: DistFile) -> RangeFetch | None:
         """Byte-range reads of one file, where the feed may answer them, else None."""
         return None
+
+    async def probe(self) -> None:
+        """Check, as cheaply as the kind allows, that the upstream answers at all (for
+        readiness); raises UpstreamError when it does not."""
+        await self.fetch_project_list()
 
     async def close(self) -> None:
         """Release what the upstream holds beyond the shared session."""

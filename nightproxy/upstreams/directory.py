@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -276,7 +276,7 @@ class DirectoryUpstream(Upstream):
         )
         return ProjectPage(name=project, files=dist_files)
 
-    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+    async def fetch_project_list(self) -> Collection[NormalizedName] | None:
         return frozenset(await self._refresh())
 
     def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:

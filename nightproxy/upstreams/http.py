@@ -37,13 +37,20 @@ Origin = tuple[str, str, int]
 
 
 class UpstreamError(Exception):
-    """An upstream could not answer. The message never carries credentials or signed URLs."""
+    """An upstream could not answer. The message never carries credentials or signed URLs.
 
-    def __init__(self, upstream: str, reason: str, *, status: int | None = None) -> None:
+    ``page``: what failed is the content of the one page asked for (malformed, unreadable),
+    not the upstream: the circuit breaker does not count it against the whole upstream.
+    """
+
+    def __init__(
+        self, upstream: str, reason: str, *, status: int | None = None, page: bool = False
+    ) -> None:
         super().__init__(f"upstream {upstream!r}: {reason}")
         self.upstream = upstream
         self.reason = reason
         self.status = status
+        self.page = page
 
 
 def origin_of(url: str) -> Origin:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -159,10 +159,9 @@ class S3Upstream(Upstream):
             raise UpstreamError(self.name, "bucket listing is not XML") from exc
 
     async def _list(self) -> _Listing:
-        ttl = self.config.ttl if self.config.ttl is not None else 600.0
         async with self._lock:
             listing = self._listing
-            if listing is not None and time.monotonic() - listing.fetched_at < min(ttl, 60.0):
+            if listing is not None and time.monotonic() - listing.fetched_at < min(self.ttl, 60.0):
                 return listing
             found: dict[NormalizedName, dict[str, DistFile]] = {}
             token: str | None = None
@@ -219,8 +218,12 @@ class S3Upstream(Upstream):
             return NotFound()
         return ProjectPage(name=project, files=files)
 
-    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+    async def fetch_project_list(self) -> Collection[NormalizedName] | None:
         return frozenset((await self._list()).projects)
+
+    async def probe(self) -> None:
+        """One page of the bucket's listing, not all of it."""
+        await self._list_page(None)
 
     def open_file(self, file: DistFile) -> AbstractAsyncContextManager[Download]:
         return self._open(file.url)

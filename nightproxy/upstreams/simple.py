@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -14,7 +14,9 @@ from packaging.utils import NormalizedName
 
 from nightproxy.config import UpstreamConfig
 from nightproxy.model import DistFile, ProjectPage
-from nightproxy.simple_api.parse import PageParseError, parse_project_links, parse_project_page
+from nightproxy.simple_api.listparse import parse_project_list_page
+from nightproxy.simple_api.names import ProjectNames
+from nightproxy.simple_api.parse import PageParseError, parse_project_page
 from nightproxy.upstreams.base import (
     FILE_READ_BUFFER,
     Download,
@@ -78,7 +80,7 @@ class HttpIndexUpstream(Upstream):
     def project_url(self, project: NormalizedName) -> str:
         return self._page_urls.get(project) or f"{self.base_url}{project}/"
 
-    def _page_urls_from(self, links: dict[NormalizedName, str | None]) -> dict[NormalizedName, str]:
+    def _page_urls_from(self, links: dict[NormalizedName, str]) -> dict[NormalizedName, str]:
         """The list's links we may follow: under this upstream's own URL, nowhere else.
 
         The list is untrusted: a link to another host, or elsewhere on this one, would send
@@ -88,8 +90,6 @@ class HttpIndexUpstream(Upstream):
         origin = origin_of(self.base_url)
         urls: dict[NormalizedName, str] = {}
         for name, link in links.items():
-            if link is None:
-                continue
             try:
                 parts = urlsplit(link)
                 same_origin = origin_of(link) == origin
@@ -171,15 +171,32 @@ class HttpIndexUpstream(Upstream):
                 len(body), lambda: self.parse_page(body, content_type, final_url, project)
             )
         except PageParseError as exc:
-            raise UpstreamError(self.name, f"project page {project}: {exc}") from exc
+            raise UpstreamError(self.name, f"project page {project}: {exc}", page=True) from exc
         return ProjectPage(
             name=page.name, files=page.files, etag=page_etag, last_modified=page_modified
         )
 
-    async def fetch_project_list(self) -> frozenset[NormalizedName] | None:
+    async def fetch_project_list(self) -> Collection[NormalizedName] | None:
         return await self._fetch_list(None)
 
-    async def _fetch_list(self, limit: int | None) -> frozenset[NormalizedName]:
+    async def probe(self) -> None:
+        """A HEAD of the index's root: the list of a public index is tens of megabytes, and any
+        answer but a server error shows the upstream is there."""
+        async with request(
+            self.session,
+            self.name,
+            "HEAD",
+            self.base_url,
+            credentials=self.credentials,
+            timeout=self.page_timeout,
+            retry_budget=self.page_retry_budget,
+        ) as response:
+            if response.status >= 500:
+                raise UpstreamError(
+                    self.name, f"HTTP {response.status} on its root", status=response.status
+                )
+
+    async def _fetch_list(self, limit: int | None) -> ProjectNames:
         """The project list, read whole up to ``limit`` bytes (None: the page limit); learns
         the page URLs it links."""
         async with request(
@@ -197,14 +214,14 @@ class HttpIndexUpstream(Upstream):
             final_url = str(response.url)
             content_type = response.headers.get("Content-Type", "")
 
-        def parse_list() -> tuple[frozenset[NormalizedName], dict[NormalizedName, str]]:
-            links = parse_project_links(body, content_type, final_url, self.name)
-            return frozenset(links), self._page_urls_from(links)
+        def parse_list() -> tuple[ProjectNames, dict[NormalizedName, str]]:
+            listed = parse_project_list_page(body, content_type, final_url, self.name)
+            return listed.names, self._page_urls_from(listed.links)
 
         try:
             names, self._page_urls = await run_parser(len(body), parse_list)
         except PageParseError as exc:
-            raise UpstreamError(self.name, f"project list: {exc}") from exc
+            raise UpstreamError(self.name, f"project list: {exc}", page=True) from exc
         return names
 
     @asynccontextmanager
