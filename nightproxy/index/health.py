@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nightproxy.upstreams.http import UpstreamError
 
@@ -55,11 +55,6 @@ class UpstreamHealth:
     served_stale: bool = False
     #: Something a person should look at although requests succeed.
     warning: str | None = None
-    #: Projects whose pages failed since the last success.
-    failing_pages: set[str] = field(default_factory=set)
-    #: Projects the upstream said it does not have, while it has had none asked for.
-    not_found: set[str] = field(default_factory=set)
-    found_any: bool = False
 
     @property
     def state(self) -> str:
@@ -90,6 +85,11 @@ class Breakers:
     def __init__(self, names: Iterable[str], clock: Callable[[], float]) -> None:
         self.clock = clock
         self.health: dict[str, UpstreamHealth] = {name: UpstreamHealth() for name in names}
+        #: Per upstream: projects whose pages failed since its last success.
+        self._failing_pages: dict[str, set[str]] = {name: set() for name in self.health}
+        #: Per upstream that has never had a project: projects it said it does not have.
+        self._not_found: dict[str, set[str]] = {name: set() for name in self.health}
+        self._found: set[str] = set()
 
     def is_open(self, upstream: str) -> bool:
         return self.health[upstream].open_until > self.clock()
@@ -110,7 +110,7 @@ class Breakers:
         health.failures = 0
         health.open_until = 0.0
         health.served_stale = False
-        health.failing_pages.clear()
+        self._failing_pages[upstream].clear()
         health.last_success = self.clock()
 
     def record_failure(
@@ -121,9 +121,10 @@ class Breakers:
         health.last_error = failure.reason
         health.last_error_at = self.clock()
         if not counts_against_upstream(failure, project):
-            if project is not None and len(health.failing_pages) < _MEMORY:
-                health.failing_pages.add(project)
-            if len(health.failing_pages) < PAGE_FAILURE_PROJECTS:
+            failing = self._failing_pages[upstream]
+            if project is not None and len(failing) < _MEMORY:
+                failing.add(project)
+            if len(failing) < PAGE_FAILURE_PROJECTS:
                 return
         health.failures += 1
         if health.failures >= BREAKER_THRESHOLD:
@@ -146,15 +147,16 @@ class Breakers:
         missing ``/simple/``): that is logged once and shown on the status page.
         """
         health = self.health[upstream]
+        not_found = self._not_found[upstream]
         if found:
-            health.found_any = True
-            health.not_found.clear()
+            self._found.add(upstream)
+            not_found.clear()
             health.warning = None
             return
-        if health.found_any or len(health.not_found) >= _MEMORY:
+        if upstream in self._found or len(not_found) >= _MEMORY:
             return
-        health.not_found.add(project)
-        if len(health.not_found) == NOT_FOUND_WARNING:
+        not_found.add(project)
+        if len(not_found) == NOT_FOUND_WARNING:
             health.warning = (
                 f"answered 404 for all {NOT_FOUND_WARNING} projects asked so far: is its url "
                 "the index root (for a simple index, ending in /simple/)?"
