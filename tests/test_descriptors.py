@@ -168,3 +168,29 @@ async def test_out_of_descriptors_answers_503_logs_once_and_forgets_nothing(
     # Once per 10 s: at most twice, however long a loaded machine makes this test.
     assert 1 <= len(re.findall("cannot accept connections", text)) <= 2, text
     assert "Traceback" not in text
+
+
+async def test_an_upstream_unreachable_for_want_of_descriptors_is_503_and_not_its_fault(
+    one_wheel: FakeSimpleIndex, tmp_path: Path
+) -> None:
+    """Out of descriptors, a page that needs the upstream is 503 with Retry-After (this
+    server's shortage, not a 502 blaming the upstream), however often it is asked; the
+    upstream's circuit breaker stays closed, so the page is served as soon as descriptors
+    are back."""
+    async with limited_serve(tmp_path, one_wheel, "ulimit -n 64") as (_proc, port, _log):
+        base = f"http://127.0.0.1:{port}"
+        page = f"{base}/simple/demo/"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200  # the connection the requests below reuse
+            with closing_all([]) as idle:
+                for _ in range(80):
+                    idle.append(socket.create_connection(("127.0.0.1", port)))
+                await asyncio.sleep(2.5)  # asyncio retries a failed accept every second
+                for _ in range(4):
+                    async with http.get(page, headers={"Accept": PIP_ACCEPT}) as resp:
+                        assert resp.status == 503, await resp.text()
+                        assert resp.headers["Retry-After"]
+            async with http.get(page, headers={"Accept": PIP_ACCEPT}) as resp:
+                assert resp.status == 200
+                assert json.loads(await resp.read())["files"]

@@ -7,6 +7,7 @@ must fail in a particular way).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from nightproxy.index import health as breaker
 from nightproxy.server import keys
+from nightproxy.upstreams.http import SHORTAGE, UpstreamError, is_shortage
 from tests.conftest import PIP_ACCEPT, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.wheels import build_wheel
@@ -174,3 +176,18 @@ async def test_a_project_found_clears_the_warning(
     assert proxy.app[keys.INDEX].health["main"].warning is not None
     assert await status_of(http, proxy, "demo") == 200
     assert proxy.app[keys.INDEX].health["main"].warning is None
+
+
+def test_a_local_shortage_is_never_the_upstreams_failure() -> None:
+    """Running out of descriptors while connecting says nothing of the upstream: it is not
+    counted against it, for its root or for a project, while a refused connection is."""
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    wrapped = UpstreamError("main", "connect failed")
+    wrapped.__cause__ = aiohttp.ClientOSError(errno.EMFILE, "Too many open files")
+    assert is_shortage(wrapped)
+    assert not is_shortage(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+    local = UpstreamError("main", SHORTAGE, local=True)
+    for project in (None, "demo"):
+        assert not breaker.counts_against_upstream(local, project)
+        assert breaker.counts_against_upstream(UpstreamError("main", "refused"), project)
+    assert breaker.as_upstream_error("main", emfile).local

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from nightproxy.upstreams.http import UpstreamError
+from nightproxy.upstreams.http import SHORTAGE, UpstreamError, is_shortage
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class UpstreamHealth:
 def counts_against_upstream(failure: UpstreamError, project: str | None) -> bool:
     """Whether a failure is the upstream's rather than one page's (``project`` None: the
     upstream's root, its project list)."""
-    if failure.page:
+    if failure.page or failure.local:
         return False
     if failure.status is None or failure.status in UNAVAILABLE | REFUSED:
         return True  # transport: refused, reset, timed out, cut short
@@ -176,6 +176,8 @@ def as_upstream_error(upstream: str, exc: Exception) -> UpstreamError:
         return exc
     if isinstance(exc, TimeoutError):
         return UpstreamError(upstream, "timed out")
+    if is_shortage(exc):
+        return UpstreamError(upstream, SHORTAGE, local=True)
     where = ""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:

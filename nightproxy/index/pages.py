@@ -244,8 +244,8 @@ class UpstreamPages:
 
     async def page(
         self, upstream: str, project: NormalizedName
-    ) -> tuple[PageEntry | None, str | None, bool]:
-        """(entry, failure reason, stale?) for one upstream's page of a project."""
+    ) -> tuple[PageEntry | None, UpstreamError | None, bool]:
+        """(entry, failure, stale?) for one upstream's page of a project."""
         entry = self.entry((upstream, project))
         now = self.clock()
         if entry is not None and now - entry.fetched_at < self.ttl(upstream):
@@ -275,9 +275,9 @@ class UpstreamPages:
                 )
                 self.breakers.served_stale(upstream)
                 self.stale_pages_served += 1
-                return stale, exc.reason, True
+                return stale, exc, True
             log.warning("upstream %r left out of %s: %s", upstream, project, exc.reason)
-            return None, exc.reason, False
+            return None, exc, False
 
     async def _revalidate(self, upstream: str, project: NormalizedName, generation: int) -> None:
         """Stale-while-revalidate's background fetch; a changed page ends the served views.

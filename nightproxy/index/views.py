@@ -33,10 +33,13 @@ DEGRADED_TTL = 5.0
 class AllUpstreamsFailedError(Exception):
     """No upstream of a project could answer, and none had a usable stale page."""
 
-    def __init__(self, project: str, reasons: dict[str, str]) -> None:
+    def __init__(self, project: str, reasons: dict[str, str], *, local: bool = False) -> None:
         detail = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
         super().__init__(f"no upstream could serve {project}: {detail}")
         self.reasons = dict(reasons)
+        #: Some upstream was never asked because this server is short of descriptors or
+        #: memory: "try again" (503), not "the upstreams failed" (502).
+        self.local = local
         first = next(iter(reasons.items()), None)
         #: One line for a status line: the project and the first upstream's reason.
         self.summary = f"no upstream could serve {project}" + (
@@ -154,12 +157,14 @@ class ProjectViews:
         missing: list[str] = []
         stale: list[str] = []
         reasons: dict[str, str] = {}
+        local = False
         sources: Sources = []
         inputs: list[int] = []
-        for name, (entry, reason, was_stale) in zip(names, results, strict=True):
+        for name, (entry, failure, was_stale) in zip(names, results, strict=True):
             if entry is None:
                 missing.append(name)
-                reasons[name] = reason or "failed"
+                reasons[name] = failure.reason if failure is not None else "failed"
+                local = local or (failure is not None and failure.local)
                 continue
             if was_stale:
                 stale.append(name)
@@ -169,7 +174,7 @@ class ProjectViews:
                 sources.append((name, [*listed, retained] if retained else listed))
                 inputs.append(entry.generation)
         if not sources and missing:
-            raise AllUpstreamsFailedError(project, reasons)
+            raise AllUpstreamsFailedError(project, reasons, local=local)
         now = self.clock()
         fresh_for = min((self.pages.ttl(n) for n in names), default=self.config.index.ttl)
         if stale or missing:

@@ -13,9 +13,9 @@ from nightproxy.cache.service import CacheUnavailableError, ServedBlob
 from nightproxy.index.service import AllUpstreamsFailedError
 from nightproxy.model import PublishedFile
 from nightproxy.server import keys
-from nightproxy.server.errors import bad_gateway
+from nightproxy.server.errors import bad_gateway, download_failed, try_again, upstreams_failed
 from nightproxy.server.fleet import shared_opener
-from nightproxy.server.streaming import OCTET, RETRY_AFTER, BlobResponse, stream_fill, wanted_range
+from nightproxy.server.streaming import OCTET, BlobResponse, stream_fill, wanted_range
 from nightproxy.simple_api.filenames import METADATA_SUFFIX
 from nightproxy.upstreams.base import Download
 
@@ -29,7 +29,7 @@ async def find_file(
     try:
         return await request.app[keys.INDEX].find_file(project, key)
     except AllUpstreamsFailedError as exc:
-        raise bad_gateway(str(exc), summary=exc.summary) from None
+        raise upstreams_failed(exc) from None
 
 
 def allowed(request: web.Request, project: NormalizedName, pub: PublishedFile) -> bool:
@@ -47,10 +47,7 @@ async def listed(
 
 
 def unavailable(exc: CacheUnavailableError) -> web.HTTPServiceUnavailable:
-    return web.HTTPServiceUnavailable(
-        text=f"the server is short of resources ({exc}); try again\n",
-        headers={"Retry-After": RETRY_AFTER},
-    )
+    return try_again(str(exc))
 
 
 async def cached_for(
@@ -132,5 +129,5 @@ async def download(request: web.Request, key: str, source: Source) -> web.Stream
             except CacheUnavailableError as exc:
                 raise unavailable(exc) from None
             except FillError as exc:
-                raise bad_gateway(f"upstream download failed: {exc}") from None
+                raise download_failed(exc) from None
     raise bad_gateway("upstream download kept being started over")

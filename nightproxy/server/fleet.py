@@ -26,7 +26,7 @@ from nightproxy.cache.shared.settings import settings_from_config
 from nightproxy.cache.shared.tier import SharedTier
 from nightproxy.index.shared_state import SharedIndexState
 from nightproxy.server import keys
-from nightproxy.server.errors import bad_gateway
+from nightproxy.server.errors import download_failed
 from nightproxy.server.streaming import OCTET, BlobResponse, stream_fill
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ async def peer_fill(request: web.Request) -> web.StreamResponse:
                 return await stream_fill(request, fill, None)
             sha = fill.hit
         except FillError as exc:
-            raise bad_gateway(f"upstream download failed: {exc}") from None
+            raise download_failed(exc) from None
         finally:
             fill.leave()
     try:

@@ -22,7 +22,7 @@ from yarl import URL
 from nightproxy.index.prepared import Prepared
 from nightproxy.index.service import AllUpstreamsFailedError, ListView, ProjectView
 from nightproxy.server import keys
-from nightproxy.server.errors import bad_gateway
+from nightproxy.server.errors import upstreams_failed
 from nightproxy.simple_api.negotiate import CONTENT_TYPES, FORMATS, media, weighted_list
 from nightproxy.simple_api.parse import parse_upload_time
 
@@ -275,7 +275,7 @@ async def project_page(request: web.Request) -> web.StreamResponse:
             view = await index.view(project, as_of)
         except AllUpstreamsFailedError as exc:
             # A short plain-text 502, never an empty page that looks like "no files".
-            raise bad_gateway(str(exc), summary=exc.summary) from None
+            raise upstreams_failed(exc) from None
         if view is None:
             raise web.HTTPNotFound(text=f"no upstream has a project named {project}\n")
     return await _page_response(request, view, media_type, gzipped, index.clock())

@@ -12,11 +12,10 @@ from aiohttp.abc import AbstractStreamWriter
 from nightproxy.cache.fill import Fill, FillError, Part, read_span
 from nightproxy.cache.service import ServedBlob
 from nightproxy.server.access import mark_cut_short
+from nightproxy.server.errors import RETRY_AFTER
 
 FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 OCTET = "application/octet-stream"
-#: Seconds a client is asked to wait when the server is short of descriptors.
-RETRY_AFTER = "1"
 
 
 class BlobResponse(web.FileResponse):

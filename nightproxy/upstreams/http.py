@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -41,16 +43,46 @@ class UpstreamError(Exception):
 
     ``page``: what failed is the content of the one page asked for (malformed, unreadable),
     not the upstream: the circuit breaker does not count it against the whole upstream.
+    ``local``: this server ran out of something (descriptors, memory) before the upstream
+    was even asked: not the upstream's failure, and the client should try again.
     """
 
     def __init__(
-        self, upstream: str, reason: str, *, status: int | None = None, page: bool = False
+        self,
+        upstream: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        page: bool = False,
+        local: bool = False,
     ) -> None:
         super().__init__(f"upstream {upstream!r}: {reason}")
         self.upstream = upstream
         self.reason = reason
         self.status = status
         self.page = page
+        self.local = local
+
+
+SHORTAGE: Final = "this server is out of file descriptors or memory"
+#: errnos that say this process or machine is short of resources, not that the peer failed.
+SHORTAGE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def is_shortage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is this machine running out of descriptors or memory."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in SHORTAGE_ERRNOS:
+            return True
+        # aiohttp's connector errors keep the OSError as ``os_error`` as well as the cause.
+        wrapped = getattr(current, "os_error", None)
+        if isinstance(wrapped, OSError) and wrapped.errno in SHORTAGE_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def origin_of(url: str) -> Origin:
@@ -243,9 +275,15 @@ async def request(
         except TimeoutError as exc:
             raise UpstreamError(upstream, f"timed out on {describe_url(current)}") from exc
         except aiohttp.ClientError as exc:
+            if is_shortage(exc):
+                raise UpstreamError(upstream, SHORTAGE, local=True) from exc
             raise UpstreamError(
                 upstream, f"{type(exc).__name__} on {describe_url(current)}"
             ) from exc
+        except OSError as exc:
+            if not is_shortage(exc):
+                raise
+            raise UpstreamError(upstream, SHORTAGE, local=True) from exc
         except ValueError as exc:
             # yarl refusing a URL we were asked to send as it is (``encoded``).
             raise UpstreamError(upstream, "unusable URL") from exc
