@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -110,12 +111,19 @@ async def nightproxy_serve(
     stderr: int = asyncio.subprocess.DEVNULL,
     sigterm: bool = True,
     tls: ssl.SSLContext | None = None,
+    rlimits: Mapping[int, tuple[int, int]] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """``python -m nightproxy serve --port PORT ARGS``, healthy on entry, stopped on exit.
 
     On exit a still-running server gets SIGTERM (``sigterm``) or is killed. ``tls``: the
-    server serves HTTPS, and this client context trusts it.
+    server serves HTTPS, and this client context trusts it. ``rlimits``: resource limits
+    (``resource.RLIMIT_*``: (soft, hard)) the server starts under, as a service manager's.
     """
+
+    def limit() -> None:
+        for which, values in (rlimits or {}).items():
+            resource.setrlimit(which, values)
+
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -126,6 +134,7 @@ async def nightproxy_serve(
         *args,
         stdout=stdout,
         stderr=stderr,
+        preexec_fn=limit if rlimits else None,
     )
     try:
         await wait_healthy(proc, port, tls)

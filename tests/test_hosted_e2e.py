@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import resource
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -72,10 +73,14 @@ def serve(tmp_path: Path) -> Serve:
     """Start ``nightproxy serve`` over a hosted feed; (base URL, process)."""
 
     @asynccontextmanager
-    async def start(port: int | None = None, **feed: Any) -> AsyncIterator[tuple[str, Any]]:
+    async def start(
+        port: int | None = None,
+        rlimits: dict[int, tuple[int, int]] | None = None,
+        **feed: Any,
+    ) -> AsyncIterator[tuple[str, Any]]:
         config = write_config(tmp_path, **feed)
         port = port or free_port()
-        async with nightproxy_serve(["--config", str(config)], port) as proc:
+        async with nightproxy_serve(["--config", str(config)], port, rlimits=rlimits) as proc:
             yield f"http://127.0.0.1:{port}", proc
 
     return start
@@ -210,3 +215,24 @@ async def test_killed_mid_upload_then_restarted(
         assert status == 0, out
         [entry] = (await page(http, base, "numpy"))["files"]
         assert entry["hashes"]["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
+async def test_an_upload_the_storage_cannot_hold_is_507_and_keeps_nothing(
+    serve: Serve, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The feed's disk cannot take the file (here the server runs under a 1 MiB file-size
+    limit): twine is told 507 Insufficient Storage, nothing of it is listed or left staged,
+    and the next upload that fits is accepted."""
+    big = build_wheel(tmp_path / "dist", "numpy", "2.0.dev0", tag=LINUX, payload_size=3_000_000)
+    small = build_wheel(tmp_path / "dist", "numpy", "2.1.dev0", tag=LINUX)
+    staging = tmp_path / "feed" / ".nightproxy" / "staging"
+    limit = {resource.RLIMIT_FSIZE: (1024 * 1024, 1024 * 1024)}
+    async with serve(rlimits=limit) as (base, _proc):
+        status, out = await twine_upload(f"{base}/feeds/community/", [big], NUMPY_TOKEN, tmp_path)
+        assert status != 0
+        assert "507" in out, out
+        status, out = await twine_upload(f"{base}/feeds/community/", [small], NUMPY_TOKEN, tmp_path)
+        assert status == 0, out
+        listed = [f["filename"] for f in (await page(http, base, "numpy"))["files"]]
+    assert listed == [small.name]
+    assert not list(staging.iterdir())

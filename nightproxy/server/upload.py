@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from nightproxy.hosted.feed import ForbiddenError, HostedFeed, NotFoundError
 from nightproxy.hosted.storage import Outcome
 from nightproxy.hosted.upload import BodyDigest, FileTooLargeError, UploadError, UploadForm
 from nightproxy.server import keys
+from nightproxy.server.errors import try_again
+from nightproxy.upstreams.http import is_shortage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ KEPT_FIELDS = frozenset(
 )
 #: A reason phrase is one short line.
 MAX_REASON = 200
+#: errnos of a full disk, an exhausted quota or a file-size limit.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def setup_upload_routes(app: web.Application) -> None:
@@ -59,7 +64,12 @@ def setup_upload_routes(app: web.Application) -> None:
 def _refuse(status: int, message: str) -> web.HTTPException:
     """An error answer whose reason phrase and body say ``message``."""
     reason = " ".join(message.split())[:MAX_REASON]
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
+    cls = {
+        400: web.HTTPBadRequest,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        507: web.HTTPInsufficientStorage,
+    }[status]
     return cls(reason=reason, text=message + "\n")
 
 
@@ -123,6 +133,16 @@ async def upload(request: web.Request) -> web.Response:
         raise _refuse(400, str(exc)) from None
     except ForbiddenError as exc:
         raise _refuse(403, str(exc)) from None
+    except OSError as exc:
+        # The staged file goes with the block above: the feed is as it was.
+        if exc.errno in FULL:
+            log.warning("%s: an upload was refused, the storage is full: %s", feed.name, exc)
+            raise _refuse(
+                507, "The feed's storage is full: nothing of this upload was kept"
+            ) from None
+        if is_shortage(exc):
+            raise try_again("out of file descriptors or memory") from None
+        raise
     record = result.record
     if result.outcome is Outcome.EXISTS:
         raise web.HTTPBadRequest(
