@@ -81,12 +81,15 @@ class Fleet:
     endpoint: str | None = None
     #: More entries of ``upstreams:`` (YAML, indented as list items).
     extra_upstreams: str = ""
+    #: Top-level YAML before the rest (a ``server:`` section, say).
+    extra_top: str = ""
     replicas: list[Replica] = field(default_factory=list)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
 
     def config_text(self, replica: Replica, upstream_url: str | None = None) -> str:
         s = self.seaweed
         return (
+            f"{self.extra_top}"
             f"cache:\n"
             f"  dir: {replica.cache_dir}\n"
             f"  shared:\n"

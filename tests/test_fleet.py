@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from nightproxy.cache.shared.peer import PEER_HEADER, peer_token
 from nightproxy.objectstore import ObjectStore
 from tests.conftest import simple_url
 from tests.fakes import FakeSimpleIndex
@@ -123,6 +124,43 @@ async def test_herd_across_replicas_downloads_once(
     firsts = [r[2] for r in results if r[2] is not None]
     assert max(firsts) - min(firsts) < 1.0
     await wait_for_blob(store, expected)
+
+
+async def test_every_worker_process_of_a_replica_streams_its_running_fill_to_peers(
+    fleet: Fleet,
+    upstream: FakeSimpleIndex,
+    seaweed: SeaweedServer,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """A replica runs two worker processes; while one of them fills a file, a peer asking on
+    new connections (spread over both workers) is streamed the fill every time, never told
+    "no such fill here" by the worker that is not filling."""
+    wheel = add_slow_wheel(upstream, tmp_path, "workers", "1.0")
+    upstream.slow.hold = True
+    fleet.extra_top = "server:\n  workers: 2\n"
+    (a,) = await fleet.start(1)
+    url = await file_url(http, a.base, "workers", wheel.name)
+    client = asyncio.create_task(fetch(http, url))
+    async with asyncio.timeout(WAIT):
+        while upstream_gets(upstream, wheel.name) == 0:
+            await asyncio.sleep(0.05)
+    key = url.parts[-2]
+    token = peer_token(seaweed.secret_access_key)
+    statuses = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        for _ in range(12):
+            async with fresh.get(
+                a.base / "_fleet" / "fills" / key, headers={PEER_HEADER: token}
+            ) as resp:
+                statuses.append(resp.status)
+                if resp.status == 200:
+                    assert await resp.content.read(1)  # the bytes the filler has so far
+    upstream.slow.release.set()
+    status, digest, _, _ = await client
+    assert (status, digest) == (200, sha256_file(wheel))
+    assert statuses == [200] * 12, fleet.logs()
+    assert upstream_gets(upstream, wheel.name) == 1
 
 
 async def test_a_file_fetched_through_one_replica_is_served_by_another(

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightproxy.cache import recovery, registry, verify
-from nightproxy.cache.fill import Fill
+from nightproxy.cache.fill import Fill, FillError
 from nightproxy.cache.fills import FillManager
-from nightproxy.cache.locks import BlobGoneError, pin_blob
+from nightproxy.cache.locks import BlobGoneError, KeyLock, pin_blob
 from nightproxy.cache.owner import Source
 from nightproxy.cache.store import CacheStore
+from nightproxy.upstreams.base import Download
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class ServedBlob:
 
     def release(self) -> None:
         self._release()
+
+
+@contextlib.asynccontextmanager
+async def _no_download() -> AsyncIterator[Download]:
+    raise FillError("the worker process downloading it is gone")
+    yield  # an async generator, for asynccontextmanager
 
 
 def _unpin(store: CacheStore, sha256: str, fd: int) -> None:
@@ -201,6 +208,25 @@ class CacheService:
             expected_sha256=source.expected_sha256,
             filename=source.filename,
             upstream=source.upstream,
+        )
+
+    async def running_fill(self, key: str) -> Fill | None:
+        """The download of ``key`` this process or another worker process of the server runs
+        (joined as a follower), or None. It never starts a download: a peer replica asking
+        must not make this one fetch the file.
+
+        Were the other process to die mid-download, this follower cannot take over (it does
+        not know the upstream): its clients get an error and ask elsewhere.
+        """
+        running = self.fills.get(key)
+        if running is not None:
+            return running
+        lock = KeyLock(self.store.layout.lock_path(key))
+        if await asyncio.to_thread(lock.try_acquire):
+            await asyncio.to_thread(lock.release, remove=True)
+            return None
+        return self.fills.start(
+            key, _no_download, expected_sha256=None, filename=key, upstream="another worker"
         )
 
     @contextlib.asynccontextmanager

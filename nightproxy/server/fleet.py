@@ -72,7 +72,8 @@ async def peer_fill(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such file\n")
     cache = request.app[keys.CACHE]
     sha = cache.store.resolve(key)
-    fill = cache.fills.get(key)
+    # With several worker processes, the one answering may not be the one filling.
+    fill = cache.fills.get(key) if sha is not None else await cache.running_fill(key)
     if fill is not None:
         fill.join()
         try:
