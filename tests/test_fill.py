@@ -32,10 +32,10 @@ class Gate:
         self.done = 0
         real = fill_module._write_batch
 
-        def held_write(fd: int, batch: list[bytes], offset: int, digest: object) -> None:
+        def held_write(fd: int, batch: list[bytes], offset: int) -> None:
             self.entered.set()
             self.open.wait(WAIT)
-            real(fd, batch, offset, digest)  # type: ignore[arg-type]
+            real(fd, batch, offset)
             self.done += 1
 
         monkeypatch.setattr(fill_module, "_write_batch", held_write)
@@ -124,9 +124,9 @@ async def test_the_first_write_holds_only_what_had_arrived(
     batches: list[int] = []
     held = fill_module._write_batch
 
-    def recording(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
+    def recording(fd: int, batch: list[bytes], offset: int) -> None:
         batches.append(len(batch))
-        held(fd, batch, offset, digest)
+        held(fd, batch, offset)
 
     monkeypatch.setattr(fill_module, "_write_batch", recording)
     digest = hashlib.sha256()

@@ -31,8 +31,8 @@ CHUNK_OVERHEAD = 64
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def _write_batch(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
-    """Write ``batch`` at ``offset``, then hash it (nothing is hashed if a write fails)."""
+def _write_batch(fd: int, batch: list[bytes], offset: int) -> None:
+    """Write ``batch`` at ``offset`` (its hash is taken beside it, in another thread)."""
     position = offset
     for start in range(0, len(batch), _IOV_MAX):
         part = batch[start : start + _IOV_MAX]
@@ -41,8 +41,6 @@ def _write_batch(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash
         if written < total:
             _pwrite_rest(fd, part, position, written)
         position += total
-    for data in batch:
-        digest.update(data)
 
 
 def _pwrite_rest(fd: int, part: list[bytes], offset: int, done: int) -> None:
@@ -78,7 +76,7 @@ def _check_batch(
                 rest.append(data[have:])
         position += len(data)
     if rest:
-        _write_batch(fd, rest, max(offset, present), hashlib.sha256())
+        _write_batch(fd, rest, max(offset, present))
     for data in batch:
         digest.update(data)
 
@@ -158,13 +156,24 @@ class Spooler:
                     _check_batch, self._fd, batch, offset, self.digest, self._present
                 )
             else:
-                await asyncio.to_thread(_write_batch, self._fd, batch, offset, self.digest)
+                # Writing and hashing side by side, each in a thread (both let go of the GIL):
+                # a batch costs the slower of the two rather than their sum, which is what a
+                # client reading a fill from a fast source (the shared store) waits for.
+                # Batches stay in order: the next one starts after both ended.
+                wrote, hashed = await asyncio.gather(
+                    asyncio.to_thread(_write_batch, self._fd, batch, offset),
+                    asyncio.to_thread(_hash_batch, batch, self.digest),
+                    return_exceptions=True,
+                )
+                if isinstance(hashed, BaseException):
+                    raise hashed
+                if isinstance(wrote, BaseException):
+                    raise wrote
         except OSError as exc:
             if exc.errno not in DISK_FULL or self._on_disk_full is None:
                 raise
-            self._spill(fill, batch, offset)
+            self._spill(fill, batch, offset)  # already hashed beside the failed write
             self._on_disk_full(exc)
-            await asyncio.to_thread(_hash_batch, batch, self.digest)
         self._offset = offset + size
         self._on_written(size)
         fill.grew(max(fill.written, self._offset) if not self.in_memory else fill.written)
