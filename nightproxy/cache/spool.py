@@ -86,6 +86,13 @@ def _hash_batch(batch: list[bytes], digest: hashlib._Hash) -> None:
         digest.update(data)
 
 
+async def _settled(task: asyncio.Future[None] | None) -> None:
+    """Wait for ``task`` (a batch's hash) to end however it ends, before the failure that
+    stopped its write goes on."""
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class Spooler:
     """Writes one fill's chunks in a thread, one batch per hop."""
 
@@ -150,33 +157,34 @@ class Spooler:
     async def _to_disk(self, fill: Fill, batch: list[bytes], size: int) -> None:
         assert self._fd is not None
         offset = self._offset
+        hashing: asyncio.Future[None] | None = None
         try:
             if offset < self._present:
                 await asyncio.to_thread(
                     _check_batch, self._fd, batch, offset, self.digest, self._present
                 )
             else:
-                # Writing and hashing side by side, each in a thread (both let go of the GIL):
-                # a batch costs the slower of the two rather than their sum, which is what a
-                # client reading a fill from a fast source (the shared store) waits for.
-                # Batches stay in order: the next one starts after both ended.
-                wrote, hashed = await asyncio.gather(
-                    asyncio.to_thread(_write_batch, self._fd, batch, offset),
-                    asyncio.to_thread(_hash_batch, batch, self.digest),
-                    return_exceptions=True,
-                )
-                if isinstance(hashed, BaseException):
-                    raise hashed
-                if isinstance(wrote, BaseException):
-                    raise wrote
+                # Written and hashed side by side, each in a thread (both let go of the GIL),
+                # and readers see the bytes as soon as they are written: a batch costs the
+                # slower of the two, not their sum, which is what a client reading a fill
+                # from a fast source (the shared store) waits for. Batches stay in order:
+                # the next one starts once this one's hash is done too.
+                hashing = asyncio.ensure_future(asyncio.to_thread(_hash_batch, batch, self.digest))
+                await asyncio.to_thread(_write_batch, self._fd, batch, offset)
         except OSError as exc:
             if exc.errno not in DISK_FULL or self._on_disk_full is None:
+                await _settled(hashing)
                 raise
-            self._spill(fill, batch, offset)  # already hashed beside the failed write
+            self._spill(fill, batch, offset)  # hashed beside the failed write
             self._on_disk_full(exc)
+        except BaseException:
+            await _settled(hashing)
+            raise
         self._offset = offset + size
         self._on_written(size)
         fill.grew(max(fill.written, self._offset) if not self.in_memory else fill.written)
+        if hashing is not None:
+            await hashing
 
     def _spill(self, fill: Fill, batch: list[bytes], offset: int) -> None:
         """The readers keep receiving: this batch, the chunks waiting behind it and whatever
