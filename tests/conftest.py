@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from nightproxy.config import Config, config_from_mapping
 from nightproxy.server.app import create_app
+from tests.container_support import engine  # noqa: F401 (fixture)
 from tests.fakes import FakeSimpleIndex
 from tests.seaweed import private_seaweed, s3_prefix, seaweed  # noqa: F401 (fixtures)
 from tests.wheels import build_wheel

@@ -1,10 +1,7 @@
 """The container image, built from ``deploy/Dockerfile`` and run by a real container engine.
 
-The image is built once for this module FROM a local base image (``NIGHTPROXY_BASE_IMAGE``,
-default ``nightproxy-base:bookworm``, which ``.ci/container-base`` makes with debootstrap on
-machines that reach no container registry). Without an engine that answers, or without the
-base image, every test here skips and says how to get them; ``.ci/run`` sets
-``NIGHTPROXY_REQUIRE_CONTAINER=1``, which makes that a failure.
+The image is built once per session (``tests/container_support.py``); without an engine or the
+base image every test here skips and says how to get them, a failure in CI.
 
 Health checks run every second here (``--health-interval 1s``) instead of the image's 30 s so
 that a container goes healthy within seconds; the command checked is the image's own.
@@ -15,13 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -29,99 +21,17 @@ import pytest
 from yarl import URL
 
 from tests.conftest import PIP_ACCEPT, StartFake, simple_url
+from tests.container_support import DEPLOY, WAIT, Compose, Engine, get_json, wait_answering
 from tests.fakes import FakeSimpleIndex
 from tests.support import (
     free_port,
     installed_version,
-    needs,
     pip_install,
     refuses_connections,
-    tool,
 )
 from tests.wheels import build_wheel, sha256_file
 
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
-REQUIRE = "NIGHTPROXY_REQUIRE_CONTAINER"
-HOW = (
-    "apt-get install docker.io debootstrap docker-compose, then as root "
-    "bash .ci/container-engine && bash .ci/container-base"
-)
-WAIT = 60.0  # upper bound for a container to start, go healthy or stop; never a speed claim
-BUILD_TIMEOUT = 900  # pip inside the build downloads every dependency
 UID_GID = "10001:10001"
-
-
-def _client() -> str | None:
-    """The engine's own client: ``/usr/bin/docker`` (BuildKit built in) before any other."""
-    chosen = os.environ.get("NIGHTPROXY_DOCKER")
-    if chosen:
-        return chosen
-    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else tool("docker")
-
-
-@dataclass
-class Engine:
-    client: str
-    image: str
-    prefix: str
-
-    def run(self, *args: str, timeout: float = WAIT, check: bool = True) -> str:
-        done = subprocess.run(
-            [self.client, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env={**os.environ, "DOCKER_BUILDKIT": "1"},
-        )
-        if check:
-            assert done.returncode == 0, f"docker {' '.join(args[:3])}: {done.stderr[-2000:]}"
-        return done.stdout.strip()
-
-    def inspect(self, container: str, template: str) -> str:
-        return self.run("inspect", "--format", template, container)
-
-
-def _engine_answers(client: str | None) -> bool:
-    if client is None:
-        return False
-    try:
-        done = subprocess.run([client, "info"], capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    """The engine, with the image built from the shipped Dockerfile; removed afterwards."""
-    client = _client()
-    needs(client if _engine_answers(client) else None, "A container engine", HOW, REQUIRE)
-    assert client is not None
-    base = os.environ.get("NIGHTPROXY_BASE_IMAGE", "nightproxy-base:bookworm")
-    probe = subprocess.run(
-        [client, "image", "inspect", base], capture_output=True, timeout=30, check=False
-    )
-    needs(None if probe.returncode else base, f"The base image {base}", HOW, REQUIRE)
-    prefix = f"nightproxy-test-{os.getpid()}"
-    engine = Engine(client, f"{prefix}:latest", prefix)
-    engine.run(
-        "build",
-        "--quiet",
-        "--file",
-        str(DEPLOY / "Dockerfile"),
-        "--build-arg",
-        f"BASE_IMAGE={base}",
-        "--tag",
-        engine.image,
-        str(ROOT),
-        timeout=BUILD_TIMEOUT,
-    )
-    try:
-        yield engine
-    finally:
-        engine.run("rmi", "--force", engine.image, check=False)
 
 
 @pytest.fixture
@@ -156,25 +66,6 @@ def published_port(engine: Engine, name: str) -> int:
     """The host port ``-p 127.0.0.1::8080`` gave the container's 8080."""
     mapping = engine.run("port", name, "8080/tcp").splitlines()[0]
     return int(mapping.rsplit(":", 1)[1])
-
-
-def get_json(url: str) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def wait_answering(url: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            assert time.monotonic() < deadline, f"{url} never answered"
-            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -265,29 +156,18 @@ def test_host_network_sidecar_on_another_port_goes_healthy(
 def test_compose_runs_the_service_and_stops_it_cleanly(engine: Engine) -> None:
     """``docker-compose up`` of deploy/docker-compose.yml (read-only root, no capabilities, the
     cache in a named volume) serves a ready index; ``stop`` ends it with status 0."""
-    compose = needs(
-        tool("docker-compose"), "docker-compose", "apt-get install docker-compose", REQUIRE
-    )
     port = free_port()
-    project = engine.prefix.replace("-", "")
-    env = {
-        **os.environ,
-        "NIGHTPROXY_IMAGE": engine.image,
-        "NIGHTPROXY_HOST_PORT": str(port),
-        "COMPOSE_PROJECT_NAME": project,
-    }
-    base = [compose, "--file", str(DEPLOY / "docker-compose.yml")]
-
-    def run(*args: str) -> str:
-        done = subprocess.run(
-            [*base, *args], capture_output=True, text=True, timeout=WAIT * 2, check=False, env=env
-        )
-        assert done.returncode == 0, f"docker-compose {args[0]}: {done.stderr[-2000:]}"
-        return done.stdout.strip()
-
+    compose = Compose(
+        DEPLOY / "docker-compose.yml",
+        {
+            "NIGHTPROXY_IMAGE": engine.image,
+            "NIGHTPROXY_HOST_PORT": str(port),
+            "COMPOSE_PROJECT_NAME": engine.prefix.replace("-", ""),
+        },
+    )
     try:
-        run("up", "--detach", "--no-build")
-        (container,) = run("ps", "--quiet", "nightproxy").splitlines()
+        compose.run("up", "--detach", "--no-build")
+        (container,) = compose.run("ps", "--quiet", "nightproxy").splitlines()
         wait_answering(f"http://127.0.0.1:{port}/healthz")
         status, ready = get_json(f"http://127.0.0.1:{port}/readyz")
         assert status == 200, ready
@@ -295,11 +175,10 @@ def test_compose_runs_the_service_and_stops_it_cleanly(engine: Engine) -> None:
         assert isinstance(cache, dict)
         assert cache["writable"] is True
         assert engine.inspect(container, "{{.HostConfig.ReadonlyRootfs}}") == "true"
-        run("stop")
+        compose.run("stop")
         assert engine.inspect(container, "{{.State.ExitCode}}") == "0"
     finally:
-        down = [*base, "down", "--volumes"]
-        subprocess.run(down, capture_output=True, timeout=WAIT * 2, check=False, env=env)
+        compose.down()
 
 
 # -- docker stop while a download is in flight ---------------------------------------------------
