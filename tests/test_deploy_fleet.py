@@ -49,6 +49,30 @@ def test_compose_runs_three_replicas_of_one_store_behind_nginx() -> None:
     assert re.search(r"location /_fleet/ \{\s*return 404;", nginx)
 
 
+def _default(value: str) -> str:
+    """What ``${VAR:-default}`` gives when VAR is unset, as compose reads it."""
+    match = re.fullmatch(r"(.*)\$\{\w+:-([^}]*)\}(.*)", value)
+    return value if match is None else "".join(match.groups())
+
+
+def test_compose_defaults_are_the_published_images_on_port_8080() -> None:
+    """With no override variables set, the images are the published ones, nginx listens on
+    host port 8080, the replicas read ./wheels, and their cache tmpfs belongs to uid 10001."""
+    services = yaml.safe_load((FLEET / "docker-compose.yml").read_text())["services"]
+    images = {name: _default(s["image"]) for name, s in services.items()}
+    assert images == {
+        "seaweedfs": "chrislusf/seaweedfs:latest",
+        "replica1": "nightproxy:latest",
+        "replica2": "nightproxy:latest",
+        "replica3": "nightproxy:latest",
+        "nginx": "nginx:stable",
+    }
+    assert [_default(p) for p in services["nginx"]["ports"]] == ["8080:8080"]
+    replica = services["replica1"]
+    assert _default(replica["volumes"][1]) == "./wheels:/wheelhouse:ro"
+    assert "/var/cache/nightproxy:uid=10001,gid=10001,mode=0700" in replica["tmpfs"]
+
+
 def test_fleet_config_passes_check(tmp_path: Path) -> None:
     """The replicas' config is valid with the environment compose gives them."""
     done = check(
