@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from nightproxy.index.health import BREAKER_THRESHOLD
 from tests.conftest import PIP_ACCEPT, StartFake, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import free_port, nightproxy_serve
@@ -279,6 +280,31 @@ async def test_metrics_and_status_page_add_up_across_workers(
             assert hits + metric(text, "nightproxy_cache_requests_total", result="miss") == 4
             async with fresh.get(base) as resp:
                 assert f"<td>{hits / 4:.1%}</td>" in await resp.text()
+
+
+async def test_readiness_is_the_whole_servers_whichever_worker_answers(
+    start_fake: StartFake, fresh: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Two workers, an empty cache, and an upstream that fails the requests of one worker's
+    connection: every worker then answers /readyz 503, not only the one that saw it fail
+    (a balancer asking whichever worker accepts must not see readiness flap)."""
+    fake = await start_fake(FakeSimpleIndex())
+    fake.down = True
+    async with serving(tmp_path, fake, 2) as (_proc, base):
+        async with aiohttp.ClientSession() as one:  # one kept-alive connection: one worker
+            for _ in range(BREAKER_THRESHOLD):
+                async with one.get(base.join(URL("/simple/demo/"))) as resp:
+                    assert resp.status == 502
+            async with one.get(base.join(URL("/readyz"))) as resp:
+                assert resp.status == 503
+        in_a_row = 0
+        async with asyncio.timeout(WAIT):
+            while in_a_row < 12:
+                async with fresh.get(base.join(URL("/readyz"))) as resp:
+                    in_a_row = in_a_row + 1 if resp.status == 503 else 0
+                    body = await resp.json()
+                await asyncio.sleep(0.05)
+        assert body["upstreams"]["main"]["state"] == "down"
 
 
 async def test_one_cold_file_asked_by_32_clients_over_the_workers_is_fetched_once(

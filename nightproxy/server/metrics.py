@@ -295,6 +295,15 @@ class Metrics:
         registry.register(_Fixed(families))
         return generate_latest(registry)
 
+    async def server_health(self) -> dict[str, UpstreamHealth]:
+        """Every upstream's health for the whole server: as the worker that heard from it
+        last saw it, so that every worker answers readiness alike."""
+        if self.shared is None:
+            return self._health()
+        own = health_of(self._health())
+        others = await asyncio.to_thread(self.shared.others)
+        return merge_health([own, *(s.get("health", {}) for s, live in others if live)])
+
     async def whole_server(self) -> WholeServer:
         """The status page's figures for the whole server."""
         if self.shared is None:

@@ -49,16 +49,18 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: 200 while at least one upstream or the cache can serve, else 503."""
     app = request.app
     store = app[keys.STORE]
-    index = app[keys.INDEX]
     # Permissions alone do not show a full disk: a write that failed lately does.
     writable = not store.write_failing() and await asyncio.to_thread(
         os.access, store.tmp_dir, os.W_OK
     )
-    upstreams = {name: _upstream_json(h) for name, h in index.health.items()}
+    # The whole server's view, not only this worker's: a balancer asks whichever worker
+    # accepts, and must not see readiness flap with it.
+    health = await app[keys.METRICS].server_health()
+    upstreams = {name: _upstream_json(h) for name, h in health.items()}
     # A down upstream is probed in the background (the index's readiness probe), and counts
     # as able to serve again only once it has answered: an unready pod gets no traffic, so
     # readiness cannot wait for a client's request to succeed, nor guess from the breaker.
-    serving_upstream = any(not h.unavailable for h in index.health.values())
+    serving_upstream = any(not h.unavailable for h in health.values())
     cache_can_serve = store.file_count > 0
     # Without a writable cache, upstreams can still serve pages and streamed files, but a
     # proxy that cannot keep what it fetches is not ready for a fleet of CI jobs.
