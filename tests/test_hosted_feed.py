@@ -266,3 +266,24 @@ async def test_a_listing_after_an_upload_here_waits_for_it(
     gated.gate.set()
     await refresh
     assert wheel.name in {r.filename for r in (await listing).files()}
+
+
+async def test_a_listing_during_the_re_read_after_an_upload_here_waits_for_it(
+    two_processes: tuple[HostedFeed, GatedStorage, HostedFeed], tmp_path: Path
+) -> None:
+    """A listing asked while the re-read that follows an upload through this process is under
+    way (retention's, say) waits for that re-read: it never answers from before the upload."""
+    here, gated, _there = two_processes
+    await here.snapshot()
+    wheel = build_wheel(tmp_path / "dist", "numpy", "2.0.dev0", tag=LINUX)
+    assert await publish(here, wheel) is Outcome.CREATED
+    gated.gate.clear()
+    gated.reading.clear()
+    refresh = asyncio.create_task(here.snapshot(fresh=True))
+    await gated.reading.wait()
+    listing = asyncio.create_task(here.snapshot())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    gated.gate.set()
+    await refresh
+    assert wheel.name in {r.filename for r in (await listing).files()}

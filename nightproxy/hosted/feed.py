@@ -125,8 +125,10 @@ class HostedFeed:
         self._snapshot: Snapshot | None = None
         self._checked_at = 0.0
         self._snapshot_lock = asyncio.Lock()
-        #: Changed through this process since the listing was last read.
-        self._dirty = False
+        #: Changes made through this process, and how many of them the listing has read: a
+        #: change stays unread until a read that began after it ends.
+        self._changes = 0
+        self._changes_read = 0
         self._serving: Counter[str] = Counter()
         self._wake = asyncio.Event()
         #: Called with the projects whose listing changed through this process.
@@ -152,16 +154,16 @@ class HostedFeed:
             snapshot is not None
             and not fresh
             and max_age is None
-            and not self._dirty
+            and self._changes_read == self._changes
             and self._snapshot_lock.locked()
         ):
             # Another task is reading the listing again for other processes' changes, which
             # may take seconds for a big feed: pages meanwhile get the listing as it was
-            # rather than queue behind it. Not after a change through this process (dirty),
-            # which its own uploader may be about to install.
+            # rather than queue behind it. Not after a change through this process, which its
+            # own uploader may be about to install, until a read that saw it has ended.
             return snapshot
         async with self._snapshot_lock:
-            self._dirty = False
+            changes = self._changes
             generation = await self.storage.generation()
             self._checked_at = time.monotonic()
             if self._snapshot is None or self._snapshot.generation != generation:
@@ -171,6 +173,7 @@ class HostedFeed:
                 self._snapshot = await asyncio.to_thread(
                     Snapshot.of, generation, records, deletions
                 )
+            self._changes_read = changes
             return self._snapshot
 
     @property
@@ -180,7 +183,7 @@ class HostedFeed:
 
     def _changed(self, records: list[FileRecord]) -> None:
         self._checked_at = 0.0  # the next listing reads the records again
-        self._dirty = True
+        self._changes += 1
         projects = frozenset(record.project for record in records)
         if projects:
             for listener in list(self.on_change):
