@@ -198,6 +198,16 @@ class GatedStorage(LocalStorage):
         self.gate = asyncio.Event()
         self.gate.set()
         self.reading = asyncio.Event()
+        #: Holds a look at the feed's generation after it was read.
+        self.generation_gate = asyncio.Event()
+        self.generation_gate.set()
+        self.generation_read = asyncio.Event()
+
+    async def generation(self) -> int:
+        generation = await super().generation()
+        self.generation_read.set()
+        await self.generation_gate.wait()
+        return generation
 
     async def live(self, project: NormalizedName | None = None) -> list[FileRecord]:
         if project is None:
@@ -287,3 +297,29 @@ async def test_a_listing_during_the_re_read_after_an_upload_here_waits_for_it(
     gated.gate.set()
     await refresh
     assert wheel.name in {r.filename for r in (await listing).files()}
+
+
+async def test_an_upload_here_during_a_re_read_is_listed_next(tmp_path: Path, clock: Clock) -> None:
+    """An upload through this process that lands while a re-read begun before it is under way
+    is listed by the next listing, not only after ``recheck`` seconds: the re-read that saw
+    the feed without it does not count as having read it."""
+    gated = GatedStorage(tmp_path / "feed")
+    settings = FeedSettings(name="community", rules=rules, recheck=3600)
+    here = HostedFeed(settings, gated, FeedAuth({NUMPY: [token_digest("t")]}), clock=clock)
+    await here.open()
+    try:
+        await here.snapshot()
+        gated.generation_gate.clear()
+        gated.generation_read.clear()
+        refresh = asyncio.create_task(here.snapshot(fresh=True))
+        await gated.generation_read.wait()
+        wheel = build_wheel(tmp_path / "dist", "numpy", "2.0.dev0", tag=LINUX)
+        assert await publish(here, wheel) is Outcome.CREATED
+        gated.generation_gate.set()
+        await refresh
+        async with asyncio.timeout(WAIT):
+            listing = await here.snapshot()
+        assert wheel.name in {r.filename for r in listing.files()}
+    finally:
+        gated.generation_gate.set()
+        await here.close()

@@ -148,13 +148,15 @@ class HostedFeed:
         snapshot = self._snapshot
         window = self.settings.recheck if max_age is None else max_age
         recent = time.monotonic() - self._checked_at < window
-        if snapshot is not None and not fresh and recent:
+        # A change through this process is read before anything is answered from memory.
+        unread = self._changes_read != self._changes
+        if snapshot is not None and not fresh and recent and not unread:
             return snapshot
         if (
             snapshot is not None
             and not fresh
             and max_age is None
-            and self._changes_read == self._changes
+            and not unread
             and self._snapshot_lock.locked()
         ):
             # Another task is reading the listing again for other processes' changes, which
