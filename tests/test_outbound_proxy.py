@@ -10,13 +10,18 @@ import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from tests.conftest import JSON_TYPE, MakeConfig, StartFake, StartProxy, simple_url
 from tests.fakes import FakeSimpleIndex
+from tests.hosted_support import NUMPY_TOKEN, basic, form_fields, sha256_line
+from tests.seaweed import SeaweedServer
+from tests.wheels import build_wheel
 
 
 @dataclass
@@ -28,7 +33,8 @@ class ForwardProxy:
     base_url: str = ""
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        # Bodies are forwarded whole: an object store's PUTs of a few MB pass through it.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.forward)
         return app
 
@@ -41,9 +47,13 @@ class ForwardProxy:
             wanted = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             if request.headers.get("Proxy-Authorization") != wanted:
                 return web.Response(status=407, headers={"Proxy-Authenticate": "Basic"})
-        # A proxied request names the origin in its Host header and its target in the path.
-        target = f"http://{request.headers['Host']}{request.rel_url}"
+        # A proxied request names the origin in its Host header and its target in the path,
+        # sent on as it came: a signed request's query must keep its encoding byte for byte.
+        target = f"http://{request.headers['Host']}{request.raw_path}"
+        if request.raw_path.startswith("http://"):
+            target = request.raw_path
         self.seen.append(target)
+        body = await request.read()
         headers = {
             k: v
             for k, v in request.headers.items()
@@ -51,7 +61,9 @@ class ForwardProxy:
         }
         async with (
             aiohttp.ClientSession(auto_decompress=False) as session,
-            session.request(request.method, target, headers=headers) as upstream,
+            session.request(
+                request.method, URL(target, encoded=True), headers=headers, data=body or None
+            ) as upstream,
         ):
             body = await upstream.read()
             keep = {
@@ -64,8 +76,6 @@ class ForwardProxy:
 
 @pytest.fixture
 async def feed(start_fake: StartFake, wheelhouse: Path) -> FakeSimpleIndex:
-    from tests.wheels import build_wheel
-
     fake = FakeSimpleIndex()
     fake.add_file("demo", build_wheel(wheelhouse, "demo", "1.0"))
     return await start_fake(fake)
@@ -151,3 +161,96 @@ async def test_upstream_proxy_password_is_masked_in_the_effective_config(
     shown = repr(masked(config))
     assert "s3cret" not in shown
     assert "p:3128" in shown
+
+
+@pytest.fixture
+def bucket_feed(
+    start_proxy: StartProxy,
+    make_config: MakeConfig,
+    seaweed: SeaweedServer,
+    s3_prefix: str,
+    http: aiohttp.ClientSession,
+    wheelhouse: Path,
+) -> Any:
+    """Publish a wheel to a bucket-stored hosted feed of a new nightproxy whose upstream has
+    ``extra`` keys, and download it back through the index; the bytes served."""
+
+    async def publish_and_fetch(**extra: Any) -> bytes:
+        entry = {
+            "name": "community",
+            "kind": "hosted",
+            "url": seaweed.url(s3_prefix),
+            "endpoint": seaweed.endpoint,
+            "region": seaweed.region,
+            "access_key_id": seaweed.access_key_id,
+            "secret_access_key": seaweed.secret_access_key,
+            "publishers": {"numpy": {"tokens": [sha256_line(NUMPY_TOKEN)]}},
+            **extra,
+        }
+        server = await start_proxy(make_config([entry]))
+        wheel = build_wheel(wheelhouse, "numpy", "2.0.dev0")
+        form = aiohttp.FormData(form_fields(wheel))
+        form.add_field("content", wheel.read_bytes(), filename=wheel.name)
+        url = server.make_url("/feeds/community/")
+        async with http.post(url, data=form, headers=basic(NUMPY_TOKEN)) as r:
+            assert r.status == 200, await r.text()
+        page_url = server.make_url("/simple/numpy/")
+        async with http.get(page_url, headers={"Accept": JSON_TYPE}) as r:
+            assert r.status == 200, await r.text()
+            page = await r.json(content_type=None)
+        [file] = page["files"]
+        async with http.get(urljoin(str(page_url), file["url"])) as r:
+            assert r.status == 200, await r.text()
+            data = await r.read()
+        assert data == wheel.read_bytes()
+        return data
+
+    return publish_and_fetch
+
+
+async def test_bucket_feed_uses_its_proxy_key(
+    monkeypatch: pytest.MonkeyPatch,
+    start_fake: StartFake,
+    seaweed: SeaweedServer,
+    bucket_feed: Any,
+) -> None:
+    """A hosted feed stored in a bucket reaches the bucket through its upstream's ``proxy:``
+    (credentials sent as Proxy-Authorization), like the ``s3`` kind, for uploads and
+    downloads, even when the environment names no proxy."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    forward = await start_fake(ForwardProxy(credentials=("ci", "s3cret")))
+    await bucket_feed(proxy=forward.base_url.replace("http://", "http://ci:s3cret@"))
+    objects = {
+        seen.split("?")[0].rsplit("/", 1)[-1]
+        for seen in forward.seen
+        if seen.startswith(seaweed.endpoint)
+    }
+    assert "numpy-2.0.dev0-py3-none-any.whl" in objects, forward.seen
+
+
+async def test_bucket_feed_follows_the_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+    start_fake: StartFake,
+    seaweed: SeaweedServer,
+    bucket_feed: Any,
+) -> None:
+    """With HTTP_PROXY set and no ``proxy:`` key, a bucket-stored hosted feed goes through the
+    environment's proxy, as every other kind does."""
+    forward = await start_fake(ForwardProxy())
+    monkeypatch.setenv("HTTP_PROXY", forward.base_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    await bucket_feed()
+    assert any(seen.startswith(seaweed.endpoint) for seen in forward.seen), forward.seen
+
+
+async def test_bucket_feed_no_proxy_bypasses_the_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch, start_fake: StartFake, bucket_feed: Any
+) -> None:
+    """A bucket endpoint listed in NO_PROXY is reached directly, not through HTTP_PROXY."""
+    forward = await start_fake(ForwardProxy())
+    monkeypatch.setenv("HTTP_PROXY", forward.base_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    await bucket_feed()
+    assert forward.seen == []

@@ -83,6 +83,7 @@ def make_storage(
         addressing=s3.addressing,
         access_key_id=s3.access_key_id,
         secret_access_key=s3.secret_access_key,
+        proxy=upstream.proxy,
     )
     # Upload bodies are received here: a wheel is checked whole before it goes to the bucket.
     staging = config.cache.dir / "feeds" / upstream.name / "staging"

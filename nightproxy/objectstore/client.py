@@ -37,6 +37,7 @@ from nightproxy.objectstore.errors import (
 )
 from nightproxy.objectstore.settings import StoreSettings
 from nightproxy.objectstore.wire import ObjectInfo, UploadInfo
+from nightproxy.upstreams.http import proxy_authorization, split_userinfo
 from nightproxy.upstreams.sigv4 import EMPTY_SHA256, sign_s3
 
 #: Bodies above this are hashed for the signature in a thread, off the event loop.
@@ -105,6 +106,10 @@ class ObjectStore:
         self.settings = settings
         self.on_result = on_result
         self._base = settings.base_url
+        self._proxy: str | None = None
+        self._proxy_auth: str | None = None
+        if settings.proxy is not None:
+            self._proxy, self._proxy_auth = split_userinfo(settings.proxy)
         # Small requests end within read_timeout; bodies may take long but never stall.
         self._small_timeout = aiohttp.ClientTimeout(
             total=settings.read_timeout, sock_connect=settings.connect_timeout
@@ -206,6 +211,9 @@ class ObjectStore:
                     headers=send,
                     payload_sha256=payload_hash,
                 )
+            # After signing: the proxy's credentials are no part of the signed request.
+            to_proxy, tunnel_headers = proxy_authorization(self._proxy_auth, url)
+            send.update(to_proxy)
             try:
                 response = await self.session.request(
                     method,
@@ -217,6 +225,8 @@ class ObjectStore:
                     timeout=timeout,
                     allow_redirects=False,
                     auto_decompress=False,
+                    proxy=self._proxy,
+                    proxy_headers=tunnel_headers,
                 )
             except TimeoutError:
                 error = StoreDownError(f"{what}: timed out")

@@ -25,6 +25,10 @@ class StoreSettings:
     addressing: Addressing = "path"
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    #: The outbound HTTP proxy to reach the store through (``user:password@`` sent as
+    #: ``Proxy-Authorization``); None leaves it to the environment (``HTTPS_PROXY``,
+    #: ``NO_PROXY``), as for every upstream.
+    proxy: str | None = field(default=None, repr=False)
     #: Seconds to open a connection; a store that takes longer is down.
     connect_timeout: float = 5.0
     #: Seconds between two reads of a body, and for a whole small request (HEAD, PUT of a

@@ -122,6 +122,23 @@ def split_userinfo(url: str) -> tuple[str, str | None]:
     return clean, auth
 
 
+def proxy_authorization(
+    proxy_auth: str | None, url: str
+) -> tuple[dict[str, str], dict[str, str] | None]:
+    """Where a proxy's ``Proxy-Authorization`` goes for a request to ``url``: (headers of the
+    request itself, headers of its CONNECT tunnel or None).
+
+    A plain-HTTP request goes to the proxy as it is; an HTTPS one through a CONNECT tunnel,
+    whose own request is the only one the proxy reads headers from (the tunnelled request
+    must not carry the proxy's password to the origin).
+    """
+    if proxy_auth is None:
+        return {}, None
+    if urlsplit(url).scheme == "https":
+        return {}, {"Proxy-Authorization": proxy_auth}
+    return {"Proxy-Authorization": proxy_auth}, None
+
+
 def describe_url(url: str) -> str:
     """What may appear in logs and errors: scheme, host and path, never a query, user-info or
     a path token (``/t/<token>/``)."""
@@ -252,14 +269,8 @@ async def request(
             merged["Authorization"] = auth
         if signer is not None and credentials.covers(current):
             merged.update(signer(current))
-        tunnel_headers = None
-        if credentials.proxy_auth is not None:
-            # A plain-HTTP request goes to the proxy as it is; an HTTPS one through a CONNECT
-            # tunnel, whose own request is the only one the proxy reads headers from.
-            if urlsplit(current).scheme == "https":
-                tunnel_headers = {"Proxy-Authorization": credentials.proxy_auth}
-            else:
-                merged["Proxy-Authorization"] = credentials.proxy_auth
+        to_proxy, tunnel_headers = proxy_authorization(credentials.proxy_auth, current)
+        merged.update(to_proxy)
         try:
             response = await session.request(
                 method,
