@@ -17,7 +17,6 @@ to and from the trash by server-side copies.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -26,7 +25,15 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from nightproxy.hosted.manifest import Manifest, ManifestError, dumps, loads
+from nightproxy.hosted.bucket_manifests import (
+    CAS_ATTEMPTS,
+    STATE,
+    BucketManifests,
+    metadata_key,
+    named_key,
+    trash_key,
+)
+from nightproxy.hosted.manifest import Entry, dumps, loads
 from nightproxy.hosted.records import FileRecord, NewFile
 from nightproxy.hosted.storage import (
     REASON_REPLACED,
@@ -37,116 +44,34 @@ from nightproxy.hosted.storage import (
     StaleError,
     Storage,
 )
-from nightproxy.objectstore import ObjectNotFoundError, ObjectStore, PreconditionFailedError
+from nightproxy.objectstore import (
+    ObjectNotFoundError,
+    ObjectStore,
+    PreconditionFailedError,
+    StoreError,
+)
 from nightproxy.objectstore.writer import ObjectWriter
 
 log = logging.getLogger(__name__)
 
-STATE = ".nightproxy/"
-PROJECTS = STATE + "projects/"
 #: How long a named object without a record may be an upload in progress on another server;
 #: older, it is what a crash between writing the bytes and the record left, and is removed.
 ORPHAN_AGE = timedelta(hours=1)
 #: How long an upload that lost the race for a filename waits for the winner's record.
 WINNER_WAIT = 10.0
-#: Attempts at a manifest change while other servers change the same project.
-CAS_ATTEMPTS = 8
 READ_CHUNK = 1024 * 1024
 
 
-def _named(project: str, filename: str) -> str:
-    return f"{project}/{filename}"
-
-
-def _trash_key(digest: str) -> str:
-    return f"{STATE}trash/{digest}"
-
-
-def _metadata_key(digest: str) -> str:
-    return f"{STATE}metadata/{digest}"
-
-
-def _manifest_key(project: str) -> str:
-    return f"{PROJECTS}{project}.json"
-
-
-class BucketStorage(Storage):
+class BucketStorage(BucketManifests, Storage):
     def __init__(self, store: ObjectStore, staging_dir: Path) -> None:
-        super().__init__(staging_dir)
-        self.store = store
-        #: project -> (manifest ETag, manifest) as last read.
-        self._manifests: dict[NormalizedName, tuple[str, Manifest]] = {}
-        self._listed: dict[NormalizedName, str] = {}
-
-    # -- reading ---------------------------------------------------------------------------
-
-    async def _list_manifests(self) -> dict[NormalizedName, str]:
-        found: dict[NormalizedName, str] = {}
-        async for info in self.store.list_objects(PROJECTS):
-            name = info.key[len(PROJECTS) :].removesuffix(".json")
-            found[NormalizedName(name)] = info.etag
-        self._listed = found
-        return found
-
-    async def _read(self, project: NormalizedName) -> tuple[str | None, Manifest]:
-        """The project's manifest as stored now (empty with no ETag when there is none)."""
-        try:
-            data, info = await self.store.get(_manifest_key(project))
-        except ObjectNotFoundError:
-            return None, Manifest(project)
-        manifest = await asyncio.to_thread(loads, data, project)
-        self._manifests[project] = (info.etag, manifest)
-        return info.etag, manifest
-
-    async def _current(self) -> list[Manifest]:
-        listed = await self._list_manifests()
-        manifests = []
-        for project, etag in sorted(listed.items()):
-            held = self._manifests.get(project)
-            if held is None or held[0] != etag:
-                try:
-                    _etag, manifest = await self._read(project)
-                except ManifestError as exc:
-                    log.warning("hosted feed in %s: %s: left out", self.store.url(None), exc)
-                    continue
-                manifests.append(manifest)
-            else:
-                manifests.append(held[1])
-        return manifests
-
-    async def generation(self) -> int:
-        listed = await self._list_manifests()
-        text = "\n".join(f"{project} {etag}" for project, etag in sorted(listed.items()))
-        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
-
-    async def live(self, project: NormalizedName | None = None) -> list[FileRecord]:
-        return [
-            e.record
-            for m in await self._current()
-            if project is None or m.project == project
-            for e in m.live()
-        ]
-
-    async def trashed(self, project: NormalizedName | None = None) -> list[FileRecord]:
-        return [
-            e.record
-            for m in await self._current()
-            if project is None or m.project == project
-            for e in m.trashed()
-        ]
-
-    async def deletions(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for manifest in await self._current():
-            for reason, count in manifest.deleted.items():
-                totals[reason] = totals.get(reason, 0) + count
-        return totals
+        Storage.__init__(self, staging_dir)
+        BucketManifests.__init__(self, store)
 
     def local_path(self, digest: str) -> Path | None:
         return None
 
     async def read_blob(self, digest: str) -> bytes:
-        data, _info = await self.store.get(_metadata_key(digest))
+        data, _info = await self.store.get(metadata_key(digest))
         return data
 
     def open_bytes(self, record: FileRecord) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
@@ -158,7 +83,7 @@ class BucketStorage(Storage):
         entry = held[1].by_id(record.id) if held is not None else None
         if entry is None or entry.record.trashed_at is not None:
             raise ObjectNotFoundError(f"{record.filename}: no longer listed")
-        key = _named(record.project, record.filename)
+        key = named_key(record.project, record.filename)
         async with self.store.open(key, if_match=entry.etag) as reader:
             yield reader.chunks(READ_CHUNK)
 
@@ -186,16 +111,6 @@ class BucketStorage(Storage):
 
     # -- changing --------------------------------------------------------------------------
 
-    async def _write(self, manifest: Manifest, etag: str | None) -> None:
-        """Replace the manifest if it is still ``etag`` (``PreconditionFailedError`` if not)."""
-        data = dumps(manifest)
-        key = _manifest_key(manifest.project)
-        if etag is None:
-            new_etag = await self.store.put(key, data, if_none_match=True)
-        else:
-            new_etag = await self.store.put(key, data, if_match=etag)
-        self._manifests[manifest.project] = (new_etag, manifest)
-
     async def _put_file(self, path: Path, key: str, *, if_none_match: bool) -> str:
         async with ObjectWriter(self.store, key) as writer:
             handle = await asyncio.to_thread(path.open, "rb")
@@ -207,7 +122,7 @@ class BucketStorage(Storage):
             return await writer.commit(if_none_match=if_none_match)
 
     async def commit(self, staged: Staged, new: NewFile, *, overwrite: bool) -> CommitResult:
-        project, key = new.project, _named(new.project, new.filename)
+        project, key = new.project, named_key(new.project, new.filename)
         etag, manifest = await self._read(project)
         existing = manifest.live_named(new.filename)
         if existing is not None and existing.record.sha256 == new.sha256:
@@ -215,6 +130,10 @@ class BucketStorage(Storage):
         if existing is not None and not overwrite:
             return CommitResult(Outcome.EXISTS, existing.record)
         if existing is None:
+            # A deleted file of this name whose named object a failure left behind.
+            await self._unlink(
+                project, [e for e in manifest.unlinking() if e.record.filename == new.filename]
+            )
             try:
                 object_etag = await self._put_file(staged.path, key, if_none_match=True)
             except PreconditionFailedError:
@@ -224,7 +143,7 @@ class BucketStorage(Storage):
             # giving these new ones (their reads carry the old ETag).
             try:
                 await self.store.copy(
-                    key, _trash_key(existing.record.sha256), if_match=existing.etag
+                    key, trash_key(existing.record.sha256), if_match=existing.etag
                 )
             except PreconditionFailedError:
                 raise StaleError(f"{new.filename} is being replaced by another upload") from None
@@ -233,13 +152,13 @@ class BucketStorage(Storage):
             # Already there means the same bytes, stored for an earlier upload.
             with suppress(PreconditionFailedError):
                 await self.store.put(
-                    _metadata_key(new.metadata_sha256), staged.metadata, if_none_match=True
+                    metadata_key(new.metadata_sha256), staged.metadata, if_none_match=True
                 )
         for _attempt in range(CAS_ATTEMPTS):
             replaced = manifest.live_named(new.filename)
             if replaced is not None:
                 try:
-                    trash_etag = (await self.store.head(_trash_key(replaced.record.sha256))).etag
+                    trash_etag = (await self.store.head(trash_key(replaced.record.sha256))).etag
                 except ObjectNotFoundError:
                     trash_etag = ""  # replaced by a concurrent overwrite: not restorable
                 manifest.trash(
@@ -313,16 +232,16 @@ class BucketStorage(Storage):
         else:
             etag, manifest = await self._read(project)
         entries = [e for r in chosen if (e := manifest.by_id(r.id)) and not e.record.trashed_at]
-        named_etags = {e.record.id: e.etag for e in entries}
         copies = {}
         for entry in entries:
-            named = _named(project, entry.record.filename)
+            named = named_key(project, entry.record.filename)
             copies[entry.record.id] = await self.store.copy(
-                named, _trash_key(entry.record.sha256), if_match=entry.etag
+                named, trash_key(entry.record.sha256), if_match=entry.etag
             )
         for entry in entries:
             text = detail if isinstance(detail, str) else detail.get(entry.record.id, "")
-            manifest.trash(entry, reason, text, now, copies[entry.record.id])
+            # The named object goes after the record says so: until then it is listed.
+            manifest.trash(entry, reason, text, now, copies[entry.record.id], unlink=entry.etag)
         try:
             await self._write(manifest, etag)
         except PreconditionFailedError:
@@ -331,13 +250,43 @@ class BucketStorage(Storage):
             return await self._trash_project(
                 project, chosen, reason=reason, detail=detail, now=now, if_generation=None
             )
-        for entry in entries:
-            # Only the bytes this record had: a new upload of the name may be there already.
-            with suppress(PreconditionFailedError):
-                await self.store.delete(
-                    _named(project, entry.record.filename), if_match=named_etags[entry.record.id]
-                )
+        await self._unlink(project, entries)
         return [e.record for e in entries]
+
+    async def _unlink(self, project: NormalizedName, entries: list[Entry]) -> bool:
+        """Remove trashed entries' named objects; one that cannot go now stays to do (in the
+        manifest) for ``settle``. Whether any went."""
+        went = False
+        for entry in entries:
+            if entry.unlink is None:
+                continue
+            try:
+                # Only the bytes this record had: a new upload of the name may be there.
+                await self.store.delete(
+                    named_key(project, entry.record.filename), if_match=entry.unlink
+                )
+            except PreconditionFailedError:
+                pass
+            except StoreError as exc:
+                log.warning(
+                    "hosted feed: %s/%s stays named for now: %s",
+                    project,
+                    entry.record.filename,
+                    exc,
+                )
+                continue
+            entry.unlink = None
+            went = True
+        return went
+
+    async def settle(self) -> None:
+        for manifest in await self._current():
+            if await self._unlink(manifest.project, manifest.unlinking()):
+                held = self._manifests.get(manifest.project)
+                if held is not None and held[1] is manifest:
+                    # Otherwise the next change of the project writes it.
+                    with suppress(PreconditionFailedError):
+                        await self._write(manifest, held[0])
 
     async def restore(self, records: Collection[FileRecord], now: datetime) -> list[FileRecord]:
         restored: list[FileRecord] = []
@@ -356,9 +305,9 @@ class BucketStorage(Storage):
                         "delete it first"
                     )
             for entry in entries:
-                named = _named(project, entry.record.filename)
+                named = named_key(project, entry.record.filename)
                 try:
-                    new_etag = await self.store.copy(_trash_key(entry.record.sha256), named)
+                    new_etag = await self.store.copy(trash_key(entry.record.sha256), named)
                 except ObjectNotFoundError:
                     raise RestoreConflictError(
                         f"{entry.record.filename}: its bytes are gone"
@@ -381,6 +330,9 @@ class BucketStorage(Storage):
                     and e.record.trashed_at
                     and e.record.sha256 not in protect
                 ]
+                # Forgotten only once no named object is left to stand for it.
+                await self._unlink(project, gone)
+                gone = [e for e in gone if e.unlink is None]
                 for entry in gone:
                     manifest.forget(entry)
                 try:
@@ -392,11 +344,11 @@ class BucketStorage(Storage):
                 continue
             for entry in gone:
                 if not manifest.needs(entry.record.sha256, trashed=True):
-                    await self.store.delete(_trash_key(entry.record.sha256))
+                    await self.store.delete(trash_key(entry.record.sha256))
                     removed += 1
                 meta = entry.record.metadata_sha256
                 if meta is not None and not manifest.needs(meta):
-                    await self.store.delete(_metadata_key(meta))
+                    await self.store.delete(metadata_key(meta))
                     removed += 1
         return removed
 

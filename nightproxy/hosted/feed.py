@@ -16,9 +16,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
 
 from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
@@ -26,6 +25,7 @@ from packaging.version import InvalidVersion, Version
 from nightproxy.hosted.auth import FeedAuth, Identity
 from nightproxy.hosted.prune import Deletion, PruneRules, plan_prune
 from nightproxy.hosted.records import FileRecord, NewFile
+from nightproxy.hosted.snapshot import Snapshot
 from nightproxy.hosted.storage import (
     REASON_MANUAL,
     REASON_RETENTION,
@@ -78,39 +78,6 @@ class FeedSettings:
     prune_spacing: float = 10
     #: Seconds a process's listing may lag behind changes made by other processes.
     recheck: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The feed's live files as of one generation."""
-
-    generation: int
-    projects: Mapping[NormalizedName, tuple[FileRecord, ...]]
-    #: Every live file and METADATA blob by sha256, to the file it belongs to.
-    digests: Mapping[str, FileRecord] = field(default_factory=lambda: MappingProxyType({}))
-    #: Files deleted so far, per reason.
-    deletions: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-
-    @classmethod
-    def of(
-        cls, generation: int, records: list[FileRecord], deletions: Mapping[str, int]
-    ) -> Snapshot:
-        projects: dict[NormalizedName, list[FileRecord]] = {}
-        digests: dict[str, FileRecord] = {}
-        for record in records:
-            projects.setdefault(record.project, []).append(record)
-            digests[record.sha256] = record
-            if record.metadata_sha256 is not None:
-                digests.setdefault(record.metadata_sha256, record)
-        return cls(
-            generation,
-            MappingProxyType({name: tuple(files) for name, files in projects.items()}),
-            MappingProxyType(digests),
-            MappingProxyType(dict(deletions)),
-        )
-
-    def files(self) -> list[FileRecord]:
-        return [record for files in self.projects.values() for record in files]
 
 
 class HostedFeed:
@@ -274,11 +241,29 @@ class HostedFeed:
         chosen = _select(snapshot.projects.get(project, ()), filename, version)
         if not chosen:
             raise NotFoundError(_nothing(project, filename, version, "listed"))
-        deleted = await self.storage.trash(
-            chosen, REASON_MANUAL, f"deleted by {actor.label}", self.clock()
-        )
+        deleted = await self._trash(chosen, REASON_MANUAL, f"deleted by {actor.label}")
         self._changed(deleted)
         return deleted
+
+    async def _trash(
+        self,
+        chosen: list[FileRecord],
+        reason: str,
+        detail: str | Mapping[int, str],
+        *,
+        if_generation: int | None = None,
+    ) -> list[FileRecord]:
+        try:
+            return await self.storage.trash(
+                chosen, reason, detail, self.clock(), if_generation=if_generation
+            )
+        except StaleError:
+            raise
+        except BaseException:
+            # Some of them may be in the trash already (a bucket's projects go one by one):
+            # the listing is read again rather than left naming them.
+            self._changed(chosen)
+            raise
 
     async def restore(
         self, project: NormalizedName, *, filename: str | None = None, version: str | None = None
@@ -320,17 +305,23 @@ class HostedFeed:
         return snapshot, deletions
 
     async def prune(self, *, dry_run: bool = False) -> list[Deletion[FileRecord]]:
-        """Apply retention (or, ``dry_run``, only say what it would delete)."""
+        """Apply retention (or, ``dry_run``, only say what it would delete).
+
+        A run that fails part way leaves each file listed or in the trash (restorable), never
+        listed without its bytes; the next run finishes it, starting with what the failed one
+        left undone (``Storage.settle``).
+        """
+        if not dry_run:
+            await self.storage.settle()
         for _attempt in range(PRUNE_ATTEMPTS):
             snapshot, deletions = await self.plan()
             if dry_run or not deletions:
                 return deletions
             try:
-                trashed = await self.storage.trash(
+                trashed = await self._trash(
                     [d.file for d in deletions],
                     REASON_RETENTION,
                     {d.file.id: d.reason for d in deletions},
-                    self.clock(),
                     if_generation=snapshot.generation,
                 )
             except StaleError:
@@ -365,7 +356,10 @@ class HostedFeed:
                 await self.prune()
                 await self.expire_trash()
             except Exception:
-                log.exception("%s: retention failed; the feed is as it was before", self.name)
+                log.exception(
+                    "%s: retention failed; what it did not get to stays listed until the next run",
+                    self.name,
+                )
             await asyncio.sleep(self.settings.prune_spacing)
 
 

@@ -57,6 +57,9 @@ class LocalStorage(Storage):
         self.blob_dir = self.state_dir / "blobs"
         super().__init__(self.state_dir / "staging")
         self._db: RecordDB | None = None
+        #: Blobs a purge forgot but could not remove; ``settle`` tries again (and ``open``
+        #: removes every blob no record needs).
+        self._doomed: set[str] = set()
 
     @property
     def db(self) -> RecordDB:
@@ -264,9 +267,8 @@ class LocalStorage(Storage):
                 text = detail if isinstance(detail, str) else detail.get(record.id, "")
                 writer.trash(record, reason, text, now)
             writer.unsettled([r.id for r in current])
-        for record in current:
-            self._unlink_named(record)
-        self.db.settled([r.id for r in current])
+        # The records are the truth from here: a link that cannot go now stays pending.
+        self.db.settled(self._align([dataclasses.replace(r, trashed_at=now) for r in current]))
         return current
 
     async def restore(self, records: Collection[FileRecord], now: datetime) -> list[FileRecord]:
@@ -289,16 +291,13 @@ class LocalStorage(Storage):
                 writer.restore(record, now)
             restored = writer.by_ids([r.id for r in current])
             writer.unsettled([r.id for r in restored])
-        for record in restored:
-            self._link_named(record)
-        self.db.settled([r.id for r in restored])
+        self.db.settled(self._align(restored))
         return restored
 
     async def purge(self, records: Collection[FileRecord], protect: Collection[str]) -> int:
         return await asyncio.to_thread(self._purge, records, protect)
 
     def _purge(self, records: Collection[FileRecord], protect: Collection[str]) -> int:
-        removed = 0
         with self.db.write() as writer:
             # A file being downloaded stays in the trash until the next purge.
             current = [
@@ -306,19 +305,65 @@ class LocalStorage(Storage):
                 for r in writer.by_ids([r.id for r in records])
                 if r.trashed_at and r.sha256 not in protect
             ]
+            # A link a failed deletion left behind would keep the bytes and name them: such
+            # a file is forgotten once its link is gone.
+            unlinked = set(self._align(current))
+            current = [r for r in current if r.id in unlinked]
             for record in current:
                 writer.forget(record)
             digests = {r.sha256 for r in current} | {
                 r.metadata_sha256 for r in current if r.metadata_sha256 is not None
             }
-            for digest in digests:
-                if writer.referenced(digest):
-                    continue
-                with suppress(FileNotFoundError):
-                    # An open download keeps reading the unlinked bytes to the end.
-                    self.blob(digest).unlink()
-                    removed += 1
+            # Never raises: a failure here would roll back the records of bytes already gone.
+            return self._remove_blobs(writer, digests)
+
+    def _remove_blobs(self, writer: Writer, digests: Collection[str]) -> int:
+        """Remove the blobs no record needs; one that cannot go is tried again later."""
+        removed = 0
+        for digest in sorted(digests):
+            self._doomed.discard(digest)
+            if writer.referenced(digest):
+                continue
+            try:
+                # An open download keeps reading the unlinked bytes to the end.
+                self.blob(digest).unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("%s: cannot remove blob %s yet: %s", self.root, digest, exc)
+                self._doomed.add(digest)
         return removed
+
+    def _align(self, records: Collection[FileRecord]) -> list[int]:
+        """Bring these files' links in line with their records; the ids now in line (the
+        others stay pending, for ``settle`` or the next ``open``)."""
+        done = []
+        # Trashed first: a trashed file may share its name and bytes with a live one.
+        for record in sorted(records, key=lambda r: r.trashed_at is None):
+            try:
+                if record.trashed_at is not None:
+                    self._unlink_named(record)
+                else:
+                    self._link_named(record)
+            except OSError as exc:
+                log.warning(
+                    "%s/%s: link not brought in line yet: %s", record.project, record.filename, exc
+                )
+                continue
+            done.append(record.id)
+        return done
+
+    async def settle(self) -> None:
+        await asyncio.to_thread(self._settle)
+
+    def _settle(self) -> None:
+        with self.db.write(change=False) as writer:
+            pending = writer.pending()
+            if pending:
+                writer.settle(self._align(pending))
+            if self._doomed:
+                self._remove_blobs(writer, set(self._doomed))
 
 
 async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:

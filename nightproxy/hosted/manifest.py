@@ -30,6 +30,9 @@ class Entry:
 
     record: FileRecord
     etag: str
+    #: For a trashed record: the ETag of its named object, still to be removed (a deletion
+    #: that failed part way leaves it for the next retention run).
+    unlink: str | None = None
 
 
 @dataclass(slots=True)
@@ -68,11 +71,21 @@ class Manifest:
         self.entries.append(Entry(record, etag))
         return record
 
-    def trash(self, entry: Entry, reason: str, detail: str, now: datetime, etag: str) -> None:
+    def trash(
+        self,
+        entry: Entry,
+        reason: str,
+        detail: str,
+        now: datetime,
+        etag: str,
+        *,
+        unlink: str | None = None,
+    ) -> None:
         entry.record = replace(
             entry.record, trashed_at=now, trash_reason=reason, trash_detail=detail
         )
         entry.etag = etag
+        entry.unlink = unlink
         self.deleted[reason] = self.deleted.get(reason, 0) + 1
 
     def restore(self, entry: Entry, now: datetime, etag: str) -> None:
@@ -80,6 +93,11 @@ class Manifest:
             entry.record, trashed_at=None, trash_reason=None, trash_detail=None, aged_from=now
         )
         entry.etag = etag
+        entry.unlink = None
+
+    def unlinking(self) -> list[Entry]:
+        """Trashed entries whose named object is still to be removed."""
+        return [e for e in self.trashed() if e.unlink is not None]
 
     def forget(self, entry: Entry) -> None:
         self.entries.remove(entry)
@@ -127,6 +145,7 @@ def dumps(manifest: Manifest) -> bytes:
                 "trash_reason": r.trash_reason,
                 "trash_detail": r.trash_detail,
                 "etag": entry.etag,
+                **({"unlink": entry.unlink} if entry.unlink is not None else {}),
             }
         )
     document = {
@@ -171,4 +190,5 @@ def _entry(item: dict[str, Any], project: NormalizedName) -> Entry:
         trash_reason=item.get("trash_reason"),
         trash_detail=item.get("trash_detail"),
     )
-    return Entry(record, str(item["etag"]))
+    unlink = item.get("unlink")
+    return Entry(record, str(item["etag"]), None if unlink is None else str(unlink))

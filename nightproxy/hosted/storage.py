@@ -127,6 +127,11 @@ class Storage(abc.ABC):
         """Forget trashed files and remove bytes nothing else needs, except ``protect``'s."""
 
     @abc.abstractmethod
+    async def settle(self) -> None:
+        """Finish what a change that failed part way left undone: names still pointing at
+        deleted files, bytes nothing needs. Retention calls it before each run."""
+
+    @abc.abstractmethod
     def local_path(self, digest: str) -> Path | None:
         """The local file holding these bytes, for ``FileResponse``; None if not local."""
 
