@@ -319,6 +319,9 @@ async def test_one_cold_file_asked_by_32_clients_over_the_workers_is_fetched_onc
     fake.slow_file.add(wheel.name)
     fake.slow.chunk_size = 64 * 1024
     fake.slow.delay = 0.01
+    # Held after its first chunk until every client is in: a client that finished early
+    # would close its socket and the count of accepted ones below would never be reached.
+    fake.slow.hold = True
     await start_fake(fake)
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
     async with (
@@ -334,6 +337,7 @@ async def test_one_cold_file_asked_by_32_clients_over_the_workers_is_fetched_onc
                     before = sockets_of(pid)
                     clients += [asyncio.create_task(fetch(http, url)) for _ in range(16)]
                     await wait_for(lambda p=pid, b=before: sockets_of(p) >= b + 16, "accepted")
+            fake.slow.release.set()
             answers = await asyncio.wait_for(asyncio.gather(*clients), 3 * WAIT)
         finally:
             for client in clients:
