@@ -180,16 +180,19 @@ async def test_an_upstream_unreachable_for_want_of_descriptors_is_503_and_not_it
     async with limited_serve(tmp_path, one_wheel, "ulimit -n 64") as (_proc, port, _log):
         base = f"http://127.0.0.1:{port}"
         page = f"{base}/simple/demo/"
-        async with aiohttp.ClientSession() as http:
+        timeout = aiohttp.ClientTimeout(total=WAIT)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             async with http.get(f"{base}/healthz") as resp:
                 assert resp.status == 200  # the connection the requests below reuse
+                await resp.read()  # read to its end, or the connection is not reused
             with closing_all([]) as idle:
                 for _ in range(80):
                     idle.append(socket.create_connection(("127.0.0.1", port)))
                 await asyncio.sleep(2.5)  # asyncio retries a failed accept every second
                 for _ in range(4):
                     async with http.get(page, headers={"Accept": PIP_ACCEPT}) as resp:
-                        assert resp.status == 503, await resp.text()
+                        text = await resp.text()  # to its end, so the connection is reused
+                        assert resp.status == 503, text
                         assert resp.headers["Retry-After"]
             async with http.get(page, headers={"Accept": PIP_ACCEPT}) as resp:
                 assert resp.status == 200
