@@ -56,7 +56,10 @@ def parse_dist_filename(filename: str) -> DistName | None:
         stem = filename[:-4]
         if stem.count("-") not in {4, 5}:
             return None
-        return _parse_wheel_head(stem.rsplit("-", 3)[0])
+        head, python, abi, platform = stem.rsplit("-", 3)
+        if not _tags_valid(f"{python}-{abi}-{platform}"):
+            return None
+        return _parse_wheel_head(head)
     if filename.endswith((".tar.gz", ".zip")):
         return _parse_sdist(filename)
     return None
@@ -74,6 +77,17 @@ def _parse_wheel_head(head: str) -> DistName | None:
         # digits, and a hostile page may send them.
         return None
     return DistName(name, version)
+
+
+@lru_cache(maxsize=4096)
+def _tags_valid(tags: str) -> bool:
+    """Whether ``packaging`` takes ``tags`` (python-abi-platform) as a wheel's: checked on its
+    own, since a page repeats a few tag sets over thousands of builds."""
+    try:
+        parse_wheel_filename(f"x-0-{tags}.whl")
+    except (InvalidWheelFilename, ValueError):
+        return False
+    return True
 
 
 @lru_cache(maxsize=65536)
