@@ -50,7 +50,8 @@ class FaultyStoreProxy(FakeServer):
         self.cut_bodies = False
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        # Store bodies (multipart parts) pass through whole: no 1 MiB cap on what it reads.
+        app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.cleanup_ctx.append(self._client)
         return app
