@@ -141,6 +141,25 @@ async def test_commit_if_none_match_loses_to_an_existing_object(store: ObjectSto
     assert (await store.get("taken.whl"))[0] == b"first"
 
 
+async def test_commit_if_match_only_replaces_that_version(store: ObjectStore) -> None:
+    """A multipart commit with If-Match replaces the object only while it is still that ETag;
+    after another write it fails and leaves the other write's bytes (hosted overwrites rely
+    on it)."""
+    first = await store.put("named.whl", b"first")
+    data = os.urandom(MIN_PART_SIZE + 10)
+    async with ObjectWriter(store, "named.whl", part_size=MIN_PART_SIZE) as writer:
+        await writer.write(data)
+        replaced = await writer.commit(if_match=first)
+    assert (await store.head("named.whl")).etag == replaced
+    async with ObjectWriter(store, "named.whl", part_size=MIN_PART_SIZE) as writer:
+        await writer.write(os.urandom(MIN_PART_SIZE + 10))
+        with pytest.raises(PreconditionFailedError):
+            await writer.commit(if_match=first)
+    body, info = await store.get("named.whl", limit=len(data))
+    assert (hashlib.sha256(body).digest(), info.etag) == (hashlib.sha256(data).digest(), replaced)
+    assert [u async for u in store.list_uploads()] == []
+
+
 async def test_missing_key_and_wrong_credentials_are_classified(
     seaweed: SeaweedServer, s3_prefix: str
 ) -> None:

@@ -7,11 +7,12 @@ Layout under the feed's prefix::
     .nightproxy/metadata/<sha256>          extracted METADATA, by content
     .nightproxy/trash/<sha256>             the bytes of deleted and replaced files
 
-A new filename is written with ``If-None-Match: *``, so of two servers taking the same upload
-only one writes it; a manifest is only ever replaced with ``If-Match`` its ETag, so concurrent
-changes to one project take turns. Every read of a file's bytes carries ``If-Match`` the ETag
-its record holds: a link to replaced bytes fails, it never gives the new ones. Bytes move
-to and from the trash by server-side copies.
+A new filename is written with ``If-None-Match: *`` and a replacement with ``If-Match`` the
+ETag its record names, so of two servers writing one name only one writes it; a manifest is
+only ever replaced with ``If-Match`` its ETag, so concurrent changes to one project take turns.
+Every read of a file's bytes carries ``If-Match`` the ETag its record holds: a link to
+replaced bytes fails, it never gives the new ones. Bytes move to and from the trash by
+server-side copies.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class BucketStorage(BucketManifests, Storage):
 
     # -- changing --------------------------------------------------------------------------
 
-    async def _put_file(self, path: Path, key: str, *, if_none_match: bool) -> str:
+    async def _put_file(
+        self, path: Path, key: str, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         async with ObjectWriter(self.store, key) as writer:
             handle = await asyncio.to_thread(path.open, "rb")
             try:
@@ -119,9 +122,19 @@ class BucketStorage(BucketManifests, Storage):
                     await writer.write(chunk)
             finally:
                 await asyncio.to_thread(handle.close)
-            return await writer.commit(if_none_match=if_none_match)
+            return await writer.commit(if_none_match=if_none_match, if_match=if_match)
 
     async def commit(self, staged: Staged, new: NewFile, *, overwrite: bool) -> CommitResult:
+        for _attempt in range(CAS_ATTEMPTS):
+            try:
+                return await self._commit(staged, new, overwrite=overwrite)
+            except _OvertakenError as lost:
+                # Another upload of this name wrote its bytes first: once its record is
+                # written, this one is the same bytes, refused, or (overwrite) replaces it.
+                await self._next_record(new, lost.expected)
+        raise StaleError(f"{new.filename}: other uploads of this name kept winning; upload again")
+
+    async def _commit(self, staged: Staged, new: NewFile, *, overwrite: bool) -> CommitResult:
         project, key = new.project, named_key(new.project, new.filename)
         etag, manifest = await self._read(project)
         existing = manifest.live_named(new.filename)
@@ -129,15 +142,17 @@ class BucketStorage(BucketManifests, Storage):
             return CommitResult(Outcome.UNCHANGED, existing.record)
         if existing is not None and not overwrite:
             return CommitResult(Outcome.EXISTS, existing.record)
+        # The named object is only ever written on a condition: absent for a new name, else
+        # still the ETag the record names. So of two servers writing one name at once exactly
+        # one wins, and a record never names bytes another upload replaced. (AWS S3, R2,
+        # MinIO and SeaweedFS honour If-None-Match and If-Match on PUT and on
+        # CompleteMultipartUpload.)
+        expected = None if existing is None else existing.etag
         if existing is None:
             # A deleted file of this name whose named object a failure left behind.
             await self._unlink(
                 project, [e for e in manifest.unlinking() if e.record.filename == new.filename]
             )
-            try:
-                object_etag = await self._put_file(staged.path, key, if_none_match=True)
-            except PreconditionFailedError:
-                return await self._lost_race(new)
         else:
             # The old bytes stay restorable, and links to them keep failing rather than
             # giving these new ones (their reads carry the old ETag).
@@ -145,9 +160,14 @@ class BucketStorage(BucketManifests, Storage):
                 await self.store.copy(
                     key, trash_key(existing.record.sha256), if_match=existing.etag
                 )
-            except PreconditionFailedError:
-                raise StaleError(f"{new.filename} is being replaced by another upload") from None
-            object_etag = await self._put_file(staged.path, key, if_none_match=False)
+            except (PreconditionFailedError, ObjectNotFoundError):
+                raise _OvertakenError(expected) from None
+        try:
+            object_etag = await self._put_file(
+                staged.path, key, if_none_match=existing is None, if_match=expected
+            )
+        except (PreconditionFailedError, ObjectNotFoundError):
+            raise _OvertakenError(expected) from None
         if staged.metadata is not None and new.metadata_sha256 is not None:
             # Already there means the same bytes, stored for an earlier upload.
             with suppress(PreconditionFailedError):
@@ -156,11 +176,15 @@ class BucketStorage(BucketManifests, Storage):
                 )
         for _attempt in range(CAS_ATTEMPTS):
             replaced = manifest.live_named(new.filename)
+            if replaced is not None and replaced.etag != expected:
+                # Listed meanwhile by a change that did not see these bytes (a restore):
+                # its record names the object as it is now, this upload's bytes are gone.
+                raise _OvertakenError(expected)
             if replaced is not None:
                 try:
                     trash_etag = (await self.store.head(trash_key(replaced.record.sha256))).etag
                 except ObjectNotFoundError:
-                    trash_etag = ""  # replaced by a concurrent overwrite: not restorable
+                    trash_etag = ""  # its trash copy went meanwhile: not restorable
                 manifest.trash(
                     replaced,
                     REASON_REPLACED,
@@ -178,18 +202,19 @@ class BucketStorage(BucketManifests, Storage):
             return CommitResult(outcome, record, None if replaced is None else replaced.record)
         raise StaleError(f"{project}: its records kept changing; upload again")
 
-    async def _lost_race(self, new: NewFile) -> CommitResult:
-        """Another upload holds the filename: the answer is its record, once written."""
+    async def _next_record(self, new: NewFile, expected: str | None) -> None:
+        """Wait until the name's record no longer names ``expected`` (None: no bytes), which
+        the upload that won the name writes next."""
         deadline = asyncio.get_running_loop().time() + WINNER_WAIT
         while True:
             _etag, manifest = await self._read(new.project)
-            winner = manifest.live_named(new.filename)
-            if winner is not None:
-                same = winner.record.sha256 == new.sha256
-                return CommitResult(Outcome.UNCHANGED if same else Outcome.EXISTS, winner.record)
+            live = manifest.live_named(new.filename)
+            if (None if live is None else live.etag) != expected:
+                return
             if asyncio.get_running_loop().time() > deadline:
                 raise StaleError(
-                    f"{new.filename}: another upload of this name is still in progress"
+                    f"{new.filename}: another upload of this name is still in progress; "
+                    "upload again"
                 )
             await asyncio.sleep(0.2)
 
@@ -351,6 +376,15 @@ class BucketStorage(BucketManifests, Storage):
                     await self.store.delete(metadata_key(meta))
                     removed += 1
         return removed
+
+
+class _OvertakenError(Exception):
+    """Another change wrote the named object first; ``expected`` is the ETag (None: no
+    object) this upload's write was conditioned on."""
+
+    def __init__(self, expected: str | None) -> None:
+        super().__init__(expected)
+        self.expected = expected
 
 
 def _modified(text: str | None) -> datetime | None:

@@ -402,13 +402,21 @@ class ObjectStore:
         return etag
 
     async def complete_multipart(
-        self, key: str, upload_id: str, etags: Iterable[str], *, if_none_match: bool = False
+        self,
+        key: str,
+        upload_id: str,
+        etags: Iterable[str],
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
     ) -> str:
-        """Make the object appear, whole; its ETag."""
+        """Make the object appear, whole; its ETag. The conditions are those of ``put``."""
         what = f"CompleteMultipartUpload {key}"
         headers = {"Content-Type": "application/xml"}
         if if_none_match:
             headers["If-None-Match"] = "*"
+        if if_match is not None:
+            headers["If-Match"] = if_match
         body, _ = await self._small(
             "POST",
             key,

@@ -78,11 +78,11 @@ class ObjectWriter:
         number = len(self._etags) + 1
         self._etags.append(await self.store.upload_part(self.key, self._upload_id, number, part))
 
-    async def commit(self, *, if_none_match: bool = False) -> str:
+    async def commit(self, *, if_none_match: bool = False, if_match: str | None = None) -> str:
         """Make the object appear with every byte written; its ETag.
 
-        ``if_none_match``: only if no object has the key yet (``PreconditionFailedError``
-        otherwise, and the upload is aborted).
+        ``if_none_match``: only if no object has the key yet; ``if_match``: only if the object
+        is still that ETag (``PreconditionFailedError`` otherwise, and the upload is aborted).
         """
         if self._done:
             raise RuntimeError("commit after commit or abort")
@@ -91,13 +91,18 @@ class ObjectWriter:
                 self.key,
                 bytes(self._buffer),
                 if_none_match=if_none_match,
+                if_match=if_match,
                 content_type=self.content_type,
             )
         else:
             if self._buffer or not self._etags:
                 await self._upload(bytes(self._buffer))
             self.etag = await self.store.complete_multipart(
-                self.key, self._upload_id, self._etags, if_none_match=if_none_match
+                self.key,
+                self._upload_id,
+                self._etags,
+                if_none_match=if_none_match,
+                if_match=if_match,
             )
         self._buffer.clear()
         self._done = True

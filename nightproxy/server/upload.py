@@ -24,7 +24,7 @@ from packaging.utils import InvalidName, canonicalize_name
 
 from nightproxy.hosted.auth import Identity
 from nightproxy.hosted.feed import ForbiddenError, HostedFeed, NotFoundError
-from nightproxy.hosted.storage import Outcome
+from nightproxy.hosted.storage import Outcome, StaleError
 from nightproxy.hosted.upload import BodyDigest, FileTooLargeError, UploadError, UploadForm
 from nightproxy.server import keys
 from nightproxy.server.errors import try_again
@@ -68,6 +68,7 @@ def _refuse(status: int, message: str) -> web.HTTPException:
         400: web.HTTPBadRequest,
         403: web.HTTPForbidden,
         404: web.HTTPNotFound,
+        409: web.HTTPConflict,
         507: web.HTTPInsufficientStorage,
     }[status]
     return cls(reason=reason, text=message + "\n")
@@ -133,6 +134,9 @@ async def upload(request: web.Request) -> web.Response:
         raise _refuse(400, str(exc)) from None
     except ForbiddenError as exc:
         raise _refuse(403, str(exc)) from None
+    except StaleError as exc:
+        # Concurrent uploads of this name kept winning over this one: nothing of it is listed.
+        raise _refuse(409, str(exc)) from None
     except OSError as exc:
         # The staged file goes with the block above: the feed is as it was.
         if exc.errno in FULL:
