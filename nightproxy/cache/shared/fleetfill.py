@@ -20,6 +20,7 @@ the replica goes to the upstream alone, uncoordinated: serving beats deduplicati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -135,27 +136,25 @@ class FleetDownload(Download):
 
     async def _try_sources(self, offset: int) -> Download | None:
         tier = self.tier
-        sha = self.expected_sha256
-        if sha is None or not is_sha256(sha):
-            sha = await self._in_time(tier.blobs.resolve(self.key))
-        download: Download
-        if sha is not None:
-            try:
-                download = await self._in_time(
-                    self._stack.enter_async_context(tier.reading(sha, offset))
-                )
-            except ObjectNotFoundError:
-                pass
-            else:
-                self.source = "store"
-                tier.stats["store_hits"] += 1
-                return download
+        expected = self.expected_sha256
+        known = expected if expected is not None and is_sha256(expected) else None
+        download: Download | None = await self._from_store(known, offset)
+        if download is not None:
+            return download
         claim = await self._in_time(
             tier.leases.acquire(
                 fill_lease(self.key), tier.settings.fill_lease_ttl, info={"key": self.key}
             )
         )
         if not isinstance(claim, Holder):
+            # The last filler shares the blob, then lets go of the lease: between our look at
+            # the store above and our taking the lease, it may have done both. Look again
+            # under the lease, or the file is downloaded a second time.
+            shared = await self._from_store(known, offset)
+            if shared is not None:
+                with contextlib.suppress(StoreError):
+                    await tier.leases.release(claim)
+                return shared
             keeper = LeaseKeeper(tier.leases, claim, release=False)
             await keeper.__aenter__()
             tier.hold(self.key, keeper)
@@ -195,6 +194,22 @@ class FleetDownload(Download):
         self.source = "peer"
         self._skip = offset
         tier.stats["peer_streams"] += 1
+        return download
+
+    async def _from_store(self, known: str | None, offset: int) -> Download | None:
+        """The blob from the store (found by ``known`` or the key's alias), or None."""
+        tier = self.tier
+        sha = known if known is not None else await self._in_time(tier.blobs.resolve(self.key))
+        if sha is None:
+            return None
+        try:
+            download = await self._in_time(
+                self._stack.enter_async_context(tier.reading(sha, offset))
+            )
+        except ObjectNotFoundError:
+            return None
+        self.source = "store"
+        tier.stats["store_hits"] += 1
         return download
 
     async def _in_time(self, step: Awaitable[_T]) -> _T:
