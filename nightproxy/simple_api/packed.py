@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import Generic, TypeVar, overload
+from typing import Generic, TypeVar, cast, overload
 
 from nightproxy.simple_api.records import DistFile
 
@@ -34,6 +34,25 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 _DIST_FIELDS = 11
 
 _T = TypeVar("_T")
+
+
+class SequenceEquality:
+    """Equality of the packed sequences: equal to any sequence (not text) with equal items, as
+    a list of the decoded records would be; hashed by identity."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return sequences_equal(cast(Sequence[object], self), other)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def sequences_equal(packed: Sequence[object], other: Sequence[object]) -> bool:
+    if len(packed) != len(other):
+        return False
+    return all(a == b for a, b in zip(packed, other, strict=True))
 
 
 class Records:
@@ -113,7 +132,7 @@ class RecordsBuilder:
         return Records(tuple(self._segments), self._ends, len(self._ends))
 
 
-class _Packed(Sequence[_T], Generic[_T]):
+class _Packed(SequenceEquality, Sequence[_T], Generic[_T]):
     """A sequence of records decoded on access; equal to any sequence of equal items."""
 
     __slots__ = ("records",)
@@ -142,14 +161,6 @@ class _Packed(Sequence[_T], Generic[_T]):
         decode = self._decode
         for record in self.records:
             yield decode(record)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return sequences_equal(self, other)
-
-    def __hash__(self) -> int:
-        return id(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {len(self)}>"
@@ -281,9 +292,3 @@ class PackedFiles(_Packed[DistFile]):
         if not more:
             return self
         return PackedFiles(Records.build([*self.records, *PackedFiles.of(more).records]))
-
-
-def sequences_equal(packed: Sequence[object], other: Sequence[object]) -> bool:
-    if len(packed) != len(other):
-        return False
-    return all(a == b for a, b in zip(packed, other, strict=True))

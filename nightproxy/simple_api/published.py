@@ -10,6 +10,7 @@ from typing import cast, overload
 from nightproxy.simple_api.packed import (
     SEP,
     Records,
+    SequenceEquality,
     decode_hashes,
     decode_meta,
     decode_time,
@@ -17,7 +18,6 @@ from nightproxy.simple_api.packed import (
     encode_hashes,
     encode_meta,
     encode_time,
-    sequences_equal,
 )
 from nightproxy.simple_api.records import BuildTimeSource, PublishedFile
 
@@ -48,7 +48,7 @@ def _sha256_of(record: str) -> str:
     return ""
 
 
-class PackedPublished(Sequence[PublishedFile]):
+class PackedPublished(SequenceEquality, Sequence[PublishedFile]):
     """A project page's published files: each a file of an upstream's packed list (referred
     to, not copied) and a short record of what the proxy publishes of it, with an index of
     their keys. The proxy's URL of a file is made from its key and filename by ``url_of``.
@@ -121,14 +121,6 @@ class PackedPublished(Sequence[PublishedFile]):
     def __iter__(self) -> Iterator[PublishedFile]:
         for index in range(len(self)):
             yield self._decode(index)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return sequences_equal(self, other)
-
-    def __hash__(self) -> int:
-        return id(self)
 
     def filenames(self) -> Iterator[str]:
         for index in range(len(self)):
