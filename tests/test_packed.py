@@ -11,7 +11,7 @@ from types import MappingProxyType
 from urllib.parse import urldefrag, urljoin
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nightproxy.index import prepared
@@ -124,6 +124,9 @@ _JSON = st.recursive(
     st.booleans(),
 )
 @settings(max_examples=300)
+# A chunk ending inside a number's exponent ("...e+" then "16]}"), found by this test.
+@example({}, [3.9434785314814536e16], [len('{"files": [3.9434785314814536e+')], False)
+@example({"k": 1e16}, [], [len('{"k": 1e+')], False)
 def test_array_elements_read_in_any_chunks_are_what_json_loads_reads(
     others: dict[str, object], files: list[object], cuts: list[int], spaced: bool
 ) -> None:

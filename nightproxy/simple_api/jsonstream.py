@@ -29,6 +29,18 @@ class JsonStreamError(ValueError):
     """The text is not a JSON object (or is cut short)."""
 
 
+#: What can follow the digits a number was read up to, as part of the same number.
+_NUMBER_TAIL = frozenset("0123456789+-.eE")
+
+
+def _number_cut_short(value: object, buffer: str, after: int) -> bool:
+    """Whether a number read up to ``after`` may go on past the end of ``buffer`` (only
+    characters of a number's tail follow it there)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return all(char in _NUMBER_TAIL for char in buffer[after:])
+
+
 class ArrayMember:
     """Feed text with ``feed``, end with ``close``; ``on_element`` gets each element of the
     object's member ``key`` (which must be an array) in order."""
@@ -95,8 +107,12 @@ class ArrayMember:
             return False, None
         except RecursionError:
             raise JsonStreamError("nested too deeply") from None
-        if end == len(self._buffer) and not eof and not isinstance(value, dict | list | str):
-            return False, None  # "12" may be "123" once the next chunk is here
+        if (
+            not eof
+            and not isinstance(value, dict | list | str)
+            and (end == len(self._buffer) or _number_cut_short(value, self._buffer, end))
+        ):
+            return False, None  # "12" may be "123", "1e+" "1e+5", once the next chunk is here
         self._pos = end
         return True, value
 
@@ -198,6 +214,9 @@ class ArrayMember:
                 after = _blank_end(buffer, after)
             if after >= end and not (eof and isinstance(value, dict | list | str)):
                 # The element may go on in the next chunk ("12" of "123"), or what follows it.
+                break
+            if not eof and _number_cut_short(value, buffer, after):
+                # "1.5e+" at the end of a chunk reads as 1.5: its exponent is still to come.
                 break
             on_element(value)
             char = buffer[after] if after < end else ""
