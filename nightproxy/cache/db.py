@@ -150,9 +150,9 @@ def open_database(path: Path, lock_path: Path) -> tuple[Database, str | None]:
         except DatabaseTooNewError:
             raise
         except (sqlite3.DatabaseError, OSError) as exc:
-            if _passing(exc):
+            if passing_failure(exc):
                 raise
-            aside = _move_aside(path)
+            aside = move_aside(path)
             note = f"{path.name} was unreadable ({_describe(exc)}); moved to {aside.name}"
         return Database(_connect(path)), note
 
@@ -206,7 +206,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("COMMIT")
 
 
-def _move_aside(path: Path) -> Path:
+def move_aside(path: Path) -> Path:
+    """Disk I/O. Rename a broken SQLite database (and its journal files) to
+    ``<name>.broken-<time>``, kept for inspection; the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
     aside = path.with_name(f"{path.name}.broken-{stamp}")
     n = 1
@@ -226,7 +228,9 @@ def _move_aside(path: Path) -> Path:
 _PASSING_CODES = frozenset({3, 5, 6, 7, 8, 9, 13})
 
 
-def _passing(exc: BaseException) -> bool:
+def passing_failure(exc: BaseException) -> bool:
+    """Whether opening a database failed for a reason that says nothing about the file
+    (busy, locked, permissions, full...): such a database is never moved aside."""
     if isinstance(exc, PermissionError):
         return True
     code = getattr(exc, "sqlite_errorcode", None)

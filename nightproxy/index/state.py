@@ -15,11 +15,11 @@ import contextlib
 import logging
 import sqlite3
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from nightproxy.cache.db import move_aside, passing_failure
 from nightproxy.index.codec import (
     gone_from_json,
     gone_to_json,
@@ -137,9 +137,9 @@ class IndexState:
         try:
             self._db = _connect(self.path, self.root)
         except sqlite3.DatabaseError as exc:
-            if _passing(exc):
+            if passing_failure(exc):
                 raise
-            aside = _move_aside(self.path)
+            aside = move_aside(self.path)
             log.warning(
                 "%s could not be read (%s): moved to %s; saved pages start afresh",
                 self.path,
@@ -312,27 +312,3 @@ def _migrate(db: sqlite3.Connection, root: Path) -> None:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _move_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{path.name}.broken-{stamp}")
-    n = 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}.broken-{stamp}-{n}")
-    path.rename(aside)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            path.with_name(path.name + suffix).rename(aside.with_name(aside.name + suffix))
-    return aside
-
-
-#: SQLite result codes that say nothing about the file itself (busy, locked, read-only,
-#: permissions, full, out of memory, interrupted): such a database is never moved aside.
-_PASSING_CODES = frozenset({3, 5, 6, 7, 8, 9, 13})
-
-
-def _passing(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in _PASSING_CODES
