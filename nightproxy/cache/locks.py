@@ -112,15 +112,7 @@ def claim_blob(path: Path) -> int | None:
     Raises ``FileNotFoundError`` when the blob is already gone. Delete the file before closing
     the descriptor, so that no reader can pin it in between.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in _BUSY:
-            return None
-        raise
-    return fd
+    return _exclusive_or_none(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
 
 
 @contextlib.contextmanager
@@ -136,7 +128,11 @@ def exclusive(path: Path) -> Iterator[None]:
 
 def try_exclusive(path: Path) -> int | None:
     """Disk I/O. A descriptor holding an exclusive lock on ``path``, None if someone has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    return _exclusive_or_none(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _exclusive_or_none(fd: int) -> int | None:
+    """``fd`` holding an exclusive lock, or None (``fd`` closed) while someone else has one."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
