@@ -228,6 +228,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load = Load()
     out: dict[str, Any] = {}
     try:
+        if args.only == "hit":
+            # The shared-tier hit alone: one replica fills the files and shares them.
+            prefix = "hit/"
+            port = bench.start_replica(prefix)
+            bench.start_nginx()
+            base = f"http://127.0.0.1:{port}"
+            load.ask(op="fetch", url=f"{base}/simple/blob/", clients=1, headers={})
+            for i in range(args.reps + 1):
+                name = f"blob-2.{i}-py3-none-any.whl"
+                load.ask(op="fetch", url=bench.file_url(base, name), clients=1, headers={})
+            out["shared_hit"] = shared_hit(bench, load, args.reps, prefix)
+            return out
         for count in (1, 3):
             prefix = f"fleet{count}/"
             bench.stop_replicas()
@@ -358,9 +370,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--only", choices=["hit"], help="run only the shared-tier hit")
     args = parser.parse_args()
     out = run(args)
     print(json.dumps(out, indent=2))
+    if args.only == "hit":
+        _print_hit(out["shared_hit"])
+        return 0
     one, three = out["1 replica(s)"], out["3 replica(s)"]
     print("\n| scenario | 1 replica | 3 replicas | ratio |\n|---|---|---|---|")
     for key, label in (("page", "500-file page JSON c=32 (req/s)"),
@@ -371,13 +387,16 @@ def main() -> int:
     print(f"\nherd (32 clients, 3 replicas): upstream GETs {herd['upstream_gets']}, median "
           f"{herd['median_ms']:.0f} ms vs nginx direct {herd['nginx_ms']:.0f} ms "
           f"({herd['median_ms'] / herd['nginx_ms']:.2f}x)")
-    hit = out["shared_hit"]
+    _print_hit(out["shared_hit"])
+    return 0
+
+
+def _print_hit(hit: dict[str, float]) -> None:
     ratio = hit["through_replica_ms"] / hit["direct_store_ms"]
     print(f"shared-tier hit {hit['through_replica_ms']:.0f} ms vs direct store GET "
           f"{hit['direct_store_ms']:.0f} ms hashed by the client as load.py does ({ratio:.2f}x), "
           f"{hit['direct_store_raw_ms']:.0f} ms without "
           f"({hit['through_replica_ms'] / hit['direct_store_raw_ms']:.2f}x)")
-    return 0
 
 
 if __name__ == "__main__":
