@@ -31,7 +31,13 @@ async def tiers(
         made = tuple(
             SharedTier(
                 session,
-                SharedSettings(store=store, replica_id=name, peer_url=None, max_size=2 * MIB + 1),
+                SharedSettings(
+                    store=store,
+                    replica_id=name,
+                    peer_url=None,
+                    max_size=2 * MIB + 1,
+                    announce_within=0.5,
+                ),
             )
             for name in ("p1", "p2")
         )

@@ -20,7 +20,7 @@ import random
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TypedDict, Unpack
+from typing import TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -57,6 +57,7 @@ class _Parts(TypedDict, total=False):
 
 #: Told of every request's outcome: None for an answer, the error for a failure of the store.
 HealthHook = Callable[[StoreError | None], None]
+_Item = TypeVar("_Item")
 
 
 def _hash(body: bytes) -> str:
@@ -73,9 +74,23 @@ class ObjectReader:
         self._what = what
 
     async def chunks(self, size: int = READ_CHUNK) -> AsyncIterator[bytes]:
+        async for chunk in self._guarded(self._sized(size)):
+            yield chunk
+
+    async def chunks_as_received(self) -> AsyncIterator[bytes]:
+        """The body in the pieces the connection received, never joined (copied) into
+        larger ones: what a stream to disk and to clients wants."""
+        async for chunk in self._guarded(self.response.content.iter_chunks()):
+            yield chunk[0]
+
+    async def _sized(self, size: int) -> AsyncIterator[bytes]:
+        while chunk := await self.response.content.read(size):
+            yield chunk
+
+    async def _guarded(self, body: AsyncIterator[_Item]) -> AsyncIterator[_Item]:
         try:
-            while chunk := await self.response.content.read(size):
-                yield chunk
+            async for item in body:
+                yield item
         except TimeoutError as exc:
             raise StoreDownError(f"{self._what}: timed out reading the body") from exc
         except aiohttp.ClientError as exc:

@@ -2,7 +2,8 @@
 
 Requests are forwarded unchanged (``Host`` included, so SigV4 signatures stay valid) to the
 target, unless a fault is armed: answer the next requests with an S3 error (``SlowDown``, a
-500), hold them for a while (a slow store), or cut an object's body halfway.
+500), hold them for a while (a slow store, or only requests of one kind), pace bodies, or cut
+an object's body halfway.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class FaultyStoreProxy(FakeServer):
         self.fault: Fault | None = None
         self.delay = 0.0
         self.cut_bodies = False
+        #: (method, path fragment) -> seconds: hold only the matching requests.
+        self.slow: dict[tuple[str, str], float] = {}
+        #: Seconds between two 64 KiB pieces of a GET's body.
+        self.pace = 0.0
         self.forwarded = 0
         self.failed = 0
         self._session: aiohttp.ClientSession | None = None
@@ -48,6 +53,8 @@ class FaultyStoreProxy(FakeServer):
         self.fault = None
         self.delay = 0.0
         self.cut_bodies = False
+        self.slow = {}
+        self.pace = 0.0
 
     def make_app(self) -> web.Application:
         # Store bodies (multipart parts) pass through whole: no 1 MiB cap on what it reads.
@@ -64,6 +71,9 @@ class FaultyStoreProxy(FakeServer):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.delay:
             await asyncio.sleep(self.delay)
+        for (method, fragment), seconds in self.slow.items():
+            if request.method == method and fragment in request.path:
+                await asyncio.sleep(seconds)
         fault = self.fault
         if fault is not None and fault.remaining > 0:
             fault.remaining -= 1
@@ -99,5 +109,7 @@ class FaultyStoreProxy(FakeServer):
                     raise ConnectionResetError("cut by the test")
                 await response.write(chunk)
                 sent += len(chunk)
+                if self.pace and request.method == "GET":
+                    await asyncio.sleep(self.pace)
             await response.write_eof()
             return response

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -44,15 +44,22 @@ def sha_of_blob_key(key: str) -> str | None:
 
 
 class StoreDownload(Download):
-    """A blob read from the store, as the fill machinery reads any download."""
+    """A blob read from the store, as the fill machinery reads any download.
+
+    ``check``, where set, is called before each chunk is passed on: it raises when the
+    chunk must not be used (the read's announcement to the pruner, ``readers``, is late).
+    """
 
     def __init__(self, reader: ObjectReader) -> None:
         self._reader = reader
         self.size = reader.info.size if reader.info.size >= 0 else None
         self.etag = reader.info.etag
+        self.check: Callable[[], None] | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._reader.chunks(1024 * 1024):
+        async for chunk in self._reader.chunks_as_received():
+            if self.check is not None:
+                self.check()
             yield chunk
 
 

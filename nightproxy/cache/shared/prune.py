@@ -3,8 +3,8 @@
 Whoever holds the ``prune`` lease lists the blobs, orders them by last use across the fleet
 (the later of a blob's upload and every replica's ``usage/`` record), and removes the least
 recently used until the tier fits ``max_size``, plus any unused for ``max_age``. A victim is
-first marked ``doomed/``, then spared if any live ``readers/`` object lists it (see
-``readers``): no read in flight anywhere is ever cut short. The work stops as soon as the lease
+first marked ``doomed/``, then, after a grace, spared if any live ``readers/`` object lists it
+(see ``readers``): no read in flight anywhere is ever cut short. The work stops as soon as the lease
 is lost.
 """
 
@@ -157,6 +157,10 @@ async def prune_once(tier: SharedTier) -> PruneReport | None:
                     return report
                 await tier.store.put(DOOMED + sha, b"", content_type="text/plain")
                 marked.append(sha)
+            if marked:
+                # A read that started just before a mark landed (so missed it) has announced
+                # itself by now, or stopped using the blob.
+                await asyncio.sleep(2 * tier.settings.announce_within)
             reading = await _being_read(tier)
             for sha in marked:
                 if keeper.lost.is_set():

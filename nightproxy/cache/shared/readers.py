@@ -2,16 +2,20 @@
 
 Each replica keeps ``readers/<replica>``: the sha256s it is reading from the store right now,
 rewritten when a read starts and renewed while any is running. The pruner and the readers
-order their writes and reads the same way round (Dekker's handshake, on a store with
-read-after-write consistency):
+meet through the store (read-after-write consistent) and a bound on time, so that the reader's
+write (a PUT, the slowest request of a read's start) runs beside its first bytes instead of
+before them:
 
-- the pruner marks a victim (``doomed/<sha>``), *then* reads every live ``readers/`` object,
-  and deletes only victims nobody lists;
-- a reader lists the blob in its ``readers/`` object, *then* checks for the mark, and treats a
-  marked blob as missing (it may have started its GET already: it passes on no byte before
-  the check).
+- the pruner marks its victims (``doomed/<sha>``), waits ``2 * announce_within``, *then* reads
+  every live ``readers/`` object, and deletes only victims nobody lists;
+- a reader checks for the mark as it starts its GET, and treats a marked blob as missing; it
+  lists the blob in its ``readers/`` object at the same moment, and uses no byte received
+  after ``announce_within`` unless that write has landed (it goes on from another source).
 
-Whichever writes first, one of them sees the other: a blob is never deleted under a reader.
+A mark written after the reader's check (which it therefore missed) is followed by the
+pruner's look at least ``2 * announce_within`` later, by which time the reader's entry has
+landed or the reader has stopped using the blob: a blob is never deleted under a read. Both
+bounds are durations on each party's own monotonic clock, so the clocks need not agree.
 A replica that dies stops renewing its object, and the pruner ignores it after ``READERS_TTL``.
 It also records when it last used each blob (``usage/<replica>``), which the pruner merges to
 order blobs by last use across the fleet.
@@ -28,7 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from nightproxy.objectstore import ObjectNotFoundError, ObjectStore, StoreError
+from nightproxy.objectstore import ObjectNotFoundError, ObjectStore, StoreDownError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,52 @@ USAGE = "usage/"
 READERS_TTL = 30.0
 
 
+class Read:
+    """One read of a blob from the store: its mark check, started with it, and its
+    announcement, started once the GET found the blob (a miss writes nothing)."""
+
+    def __init__(self, registry: ReadRegistry, sha256: str, within: float) -> None:
+        self.sha256 = sha256
+        self._registry = registry
+        # From before the check is sent: the bound the pruner's wait relies on.
+        self.deadline = time.monotonic() + within
+        self._check = asyncio.ensure_future(registry.check_unmarked(sha256))
+        self._announce: asyncio.Future[None] | None = None
+
+    def announce(self) -> None:
+        if self._announce is None:
+            self._announce = asyncio.ensure_future(self._registry.publish())
+
+    async def cleared(self) -> None:
+        """Until the mark check answered; ``ObjectNotFoundError`` when the blob is marked."""
+        await self._check
+
+    def usable(self) -> None:
+        """Raise ``StoreDownError`` if bytes received now must not be used: the announcement
+        failed, or has not landed by the deadline (a pruner may no longer see this read)."""
+        announce = self._announce
+        if announce is None:
+            raise StoreDownError(f"{self.sha256}: the read was not announced")
+        if announce.done():
+            if announce.cancelled() or announce.exception() is not None:
+                raise StoreDownError(f"{self.sha256}: the read could not be announced")
+        elif time.monotonic() > self.deadline:
+            raise StoreDownError(f"{self.sha256}: the read was not announced in time")
+
+    async def close(self) -> None:
+        tasks = [self._check] if self._announce is None else [self._check, self._announce]
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        # Retrieved, so that a failure nobody awaited is not reported as never retrieved.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class ReadRegistry:
-    def __init__(self, store: ObjectStore, replica_id: str) -> None:
+    def __init__(self, store: ObjectStore, replica_id: str, announce_within: float) -> None:
         self.store = store
         self.replica_id = replica_id
+        self.announce_within = announce_within
         self._reading: Counter[str] = Counter()
         self._published: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
@@ -53,7 +99,7 @@ class ReadRegistry:
     def note_use(self, sha256: str) -> None:
         self.used[sha256] = time.time()
 
-    async def _publish(self, *, force: bool = False) -> None:
+    async def publish(self, *, force: bool = False) -> None:
         async with self._lock:
             current = frozenset(sha for sha, n in self._reading.items() if n > 0)
             if current == self._published and not force:
@@ -64,22 +110,23 @@ class ReadRegistry:
             )
             self._published = current
 
-    @asynccontextmanager
-    async def reading(self, sha256: str) -> AsyncIterator[None]:
-        """Announce a read of the blob for as long as it lasts; ``ObjectNotFoundError`` when
-        the pruner has marked it for deletion."""
-        self._reading[sha256] += 1
+    async def check_unmarked(self, sha256: str) -> None:
         try:
-            await self._publish()
-            try:
-                await self.store.head(DOOMED + sha256)
-            except ObjectNotFoundError:
-                pass
-            else:
-                raise ObjectNotFoundError(f"{sha256}: being removed from the shared tier")
+            await self.store.head(DOOMED + sha256)
+        except ObjectNotFoundError:
+            return
+        raise ObjectNotFoundError(f"{sha256}: being removed from the shared tier")
+
+    @asynccontextmanager
+    async def reading(self, sha256: str) -> AsyncIterator[Read]:
+        """Announce a read of the blob for as long as it lasts (see the module's protocol)."""
+        self._reading[sha256] += 1
+        read = Read(self, sha256, self.announce_within)
+        try:
             self.note_use(sha256)
-            yield
+            yield read
         finally:
+            await read.close()
             self._reading[sha256] -= 1
             if self._reading[sha256] <= 0:
                 del self._reading[sha256]
@@ -94,7 +141,7 @@ class ReadRegistry:
             ticks += 1
             with contextlib.suppress(StoreError):
                 if self._reading or self._published:
-                    await self._publish(force=bool(self._reading))
+                    await self.publish(force=bool(self._reading))
                 if ticks % flush_every == 0:
                     await self.flush_usage()
 

@@ -31,6 +31,10 @@ class SharedSettings:
     fill_lease_ttl: float = 10.0
     #: Seconds between two runs of the shared budget's enforcement (under a lease).
     prune_interval: float = 300.0
+    #: Seconds a read of a blob may take to announce itself to the pruner, which waits twice
+    #: that between marking its victims and looking for readers (``readers``). Not
+    #: configurable: every replica of a fleet must agree on it; tests shorten it.
+    announce_within: float = 5.0
 
     @property
     def peer_secret(self) -> str:

@@ -51,7 +51,7 @@ class SharedTier:
         # hold leases and announce reads each in their own name.
         self.holder = f"{settings.replica_id}.{os.getpid()}"
         self.leases = Leases(self.store, holder=self.holder, url=settings.peer_url)
-        self.readers = ReadRegistry(self.store, self.holder)
+        self.readers = ReadRegistry(self.store, self.holder, settings.announce_within)
         self.peer_token = peer_token(settings.peer_secret)
         self.stats: Counter[str] = Counter()
         self._held: dict[str, LeaseKeeper] = {}
@@ -112,12 +112,17 @@ class SharedTier:
     async def reading(self, sha256: str, offset: int = 0) -> AsyncIterator[StoreDownload]:
         """A blob from the store, announced to the pruner for as long as it is read.
 
-        The GET goes first, so that a miss (the common case while a fill runs) costs one
-        request; the read is announced and the pruner's mark checked before any byte is passed
-        on, which is all the handshake in ``readers`` needs: a pruner that did not see this
-        read marked the blob before the check.
+        The GET and the pruner's mark check start together, and the first byte waits for
+        both; the announcement starts once the GET found the blob (a miss, common while a fill
+        runs, writes nothing) and lands beside the body (the protocol in ``readers``).
         """
-        async with self.blobs.open(sha256, start=offset) as download, self.readers.reading(sha256):
+        async with (
+            self.readers.reading(sha256) as read,
+            self.blobs.open(sha256, start=offset) as download,
+        ):
+            read.announce()
+            await read.cleared()
+            download.check = read.usable
             yield download
 
     def hold(self, key: str, keeper: LeaseKeeper) -> None:

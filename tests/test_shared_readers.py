@@ -1,0 +1,132 @@
+"""Reads of the shared tier against the pruner, when the read's announcement is slow.
+
+A read announces itself (a PUT of its replica's ``readers/`` object) beside its first bytes,
+not before them. These tests slow that PUT down through a proxy in front of real SeaweedFS and
+check both halves of the protocol in ``nightproxy.cache.shared.readers``: the pruner waits long
+enough to see a late announcement, and a read whose announcement is later still stops using
+the store's bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from nightproxy.cache.shared.prune import prune_once
+from nightproxy.cache.shared.settings import SharedSettings
+from nightproxy.cache.shared.tier import SharedTier
+from nightproxy.objectstore import ObjectNotFoundError, StoreDownError
+from tests.fakes.faulty_store import FaultyStoreProxy
+from tests.seaweed import SeaweedServer
+
+MIB = 1024 * 1024
+#: How long a read may take to announce itself, here (the default is 5 s).
+WITHIN = 0.5
+
+
+@pytest.fixture
+async def proxy(seaweed: SeaweedServer, start_fake: Any) -> FaultyStoreProxy:
+    return await start_fake(FaultyStoreProxy(seaweed.endpoint))
+
+
+@pytest.fixture
+async def tiers(
+    seaweed: SeaweedServer, s3_prefix: str, proxy: FaultyStoreProxy
+) -> AsyncIterator[tuple[SharedTier, SharedTier]]:
+    """A pruner talking to the store directly, and a reader going through the proxy."""
+    direct = seaweed.store_settings(s3_prefix)
+    async with aiohttp.ClientSession() as session:
+        made = [
+            SharedTier(
+                session,
+                SharedSettings(
+                    store=store,
+                    replica_id=name,
+                    peer_url=None,
+                    max_size=MIB,
+                    announce_within=WITHIN,
+                ),
+            )
+            for name, store in (
+                ("pruner", direct),
+                ("reader", dataclasses.replace(direct, endpoint=proxy.base_url)),
+            )
+        ]
+        yield made[0], made[1]
+        for tier in made:
+            await tier.close()
+
+
+async def _upload(tier: SharedTier, tmp_path: Path, name: str) -> tuple[str, bytes]:
+    data = os.urandom(MIB)
+    path = tmp_path / name
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    assert await tier.blobs.upload_file(path, sha)
+    return sha, data
+
+
+async def test_a_late_announcement_is_still_seen_by_the_pruner(
+    tiers: tuple[SharedTier, SharedTier], proxy: FaultyStoreProxy, tmp_path: Path
+) -> None:
+    """A read whose announcement lands after the pruner marked the blob (but within the
+    bound) is seen by the pruner, which waits for it: the blob is spared and read whole."""
+    pruner, reader = tiers
+    sha, data = await _upload(pruner, tmp_path, "a")
+    kept, _ = await _upload(pruner, tmp_path, "b")
+    # Over budget, and ``kept`` used lately: ``sha`` is the victim.
+    pruner.readers.used = {kept: time.time() + 60}
+    await pruner.readers.flush_usage()
+    proxy.slow[("PUT", "/readers/")] = WITHIN / 2
+    async with reader.reading(sha) as download:
+        chunks = download.chunks()
+        received = [await anext(chunks)]
+        # The mark lands now, before the reader's announcement does.
+        report = await prune_once(pruner)
+        received += [chunk async for chunk in chunks]
+    assert b"".join(received) == data
+    assert report is not None
+    assert (report.spared, report.deleted) == ([sha], [])
+    assert await pruner.blobs.exists(sha)
+
+
+async def test_a_read_not_announced_in_time_stops_using_the_stores_bytes(
+    tiers: tuple[SharedTier, SharedTier], proxy: FaultyStoreProxy, tmp_path: Path
+) -> None:
+    """Past the bound without its announcement having landed, a read refuses the store's next
+    bytes (a pruner may no longer see it), so its fill goes on from another source."""
+    _, reader = tiers
+    sha, _ = await _upload(reader, tmp_path, "a")
+    proxy.slow[("PUT", "/readers/")] = 30.0
+    proxy.pace = WITHIN / 4  # 16 pieces of 64 KiB: the body outlasts the bound
+    received = 0
+
+    async def read() -> None:
+        nonlocal received
+        async with reader.reading(sha) as download:
+            async for chunk in download.chunks():
+                received += len(chunk)
+
+    with pytest.raises(StoreDownError, match="not announced in time"):
+        await read()
+    assert 0 < received < MIB
+
+
+async def test_a_marked_blob_is_not_read(
+    tiers: tuple[SharedTier, SharedTier], tmp_path: Path
+) -> None:
+    """A read that starts after the pruner marked the blob treats it as missing."""
+    pruner, reader = tiers
+    sha, _ = await _upload(pruner, tmp_path, "a")
+    await pruner.store.put(f"doomed/{sha}", b"", content_type="text/plain")
+    with pytest.raises(ObjectNotFoundError, match="being removed"):
+        async with reader.reading(sha):
+            pass
