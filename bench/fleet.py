@@ -291,6 +291,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load.close()
         kill_all()
         seaweed.stop()
+        # Hundreds of MB of blobs: left behind, they slow the next run's page-cache writes.
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -323,10 +325,19 @@ async def _wait_uploaded(bench: Bench, prefix: str, shas: list[str]) -> None:
                     await asyncio.sleep(0.2)
 
 
+def cpu_ms(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def shared_hit(bench: Bench, load: Load, reps: int, prefix: str) -> dict[str, float]:
     """Files in the store but not on the replica's disk, through a warm replica (started
     after the herd, warmed on another such file), against direct signed GETs of the same
-    blobs from the store (an aiohttp client in both cases)."""
+    blobs from the store (an aiohttp client in both cases).
+
+    Also the CPU time each process spent per hit: on a machine with fewer cores than busy
+    processes, the hit's wall time cannot be below their sum divided by the cores."""
     import aiohttp
 
     names = [f"blob-2.{i}-py3-none-any.whl" for i in range(reps + 1)]
@@ -336,15 +347,22 @@ def shared_hit(bench: Bench, load: Load, reps: int, prefix: str) -> dict[str, fl
     load.ask(op="fetch", url=f"{base}/simple/blob/", clients=1, headers={})
     load.ask(op="fetch", url=bench.file_url(base, names[0]), clients=1, headers={})
     through: list[float] = []
+    assert bench.seaweed.process is not None
+    pids = {"replica": bench.replicas[-1].pid, "store": bench.seaweed.process.pid,
+            "client": load.proc.pid}
+    before = {who: cpu_ms(pid) for who, pid in pids.items()}
     for name in names[1:]:
         result = load.ask(op="fetch", url=bench.file_url(base, name), clients=1, headers={})
         assert result["clients"][0]["sha256"] == bench.shas[name]
         through.append(result["clients"][0]["total_ms"])
+    cpu = {f"cpu_{who}_ms": (cpu_ms(pid) - before[who]) / reps for who, pid in pids.items()}
 
     async def direct(verify: bool) -> list[float]:
         # ``verify``: the client hashes the body as it arrives, as load.py does for the
         # replica's answers, so that both sides do the same client work.
         times = []
+        assert bench.seaweed.process is not None
+        store_cpu, own_cpu = cpu_ms(bench.seaweed.process.pid), time.process_time()
         async with aiohttp.ClientSession() as session:
             store = _store(bench, session, prefix)
             for name in names:
@@ -357,12 +375,17 @@ def shared_hit(bench: Bench, load: Load, reps: int, prefix: str) -> dict[str, fl
                             digest.update(chunk)
                 times.append((time.perf_counter() - t0) * 1e3)
                 assert not verify or digest.hexdigest() == sha
+        if verify:
+            store_pid = bench.seaweed.process.pid
+            cpu["cpu_direct_store_ms"] = (cpu_ms(store_pid) - store_cpu) / len(names)
+            cpu["cpu_direct_client_ms"] = (time.process_time() - own_cpu) * 1000 / len(names)
         return times[1:]
 
     return {
         "through_replica_ms": median(through),
         "direct_store_ms": median(asyncio.run(direct(verify=True))),
         "direct_store_raw_ms": median(asyncio.run(direct(verify=False))),
+        **cpu,
     }
 
 
@@ -397,6 +420,14 @@ def _print_hit(hit: dict[str, float]) -> None:
           f"{hit['direct_store_ms']:.0f} ms hashed by the client as load.py does ({ratio:.2f}x), "
           f"{hit['direct_store_raw_ms']:.0f} ms without "
           f"({hit['through_replica_ms'] / hit['direct_store_raw_ms']:.2f}x)")
+    through_cpu = hit["cpu_replica_ms"] + hit["cpu_store_ms"] + hit["cpu_client_ms"]
+    direct_cpu = hit["cpu_direct_store_ms"] + hit["cpu_direct_client_ms"]
+    cores = os.cpu_count() or 1
+    print(f"CPU per hit: replica {hit['cpu_replica_ms']:.0f} ms, store {hit['cpu_store_ms']:.0f} "
+          f"ms, client {hit['cpu_client_ms']:.0f} ms (sum {through_cpu:.0f} ms: at least "
+          f"{through_cpu / cores:.0f} ms on {cores} cores); direct: store "
+          f"{hit['cpu_direct_store_ms']:.0f} ms, client {hit['cpu_direct_client_ms']:.0f} ms "
+          f"(sum {direct_cpu:.0f} ms: at least {direct_cpu / cores:.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -30,15 +30,15 @@ class Gate:
         self.open = threading.Event()
         self.entered = threading.Event()
         self.done = 0
-        real = fill_module._write_batch
+        real = fill_module._hash_and_write
 
-        def held_write(fd: int, batch: list[bytes], offset: int) -> None:
+        def held_write(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
             self.entered.set()
             self.open.wait(WAIT)
-            real(fd, batch, offset)
+            real(fd, batch, offset, digest)
             self.done += 1
 
-        monkeypatch.setattr(fill_module, "_write_batch", held_write)
+        monkeypatch.setattr(fill_module, "_hash_and_write", held_write)
 
 
 @pytest.fixture
@@ -122,13 +122,13 @@ async def test_the_first_write_holds_only_what_had_arrived(
     bytes go out after one chunk is written, not after everything already buffered."""
     fill, fd = target
     batches: list[int] = []
-    held = fill_module._write_batch
+    held = fill_module._hash_and_write
 
-    def recording(fd: int, batch: list[bytes], offset: int) -> None:
+    def recording(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
         batches.append(len(batch))
-        held(fd, batch, offset)
+        held(fd, batch, offset, digest)
 
-    monkeypatch.setattr(fill_module, "_write_batch", recording)
+    monkeypatch.setattr(fill_module, "_hash_and_write", recording)
     digest = hashlib.sha256()
     spooler = _Spooler(fill, fd, digest, lambda _n: None)
     for part in (b"a" * 10, b"b" * 10, b"c" * 10):
