@@ -50,11 +50,11 @@ class GatedStorage(BucketStorage):
         self.record_done = asyncio.Event()
         self.finished = asyncio.Event()
 
-    async def _put_file(self, path: Path, key: str, **conditions: Any) -> str:
+    async def _put_file(self, path: Path, key: str, sha256: str, **conditions: Any) -> str:
         self.at_put.set()
         await _any(self.before_put)
         try:
-            etag = await super()._put_file(path, key, **conditions)
+            etag = await super()._put_file(path, key, sha256, **conditions)
         except PreconditionFailedError:
             self.lost_name.set()
             raise
@@ -161,8 +161,9 @@ async def test_an_upload_that_never_gets_the_name_answers_409(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """When another server holds the name's bytes but never writes their record (it died
-    between the two), an upload of that name answers 409 saying why, and lists nothing."""
+    """When another server wrote the name's bytes a moment ago and has not written their
+    record (it may be about to), an upload of that name answers 409 saying why, and lists
+    nothing."""
     monkeypatch.setattr(bucket, "WINNER_WAIT", 0.5)
     feed, storage = two_servers[0]
     await storage.store.put(f"numpy/{NAME}", b"bytes of an upload that was never recorded")

@@ -228,3 +228,16 @@ async def test_a_body_cut_short_is_store_down(
         faulty.cut_bodies = True
         with pytest.raises(StoreDownError):
             await store.get("blob")
+
+
+async def test_user_metadata_written_with_an_object_is_read_back(store: ObjectStore) -> None:
+    """Metadata given to a PUT and to a multipart upload comes back on HEAD, by lower-case
+    name, with the object's age by the store's clock."""
+    await store.put("small", b"x", metadata={"sha256": "abc"})
+    async with ObjectWriter(store, "big", metadata={"Sha256": "def"}) as writer:
+        await writer.write(os.urandom(MIN_PART_SIZE + 1))
+        await writer.commit()
+    small, big = await store.head("small"), await store.head("big")
+    assert (small.metadata, big.metadata) == ({"sha256": "abc"}, {"sha256": "def"})
+    assert small.age is not None
+    assert 0 <= small.age < 3600

@@ -11,8 +11,13 @@ A new filename is written with ``If-None-Match: *`` and a replacement with ``If-
 ETag its record names, so of two servers writing one name only one writes it; a manifest is
 only ever replaced with ``If-Match`` its ETag, so concurrent changes to one project take turns.
 Every read of a file's bytes carries ``If-Match`` the ETag its record holds: a link to
-replaced bytes fails, it never gives the new ones. Bytes move to and from the trash by
-server-side copies.
+replaced bytes never gives the new ones (it is served from the trash, where the bytes of a
+replaced file go first, or fails). Bytes move to and from the trash by server-side copies.
+
+Every named object carries its sha256 as user metadata, which settles what a conditional write
+alone cannot: a write whose answer was lost (the retry then loses its own condition) is known
+for this upload's by its sha256, and a named object no record lists after ``STRAY_AGE`` (a
+server died between writing bytes and record) is written over.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,6 +63,12 @@ log = logging.getLogger(__name__)
 #: How long a named object without a record may be an upload in progress on another server;
 #: older, it is what a crash between writing the bytes and the record left, and is removed.
 ORPHAN_AGE = timedelta(hours=1)
+#: Seconds (by the store's clock) after which a named object no record lists is taken for the
+#: bytes of an upload that died before writing its record: an upload writes its record right
+#: after its bytes.
+STRAY_AGE = 10.0
+#: The user metadata naming the sha256 of a named object's bytes.
+SHA_META = "sha256"
 #: How long an upload that lost the race for a filename waits for the winner's record.
 WINNER_WAIT = 10.0
 READ_CHUNK = 1024 * 1024
@@ -85,7 +96,13 @@ class BucketStorage(BucketManifests, Storage):
         if entry is None or entry.record.trashed_at is not None:
             raise ObjectNotFoundError(f"{record.filename}: no longer listed")
         key = named_key(record.project, record.filename)
-        async with self.store.open(key, if_match=entry.etag) as reader:
+        async with AsyncExitStack() as stack:
+            try:
+                reader = await stack.enter_async_context(self.store.open(key, if_match=entry.etag))
+            except PreconditionFailedError:
+                # Overwritten by an upload that has not written (or never wrote) its record:
+                # the listed bytes were copied to the trash before that write.
+                reader = await stack.enter_async_context(self.store.open(trash_key(record.sha256)))
             yield reader.chunks(READ_CHUNK)
 
     # -- opening ---------------------------------------------------------------------------
@@ -113,9 +130,15 @@ class BucketStorage(BucketManifests, Storage):
     # -- changing --------------------------------------------------------------------------
 
     async def _put_file(
-        self, path: Path, key: str, *, if_none_match: bool = False, if_match: str | None = None
+        self,
+        path: Path,
+        key: str,
+        sha256: str,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
     ) -> str:
-        async with ObjectWriter(self.store, key) as writer:
+        async with ObjectWriter(self.store, key, metadata={SHA_META: sha256}) as writer:
             handle = await asyncio.to_thread(path.open, "rb")
             try:
                 while chunk := await asyncio.to_thread(handle.read, writer.part_size):
@@ -125,16 +148,21 @@ class BucketStorage(BucketManifests, Storage):
             return await writer.commit(if_none_match=if_none_match, if_match=if_match)
 
     async def commit(self, staged: Staged, new: NewFile, *, overwrite: bool) -> CommitResult:
+        orphan: str | None = None
         for _attempt in range(CAS_ATTEMPTS):
             try:
-                return await self._commit(staged, new, overwrite=overwrite)
+                return await self._commit(staged, new, overwrite=overwrite, orphan=orphan)
             except _OvertakenError as lost:
                 # Another upload of this name wrote its bytes first: once its record is
                 # written, this one is the same bytes, refused, or (overwrite) replaces it.
-                await self._next_record(new, lost.expected)
+                orphan = await self._next_record(new, lost.expected)
         raise StaleError(f"{new.filename}: other uploads of this name kept winning; upload again")
 
-    async def _commit(self, staged: Staged, new: NewFile, *, overwrite: bool) -> CommitResult:
+    async def _commit(
+        self, staged: Staged, new: NewFile, *, overwrite: bool, orphan: str | None = None
+    ) -> CommitResult:
+        """``orphan``: the ETag of a named object no record lists (its upload died), which
+        this one writes over."""
         project, key = new.project, named_key(new.project, new.filename)
         etag, manifest = await self._read(project)
         existing = manifest.live_named(new.filename)
@@ -148,7 +176,9 @@ class BucketStorage(BucketManifests, Storage):
         # MinIO and SeaweedFS honour If-None-Match and If-Match on PUT and on
         # CompleteMultipartUpload.)
         expected = None if existing is None else existing.etag
-        if existing is None:
+        if orphan is not None:
+            pass  # the bytes the record names went to the trash before the orphan's write
+        elif existing is None:
             # A deleted file of this name whose named object a failure left behind.
             await self._unlink(
                 project, [e for e in manifest.unlinking() if e.record.filename == new.filename]
@@ -162,12 +192,21 @@ class BucketStorage(BucketManifests, Storage):
                 )
             except (PreconditionFailedError, ObjectNotFoundError):
                 raise _OvertakenError(expected) from None
+        object_etag: str | None
         try:
             object_etag = await self._put_file(
-                staged.path, key, if_none_match=existing is None, if_match=expected
+                staged.path,
+                key,
+                new.sha256,
+                if_none_match=existing is None and orphan is None,
+                if_match=orphan or expected,
             )
         except (PreconditionFailedError, ObjectNotFoundError):
-            raise _OvertakenError(expected) from None
+            # Lost to another write, unless the write that won was this one's (its answer was
+            # lost, and the retry lost to it) or of these very bytes.
+            object_etag = await self._holding(key, new.sha256)
+        if object_etag is None:
+            raise _OvertakenError(expected)
         if staged.metadata is not None and new.metadata_sha256 is not None:
             # Already there means the same bytes, stored for an earlier upload.
             with suppress(PreconditionFailedError):
@@ -202,16 +241,39 @@ class BucketStorage(BucketManifests, Storage):
             return CommitResult(outcome, record, None if replaced is None else replaced.record)
         raise StaleError(f"{project}: its records kept changing; upload again")
 
-    async def _next_record(self, new: NewFile, expected: str | None) -> None:
+    async def _holding(self, key: str, sha256: str) -> str | None:
+        """The named object's ETag if it holds the bytes ``sha256`` names, else None."""
+        try:
+            info = await self.store.head(key)
+        except ObjectNotFoundError:
+            return None
+        return info.etag if info.metadata.get(SHA_META) == sha256 else None
+
+    async def _next_record(self, new: NewFile, expected: str | None) -> str | None:
         """Wait until the name's record no longer names ``expected`` (None: no bytes), which
-        the upload that won the name writes next."""
+        the upload that won the name writes next; None once it does.
+
+        When it does not within ``WINNER_WAIT`` and the named object was written over
+        ``STRAY_AGE`` ago (by the store's clock), the upload that wrote it died before its
+        record: the object's ETag, to write over.
+        """
+        key = named_key(new.project, new.filename)
         deadline = asyncio.get_running_loop().time() + WINNER_WAIT
         while True:
             _etag, manifest = await self._read(new.project)
             live = manifest.live_named(new.filename)
             if (None if live is None else live.etag) != expected:
-                return
+                return None
             if asyncio.get_running_loop().time() > deadline:
+                with suppress(ObjectNotFoundError):
+                    info = await self.store.head(key)
+                    if info.etag != expected and (info.age or 0.0) > STRAY_AGE:
+                        log.warning(
+                            "hosted feed: %s was written by an upload that recorded nothing; "
+                            "writing over it",
+                            key,
+                        )
+                        return info.etag
                 raise StaleError(
                     f"{new.filename}: another upload of this name is still in progress; "
                     "upload again"

@@ -60,6 +60,12 @@ HealthHook = Callable[[StoreError | None], None]
 _Item = TypeVar("_Item")
 
 
+def _with_metadata(headers: dict[str, str], metadata: Mapping[str, str] | None) -> dict[str, str]:
+    for name, value in (metadata or {}).items():
+        headers[wire.META + name] = value
+    return headers
+
+
 def _hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -309,12 +315,14 @@ class ObjectStore:
         if_none_match: bool = False,
         if_match: str | None = None,
         content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
-        """Write the object whole; its new ETag.
+        """Write the object whole; its new ETag. ``metadata``: user metadata to store with it
+        (``ObjectInfo.metadata`` of a later HEAD or GET).
 
         ``PreconditionFailedError`` when a condition lost: the key exists, or changed.
         """
-        headers = {"Content-Type": content_type}
+        headers = _with_metadata({"Content-Type": content_type}, metadata)
         if if_none_match:
             headers["If-None-Match"] = "*"
         if if_match is not None:
@@ -389,13 +397,16 @@ class ObjectStore:
     # -- multipart uploads ----------------------------------------------------------------
 
     async def create_multipart(
-        self, key: str, *, content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
-        """Start a multipart upload; its id."""
+        """Start a multipart upload (the object gets ``metadata`` when completed); its id."""
         what = f"CreateMultipartUpload {key}"
-        body, _ = await self._small(
-            "POST", key, what, query={"uploads": None}, headers={"Content-Type": content_type}
-        )
+        headers = _with_metadata({"Content-Type": content_type}, metadata)
+        body, _ = await self._small("POST", key, what, query={"uploads": None}, headers=headers)
         root = await self._parse(body, what)
         upload_id = wire.find_text(root, "UploadId")
         if not upload_id:

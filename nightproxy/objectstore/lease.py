@@ -25,9 +25,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 
 from nightproxy.objectstore.client import ObjectStore
@@ -36,6 +34,7 @@ from nightproxy.objectstore.errors import (
     PreconditionFailedError,
     StoreError,
 )
+from nightproxy.objectstore.wire import store_age
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +118,6 @@ class Holder:
     @property
     def url(self) -> str | None:
         return self.record.url if self.record is not None else None
-
-
-def store_age(headers: Mapping[str, str], fallback: float) -> float:
-    """Seconds between the object's Last-Modified and the answer's Date, both the store's."""
-    date = headers.get("Date")
-    modified = headers.get("Last-Modified")
-    if not date or not modified:
-        return fallback
-    try:
-        return (parsedate_to_datetime(date) - parsedate_to_datetime(modified)).total_seconds()
-    except (TypeError, ValueError):
-        return fallback
 
 
 class Leases:

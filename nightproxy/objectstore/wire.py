@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from xml.sax.saxutils import escape
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -21,6 +22,10 @@ class ObjectInfo:
     etag: str
     #: As the store wrote it (an HTTP date in headers, ISO 8601 in listings).
     last_modified: str | None = None
+    #: User metadata (``x-amz-meta-<name>``, by lower-case name), from a HEAD or GET.
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: Seconds since the last write by the store's own clock, from a HEAD or GET (else None).
+    age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,21 @@ def parse_size(text: str | None) -> int | None:
     return None
 
 
+META = "x-amz-meta-"
+
+
+def store_age(headers: Mapping[str, str], fallback: float) -> float:
+    """Seconds between the object's Last-Modified and the answer's Date, both the store's."""
+    date = headers.get("Date")
+    modified = headers.get("Last-Modified")
+    if not date or not modified:
+        return fallback
+    try:
+        return (parsedate_to_datetime(date) - parsedate_to_datetime(modified)).total_seconds()
+    except (TypeError, ValueError):
+        return fallback
+
+
 def info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """An object's metadata from a HEAD or GET answer (a 206's size is the whole object's)."""
     size: int | None = None
@@ -85,6 +105,12 @@ def info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
         size=size if size is not None else -1,
         etag=headers.get("ETag", ""),
         last_modified=headers.get("Last-Modified"),
+        metadata={
+            name.lower()[len(META) :]: value
+            for name, value in headers.items()
+            if name.lower().startswith(META)
+        },
+        age=store_age(headers, -1.0) if "Date" in headers else None,
     )
 
 

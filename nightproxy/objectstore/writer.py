@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from types import TracebackType
 
 from nightproxy.objectstore.client import ObjectStore
@@ -33,6 +34,7 @@ class ObjectWriter:
         *,
         part_size: int = DEFAULT_PART_SIZE,
         content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes")
@@ -40,6 +42,7 @@ class ObjectWriter:
         self.key = key
         self.part_size = part_size
         self.content_type = content_type
+        self.metadata = metadata
         self.size = 0
         self.etag: str | None = None
         self._buffer = bytearray()
@@ -73,7 +76,7 @@ class ObjectWriter:
     async def _upload(self, part: bytes) -> None:
         if self._upload_id is None:
             self._upload_id = await self.store.create_multipart(
-                self.key, content_type=self.content_type
+                self.key, content_type=self.content_type, metadata=self.metadata
             )
         number = len(self._etags) + 1
         self._etags.append(await self.store.upload_part(self.key, self._upload_id, number, part))
@@ -93,6 +96,7 @@ class ObjectWriter:
                 if_none_match=if_none_match,
                 if_match=if_match,
                 content_type=self.content_type,
+                metadata=self.metadata,
             )
         else:
             if self._buffer or not self._etags:

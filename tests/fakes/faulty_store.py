@@ -38,6 +38,9 @@ class FaultyStoreProxy(FakeServer):
         self.slow: dict[tuple[str, str], float] = {}
         #: Seconds between two 64 KiB pieces of a GET's body.
         self.pace = 0.0
+        #: (method, path fragment) -> count: forward the next matching requests, then answer
+        #: 503 as if the store's answer had been lost (the write happened).
+        self.lose_answers: dict[tuple[str, str], int] = {}
         self.forwarded = 0
         self.failed = 0
         self._session: aiohttp.ClientSession | None = None
@@ -55,6 +58,7 @@ class FaultyStoreProxy(FakeServer):
         self.cut_bodies = False
         self.slow = {}
         self.pace = 0.0
+        self.lose_answers = {}
 
     def make_app(self) -> web.Application:
         # Store bodies (multipart parts) pass through whole: no 1 MiB cap on what it reads.
@@ -95,6 +99,12 @@ class FaultyStoreProxy(FakeServer):
             data=await request.read(),
             allow_redirects=False,
         ) as upstream:
+            for (method, fragment), count in self.lose_answers.items():
+                if count and request.method == method and fragment in request.path:
+                    self.lose_answers[method, fragment] = count - 1
+                    await upstream.read()
+                    self.failed += 1
+                    return web.Response(status=503, text="answer lost by the test")
             response = web.StreamResponse(status=upstream.status)
             for key, value in upstream.headers.items():
                 if key.lower() not in _HOP_BY_HOP | {"content-length"}:

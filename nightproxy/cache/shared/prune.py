@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from nightproxy.cache.shared.blobs import BLOBS, blob_key, sha_of_blob_key
 from nightproxy.cache.shared.readers import DOOMED, READERS, READERS_TTL, USAGE
 from nightproxy.objectstore import ObjectNotFoundError, StoreError
-from nightproxy.objectstore.lease import Holder, LeaseKeeper, store_age
+from nightproxy.objectstore.lease import Holder, LeaseKeeper
+from nightproxy.objectstore.wire import store_age
 
 if TYPE_CHECKING:
     from nightproxy.cache.shared.tier import SharedTier
