@@ -3,7 +3,7 @@
 Each file's bytes are stored with their sha256 as object metadata. With it the feed tells its
 own write from another upload's when a conditional write's answer is lost, takes over a name
 whose upload died between bytes and record, and serves a listed file whose named object such
-an upload overwrote.
+an upload overwrote. A restore writes a name on a condition too.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from nightproxy.hosted.auth import FeedAuth
 from nightproxy.hosted.bucket import BucketStorage
 from nightproxy.hosted.feed import FeedSettings, HostedFeed
 from nightproxy.hosted.prune import PruneRules
-from nightproxy.hosted.storage import Outcome
+from nightproxy.hosted.storage import REASON_MANUAL, Outcome, RestoreConflictError
 from nightproxy.objectstore import ObjectStore
 from tests.fakes.faulty_store import FaultyStoreProxy
 from tests.hosted_support import NUMPY_TOKEN, publish, sha256_line
@@ -117,3 +118,21 @@ async def test_a_listed_file_overwritten_without_a_record_is_served_from_the_tra
     await store.copy(f"numpy/{NAME}", f".nightproxy/trash/{sha256}")
     await store.put(f"numpy/{NAME}", b"bytes of a replacement that died")
     assert await served(feed) == (sha256, first.read_bytes())
+
+
+async def test_a_restore_never_writes_over_an_upload_of_the_name_in_flight(
+    feed: HostedFeed, tmp_path: Path
+) -> None:
+    """A deleted file is not restored over bytes another upload just wrote under its name
+    (their record not yet written): the restore is refused and those bytes stay."""
+    wheel = build_wheel(tmp_path / "w", "numpy", VERSION, payload_size=1000)
+    assert await publish(feed, wheel) is Outcome.CREATED
+    storage = feed.storage
+    [listed] = await storage.live()
+    await storage.trash([listed], REASON_MANUAL, "by the test", datetime.now(UTC))
+    store = _store(feed)
+    await store.put(f"numpy/{NAME}", b"bytes of an upload in flight")
+    with pytest.raises(RestoreConflictError, match="being uploaded"):
+        await storage.restore(await storage.trashed(), datetime.now(UTC))
+    assert (await store.get(f"numpy/{NAME}"))[0] == b"bytes of an upload in flight"
+    assert await storage.live() == []

@@ -392,17 +392,39 @@ class BucketStorage(BucketManifests, Storage):
                         "delete it first"
                     )
             for entry in entries:
-                named = named_key(project, entry.record.filename)
-                try:
-                    new_etag = await self.store.copy(trash_key(entry.record.sha256), named)
-                except ObjectNotFoundError:
-                    raise RestoreConflictError(
-                        f"{entry.record.filename}: its bytes are gone"
-                    ) from None
-                manifest.restore(entry, now, new_etag)
+                manifest.restore(entry, now, await self._restore_bytes(project, entry))
             await self._write(manifest, etag)
             restored += [e.record for e in entries]
         return restored
+
+    async def _restore_bytes(self, project: NormalizedName, entry: Entry) -> str:
+        """Copy a trashed file's bytes back to its name; their new ETag.
+
+        On a condition, like every write of a name: over nothing, or over this file's own
+        bytes still waiting to be unlinked, never over an upload of the name in flight.
+        """
+        named = named_key(project, entry.record.filename)
+        try:
+            present: str | None = (await self.store.head(named)).etag
+        except ObjectNotFoundError:
+            present = None
+        if present is not None and present != entry.unlink:
+            raise RestoreConflictError(
+                f"{project}/{entry.record.filename}: a file of that name is being uploaded"
+            )
+        try:
+            return await self.store.copy(
+                trash_key(entry.record.sha256),
+                named,
+                target_if_none_match=present is None,
+                target_if_match=present,
+            )
+        except ObjectNotFoundError:
+            raise RestoreConflictError(f"{entry.record.filename}: its bytes are gone") from None
+        except PreconditionFailedError:
+            raise RestoreConflictError(
+                f"{project}/{entry.record.filename}: a file of that name is being uploaded"
+            ) from None
 
     async def purge(self, records: Collection[FileRecord], protect: Collection[str]) -> int:
         removed = 0

@@ -330,10 +330,19 @@ class ObjectStore:
         _, answer = await self._small("PUT", key, f"PUT {key}", headers=headers, body=body)
         return answer.get("ETag", "")
 
-    async def copy(self, source: str, key: str, *, if_match: str | None = None) -> str:
+    async def copy(
+        self,
+        source: str,
+        key: str,
+        *,
+        if_match: str | None = None,
+        target_if_none_match: bool = False,
+        target_if_match: str | None = None,
+    ) -> str:
         """Copy object ``source`` to ``key`` inside the store, no bytes through this client;
         the copy's ETag. ``ObjectNotFoundError`` when there is no ``source``;
-        ``PreconditionFailedError`` when ``if_match`` is not the source's ETag (any more)."""
+        ``PreconditionFailedError`` when ``if_match`` is not the source's ETag (any more), or
+        a condition on the target (none there yet; still that ETag) does not hold."""
         what = f"CopyObject {source} to {key}"
         headers = {
             "x-amz-copy-source": quote(
@@ -342,6 +351,10 @@ class ObjectStore:
         }
         if if_match is not None:
             headers["x-amz-copy-source-if-match"] = if_match
+        if target_if_none_match:
+            headers["If-None-Match"] = "*"
+        if target_if_match is not None:
+            headers["If-Match"] = target_if_match
         body, _ = await self._small("PUT", key, what, headers=headers)
         # As for CompleteMultipartUpload, S3 may answer 200 and report an error in the body.
         root = await self._parse(body, what)
