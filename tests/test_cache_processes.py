@@ -26,7 +26,7 @@ from yarl import URL
 from tests.conftest import PIP_ACCEPT, StartFake, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import free_port, nightproxy_serve
-from tests.test_workers import children, only, sockets_of, wait_for
+from tests.test_workers import all_started, children, only, sockets_of, wait_for
 from tests.wheels import build_wheel, sha256_file
 
 WAIT = 30.0  # upper bound for any single wait; never an assertion about speed
@@ -49,7 +49,7 @@ async def workers(config: Path, count: int) -> AsyncIterator[tuple[URL, list[int
     """``serve --workers count``, once every worker runs: (its URL, the workers' pids)."""
     port = free_port()
     async with nightproxy_serve(["--config", str(config), "--workers", str(count)], port) as proc:
-        await wait_for(lambda: len(children(proc.pid)) == count, f"{count} workers")
+        await all_started(proc.pid, count, config.parent / "cache")
         yield URL(f"http://127.0.0.1:{port}/"), sorted(children(proc.pid))
 
 

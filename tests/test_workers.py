@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from nightproxy.index.health import BREAKER_THRESHOLD
+from nightproxy.server.workers import METRICS_DIR
 from tests.conftest import PIP_ACCEPT, StartFake, simple_url
 from tests.fakes import FakeSimpleIndex
 from tests.support import free_port, nightproxy_serve
@@ -73,7 +74,7 @@ async def serving(
     port = free_port()
     args = ["--config", str(write_config(tmp_path, fake)), "--workers", str(workers)]
     async with nightproxy_serve(args, port, **options) as proc:
-        await wait_for(lambda: len(children(proc.pid)) == workers, f"{workers} workers")
+        await all_started(proc.pid, workers, tmp_path / "cache")
         yield proc, URL(f"http://127.0.0.1:{port}/")
 
 
@@ -132,6 +133,20 @@ async def test_workers_serve_pages_and_files(
 def _stopped(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rpartition(")")[2].split()[0] in {"T", "t"}
+
+
+async def all_started(parent: int, count: int, cache: Path) -> None:
+    """Until ``count`` workers run and each is past its start-up (it shares its metrics from
+    then on): a test that stops some with SIGSTOP must not stop one half started, which may
+    hold a lock the others wait for."""
+
+    def started() -> bool:
+        pids = children(parent)
+        return len(pids) == count and all(
+            (cache / METRICS_DIR / f"worker-{pid}.json").exists() for pid in pids
+        )
+
+    await wait_for(started, f"{count} workers started")
 
 
 @contextlib.contextmanager
@@ -294,6 +309,9 @@ async def test_readiness_is_the_whole_servers_whichever_worker_answers(
         async with aiohttp.ClientSession() as one:  # one kept-alive connection: one worker
             for _ in range(BREAKER_THRESHOLD):
                 async with one.get(base.join(URL("/simple/demo/"))) as resp:
+                    # Read to the end, or an older aiohttp client drops the connection (and
+                    # the next request may reach the other worker).
+                    await resp.read()
                     assert resp.status == 502
             async with one.get(base.join(URL("/readyz"))) as resp:
                 assert resp.status == 503

@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from nightproxy.cache.locks import exclusive
@@ -144,9 +144,33 @@ def open_database(path: Path, lock_path: Path) -> tuple[Database, str | None]:
     files) and a new one is made in its place; the returned note says so. Several processes
     starting at once take turns (``lock_path``), so only the first moves a broken one.
     """
-    with exclusive(lock_path):
+    conn, note = open_or_replace(path, _connect, lock_path)
+    return Database(conn), note
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    def migrate(conn: sqlite3.Connection) -> None:
+        _refuse_newer(conn, path)  # again: another process may have written meanwhile
+        run_migrations(conn, MIGRATIONS)
+
+    return connect_checked(path, migrate, before=lambda conn: _refuse_newer(conn, path))
+
+
+def open_or_replace(
+    path: Path, connect: Callable[[Path], sqlite3.Connection], lock_path: Path | None = None
+) -> tuple[sqlite3.Connection, str | None]:
+    """Disk I/O. ``connect(path)``; if the file cannot be used as a database, move it aside
+    (``move_aside``) and connect to a new one. Returns the connection and, after a move, a
+    note saying so. A failure that says nothing about the file (``passing_failure``) and a
+    database too new are raised instead.
+
+    ``lock_path``: processes starting at once take turns, so that only the first moves a
+    broken file aside. Without it, a move aside is a rename, which a second process finds
+    done (its own connect then succeeds).
+    """
+    with exclusive(lock_path) if lock_path is not None else contextlib.nullcontext():
         try:
-            return Database(_connect(path)), None
+            return _patiently(connect, path), None
         except DatabaseTooNewError:
             raise
         except (sqlite3.DatabaseError, OSError) as exc:
@@ -154,10 +178,34 @@ def open_database(path: Path, lock_path: Path) -> tuple[Database, str | None]:
                 raise
             aside = move_aside(path)
             note = f"{path.name} was unreadable ({_describe(exc)}); moved to {aside.name}"
-        return Database(_connect(path)), note
+        return _patiently(connect, path), note
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _patiently(connect: Callable[[Path], sqlite3.Connection], path: Path) -> sqlite3.Connection:
+    """``connect(path)``, again while another process holds the lock it needs: switching the
+    journal to WAL answers "database is locked" at once, without the busy timeout, while
+    another process starting beside this one is doing the same."""
+    deadline = time.monotonic() + BUSY_TIMEOUT / 1000
+    while True:
+        try:
+            return connect(path)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in _BUSY_CODES or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def connect_checked(
+    path: Path,
+    migrate: Callable[[sqlite3.Connection], None],
+    *,
+    before: Callable[[sqlite3.Connection], None] | None = None,
+) -> sqlite3.Connection:
+    """Disk I/O. A connection to the WAL database at ``path``, shared by processes (busy
+    timeout; transactions begun by hand, so that a writer takes the write lock up front and two
+    processes never deadlock upgrading read locks), checked (``quick_check``) and migrated.
+    ``before`` runs first, before anything is written (even the journal mode)."""
     if path.exists() and not path.is_file():
         raise sqlite3.DatabaseError("not a regular file")
     conn = sqlite3.connect(
@@ -165,17 +213,38 @@ def _connect(path: Path) -> sqlite3.Connection:
     )
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT}")
-        _refuse_newer(conn, path)
+        if before is not None:
+            before(conn)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(problems))
-        _migrate(conn, path)
+        migrate(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def run_migrations(
+    conn: sqlite3.Connection, steps: Sequence[Callable[[sqlite3.Connection], None]]
+) -> None:
+    """Bring ``PRAGMA user_version`` forward to ``len(steps)``, running the steps it lacks in
+    one write transaction; a newer version is left as it is."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= len(steps):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the write lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in steps[version:]:
+            step(conn)
+        conn.execute(f"PRAGMA user_version = {max(version, len(steps))}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _refuse_newer(conn: sqlite3.Connection, path: Path) -> None:
@@ -186,24 +255,6 @@ def _refuse_newer(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} has schema version {version}; this nightproxy knows up to "
             f"{SCHEMA_VERSION}: use the newer nightproxy, or another cache.dir"
         )
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    _refuse_newer(conn, path)
-    if version == SCHEMA_VERSION:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Read again under the write lock: another process may have migrated meanwhile.
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for step in MIGRATIONS[version:]:
-            step(conn)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def move_aside(path: Path) -> Path:
@@ -226,6 +277,8 @@ def move_aside(path: Path) -> Path:
 #: SQLite result codes that say nothing about the file itself: busy, locked, read-only,
 #: permissions, full, out of memory, interrupted. Such a database is never moved aside.
 _PASSING_CODES = frozenset({3, 5, 6, 7, 8, 9, 13})
+#: SQLITE_BUSY and SQLITE_LOCKED: another connection holds what this one needs, for now.
+_BUSY_CODES = frozenset({5, 6})
 
 
 def passing_failure(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from nightproxy.cache.db import move_aside, passing_failure
+from nightproxy.cache.db import BUSY_TIMEOUT, connect_checked, open_or_replace, run_migrations
 from nightproxy.index.codec import (
     gone_from_json,
     gone_to_json,
@@ -31,11 +31,11 @@ from nightproxy.model import DistFile, ProjectPage
 
 log = logging.getLogger(__name__)
 
+Migration = Callable[[sqlite3.Connection], None]
+
 FILENAME = "index.sqlite"
 #: The combined database of nightproxy 0.x, whose index tables version 1 takes over.
 LEGACY_FILENAME = "state.sqlite"
-#: Milliseconds a statement waits for another process's write transaction.
-BUSY_TIMEOUT = 15_000
 #: First-seen times are recorded in transactions of at most this many keys, so that a page of
 #: 200,000 files does not hold the write lock against the other workers for long.
 FIRST_SEEN_BATCH = 10_000
@@ -134,19 +134,17 @@ class IndexState:
         """Open (or create) the database and bring its schema forward; one that cannot be read
         is moved aside and replaced by an empty one."""
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = _connect(self.path, self.root)
-        except sqlite3.DatabaseError as exc:
-            if passing_failure(exc):
-                raise
-            aside = move_aside(self.path)
-            log.warning(
-                "%s could not be read (%s): moved to %s; saved pages start afresh",
-                self.path,
-                exc,
-                aside.name,
-            )
-            self._db = _connect(self.path, self.root)
+        root = self.root
+
+        def at_root(step: Callable[[sqlite3.Connection, Path], None]) -> Migration:
+            return lambda db: step(db, root)
+
+        def migrate(db: sqlite3.Connection) -> None:
+            run_migrations(db, [at_root(step) for step in MIGRATIONS])
+
+        self._db, note = open_or_replace(self.path, lambda path: connect_checked(path, migrate))
+        if note is not None:
+            log.warning("%s; saved pages start afresh", note)
 
     def close(self) -> None:
         with self._lock:
@@ -278,37 +276,3 @@ class IndexState:
         if self._db is None:
             raise sqlite3.ProgrammingError("index state is not open")
         return self._db
-
-
-def _connect(path: Path, root: Path) -> sqlite3.Connection:
-    # Transactions are begun by hand (isolation_level None): a writer takes the write lock up
-    # front, so that two processes never deadlock upgrading read locks.
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    try:
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT}")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise sqlite3.DatabaseError("; ".join(problems))
-        _migrate(db, root)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _migrate(db: sqlite3.Connection, root: Path) -> None:
-    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        # Read again under the write lock: another worker may have migrated meanwhile.
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        for step in MIGRATIONS[version:]:
-            step(db, root)
-        db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
