@@ -14,16 +14,19 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from nightproxy.cache.shared.prune import prune_once
 from nightproxy.cache.shared.settings import SharedSettings
 from nightproxy.cache.shared.tier import SharedTier
 from nightproxy.objectstore import ObjectNotFoundError, StoreDownError
+from nightproxy.upstreams.base import Download, HttpDownload
 from tests.fakes.faulty_store import FaultyStoreProxy
 from tests.seaweed import SeaweedServer
 
@@ -130,3 +133,35 @@ async def test_a_marked_blob_is_not_read(
     with pytest.raises(ObjectNotFoundError, match="being removed"):
         async with reader.reading(sha):
             pass
+
+
+async def test_a_fill_whose_store_read_goes_unannounced_still_gets_the_whole_file(
+    tiers: tuple[SharedTier, SharedTier],
+    proxy: FaultyStoreProxy,
+    tmp_path: Path,
+    aiohttp_server: Any,
+) -> None:
+    """A replica's fill from the store whose reads cannot announce themselves (the store
+    takes 30 s per PUT) drops each read at the bound and goes on from the next source at the
+    same offset: the file arrives whole and exact."""
+    _, reader = tiers
+    sha, data = await _upload(reader, tmp_path, "a")
+    upstream_app = web.Application()
+
+    async def whole(_request: web.Request) -> web.Response:
+        return web.Response(body=data)
+
+    upstream_app.router.add_get("/file", whole)
+    server = await aiohttp_server(upstream_app)
+
+    @asynccontextmanager
+    async def upstream() -> AsyncIterator[Download]:
+        async with reader.session.get(server.make_url("/file")) as response:
+            yield HttpDownload(response, "upstream")
+
+    proxy.slow[("PUT", "/readers/")] = 30.0
+    proxy.pace = WITHIN / 4
+    async with reader.open_file("main-demo-1.0-py3-none-any.whl", sha, upstream) as download:
+        body = b"".join([chunk async for chunk in download.chunks()])
+    assert hashlib.sha256(body).hexdigest() == sha
+    assert reader.stats["resumed"] >= 1
