@@ -4,7 +4,7 @@ Sits above ``upstreams`` (it signs with the same SigV4 code) and below ``cache``
 feeds, which keep their shared state in a store through it.
 """
 
-from nightproxy.objectstore.client import ObjectReader, ObjectStore
+from nightproxy.objectstore.client import ObjectStore
 from nightproxy.objectstore.errors import (
     ObjectNotFoundError,
     PreconditionFailedError,
@@ -13,6 +13,7 @@ from nightproxy.objectstore.errors import (
     StoreError,
     StoreThrottledError,
 )
+from nightproxy.objectstore.reader import ObjectReader
 from nightproxy.objectstore.settings import StoreSettings
 from nightproxy.objectstore.wire import ObjectInfo, UploadInfo
 

@@ -20,7 +20,7 @@ import random
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TypedDict, TypeVar, Unpack
+from typing import TypedDict, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -35,6 +35,7 @@ from nightproxy.objectstore.errors import (
     StoreError,
     StoreThrottledError,
 )
+from nightproxy.objectstore.reader import SMALL_BODY_MAX, ObjectReader
 from nightproxy.objectstore.settings import StoreSettings
 from nightproxy.objectstore.wire import ObjectInfo, UploadInfo
 from nightproxy.upstreams.http import proxy_authorization, split_userinfo
@@ -42,9 +43,6 @@ from nightproxy.upstreams.sigv4 import EMPTY_SHA256, sign_s3
 
 #: Bodies above this are hashed for the signature in a thread, off the event loop.
 _HASH_INLINE_MAX = 256 * 1024
-#: Error and small XML answers are read whole, up to this.
-_SMALL_BODY_MAX = 16 * 1024 * 1024
-READ_CHUNK = 256 * 1024
 _SAFE = "-_.~"
 _RETRIED_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -57,7 +55,6 @@ class _Parts(TypedDict, total=False):
 
 #: Told of every request's outcome: None for an answer, the error for a failure of the store.
 HealthHook = Callable[[StoreError | None], None]
-_Item = TypeVar("_Item")
 
 
 def _with_metadata(headers: dict[str, str], metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -68,49 +65,6 @@ def _with_metadata(headers: dict[str, str], metadata: Mapping[str, str] | None) 
 
 def _hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
-
-
-class ObjectReader:
-    """A GET's answer, read as it arrives. Failures while reading are ``StoreDownError``."""
-
-    def __init__(self, response: aiohttp.ClientResponse, info: ObjectInfo, what: str) -> None:
-        self.response = response
-        self.info = info
-        self.status = response.status
-        self._what = what
-
-    async def chunks(self, size: int = READ_CHUNK) -> AsyncIterator[bytes]:
-        async for chunk in self._guarded(self._sized(size)):
-            yield chunk
-
-    async def chunks_as_received(self) -> AsyncIterator[bytes]:
-        """The body in the pieces the connection received, never joined (copied) into
-        larger ones: what a stream to disk and to clients wants."""
-        async for chunk in self._guarded(self.response.content.iter_chunks()):
-            yield chunk[0]
-
-    async def _sized(self, size: int) -> AsyncIterator[bytes]:
-        while chunk := await self.response.content.read(size):
-            yield chunk
-
-    async def _guarded(self, body: AsyncIterator[_Item]) -> AsyncIterator[_Item]:
-        try:
-            async for item in body:
-                yield item
-        except TimeoutError as exc:
-            raise StoreDownError(f"{self._what}: timed out reading the body") from exc
-        except aiohttp.ClientError as exc:
-            raise StoreDownError(f"{self._what}: {type(exc).__name__} reading the body") from exc
-
-    async def read(self, limit: int = _SMALL_BODY_MAX) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                raise StoreError(f"{self._what}: larger than {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
 
 
 class ObjectStore:
@@ -302,7 +256,7 @@ class ObjectStore:
         async with self._exchange("GET", key, what, headers=headers, streaming=True) as response:
             yield ObjectReader(response, wire.info_from_headers(key, response.headers), what)
 
-    async def get(self, key: str, *, limit: int = _SMALL_BODY_MAX) -> tuple[bytes, ObjectInfo]:
+    async def get(self, key: str, *, limit: int = SMALL_BODY_MAX) -> tuple[bytes, ObjectInfo]:
         """A small object's bytes and metadata."""
         async with self.open(key) as reader:
             return await reader.read(limit), reader.info
