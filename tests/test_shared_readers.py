@@ -123,6 +123,30 @@ async def test_a_read_not_announced_in_time_stops_using_the_stores_bytes(
     assert 0 < received < MIB
 
 
+async def test_an_announcement_landing_after_the_bound_does_not_make_the_read_usable_again(
+    tiers: tuple[SharedTier, SharedTier], proxy: FaultyStoreProxy, tmp_path: Path
+) -> None:
+    """An announcement that lands only after the bound comes too late (a pruner may have
+    looked in between): bytes arriving after it are refused all the same, though none
+    arrived between the bound and the landing."""
+    _, reader = tiers
+    sha, _ = await _upload(reader, tmp_path, "a")
+    proxy.slow[("PUT", "/readers/")] = 2 * WITHIN
+    # Two pieces at once, then nothing until well after the announcement landed.
+    proxy.stall = (2, 4 * WITHIN)
+    received = 0
+
+    async def read() -> None:
+        nonlocal received
+        async with reader.reading(sha) as download:
+            async for chunk in download.chunks():
+                received += len(chunk)
+
+    with pytest.raises(StoreDownError, match="not announced in time"):
+        await read()
+    assert 0 < received < MIB
+
+
 async def test_a_marked_blob_is_not_read(
     tiers: tuple[SharedTier, SharedTier], tmp_path: Path
 ) -> None:

@@ -38,6 +38,8 @@ class FaultyStoreProxy(FakeServer):
         self.slow: dict[tuple[str, str], float] = {}
         #: Seconds between two 64 KiB pieces of a GET's body.
         self.pace = 0.0
+        #: (pieces, seconds): a GET's body stops this long after its first pieces.
+        self.stall: tuple[int, float] | None = None
         #: (method, path fragment) -> count: forward the next matching requests, then answer
         #: 503 as if the store's answer had been lost (the write happened).
         self.lose_answers: dict[tuple[str, str], int] = {}
@@ -58,6 +60,7 @@ class FaultyStoreProxy(FakeServer):
         self.cut_bodies = False
         self.slow = {}
         self.pace = 0.0
+        self.stall = None
         self.lose_answers = {}
 
     def make_app(self) -> web.Application:
@@ -113,6 +116,7 @@ class FaultyStoreProxy(FakeServer):
                 response.content_length = upstream.content_length
             await response.prepare(request)
             sent = 0
+            stalled = False
             async for chunk in upstream.content.iter_chunked(64 * 1024):
                 if self.cut_bodies and request.method == "GET" and sent > 0:
                     # Headers promised more: the client sees a body cut short.
@@ -121,5 +125,10 @@ class FaultyStoreProxy(FakeServer):
                 sent += len(chunk)
                 if self.pace and request.method == "GET":
                     await asyncio.sleep(self.pace)
+                if self.stall is not None and request.method == "GET" and not stalled:
+                    pieces, seconds = self.stall
+                    if sent >= pieces * 64 * 1024:
+                        stalled = True
+                        await asyncio.sleep(seconds)
             await response.write_eof()
             return response

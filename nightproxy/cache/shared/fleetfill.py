@@ -44,6 +44,9 @@ _POLL = 0.25
 #: Seconds one store request of choosing a source may take: a slower store is skipped (the
 #: client's first byte must not wait for it) and marked degraded.
 SOURCE_WAIT = 3.0
+#: Reads of the store's copy that may fail in a row without passing a byte before the fill
+#: goes on from the other sources.
+STORE_TRIES = 3
 _T = TypeVar("_T")
 
 
@@ -68,6 +71,8 @@ class FleetDownload(Download):
         self._inner: Download | None = None
         self._stack = AsyncExitStack()
         self._dead_peers: set[tuple[str | None, str]] = set()
+        #: The store's copy is passed over: its reads kept failing without passing a byte.
+        self._skip_store = False
 
     async def start(self) -> None:
         self._inner = await self._open(0)
@@ -80,6 +85,9 @@ class FleetDownload(Download):
 
     async def chunks(self) -> AsyncIterator[bytes]:
         passed = 0
+        # Sources that failed in a row without passing a byte: a store that answers but never
+        # lets a read finish (its announcements never land in time) is not tried for ever.
+        barren, resumed_at = 0, -1
         while True:
             assert self._inner is not None
             skip = self._skip
@@ -105,6 +113,10 @@ class FleetDownload(Download):
                     exc,
                 )
                 self.tier.stats["resumed"] += 1
+            barren = barren + 1 if passed == resumed_at else 0
+            resumed_at = passed
+            if self.source == "store" and barren >= STORE_TRIES:
+                self._skip_store = True
             await self._stack.aclose()
             self._stack = AsyncExitStack()
             self._inner = await self._open(passed)
@@ -138,7 +150,7 @@ class FleetDownload(Download):
         tier = self.tier
         expected = self.expected_sha256
         known = expected if expected is not None and is_sha256(expected) else None
-        download: Download | None = await self._from_store(known, offset)
+        download = None if self._skip_store else await self._from_store(known, offset)
         if download is not None:
             return download
         claim = await self._in_time(
@@ -150,7 +162,7 @@ class FleetDownload(Download):
             # The last filler shares the blob, then lets go of the lease: between our look at
             # the store above and our taking the lease, it may have done both. Look again
             # under the lease, or the file is downloaded a second time.
-            shared = await self._from_store(known, offset)
+            shared = None if self._skip_store else await self._from_store(known, offset)
             if shared is not None:
                 with contextlib.suppress(StoreError):
                     await tier.leases.release(claim)

@@ -54,10 +54,21 @@ class Read:
         self.deadline = time.monotonic() + within
         self._check = asyncio.ensure_future(registry.check_unmarked(sha256))
         self._announce: asyncio.Future[None] | None = None
+        #: When the announcement landed (monotonic), once it has.
+        self._landed: float | None = None
 
     def announce(self) -> None:
+        """Start the announcement (the GET found the blob): the read counts as a use."""
         if self._announce is None:
-            self._announce = asyncio.ensure_future(self._registry.publish())
+            self._registry.note_use(self.sha256)
+            self._announce = asyncio.ensure_future(self._announced())
+            # Retrieved here, so that a failed announcement is not reported as never retrieved.
+            self._announce.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+    async def _announced(self) -> None:
+        await self._registry.publish()
+        # Before the task is done: whoever sees it done sees this too.
+        self._landed = time.monotonic()
 
     async def cleared(self) -> None:
         """Until the mark check answered; ``ObjectNotFoundError`` when the blob is marked."""
@@ -69,19 +80,22 @@ class Read:
         announce = self._announce
         if announce is None:
             raise StoreDownError(f"{self.sha256}: the read was not announced")
-        if announce.done():
-            if announce.cancelled() or announce.exception() is not None:
-                raise StoreDownError(f"{self.sha256}: the read could not be announced")
-        elif time.monotonic() > self.deadline:
+        if announce.done() and self._landed is None:
+            raise StoreDownError(f"{self.sha256}: the read could not be announced")
+        # Landing late is as bad as not landing: a pruner may have looked in between, so no
+        # byte received after the deadline is used unless the announcement beat it.
+        if (self._landed is None or self._landed > self.deadline) and (
+            time.monotonic() > self.deadline
+        ):
             raise StoreDownError(f"{self.sha256}: the read was not announced in time")
 
     async def close(self) -> None:
-        tasks = [self._check] if self._announce is None else [self._check, self._announce]
-        for task in tasks:
-            if not task.done():
-                task.cancel()
+        if not self._check.done():
+            self._check.cancel()
         # Retrieved, so that a failure nobody awaited is not reported as never retrieved.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(self._check, return_exceptions=True)
+        # The announcement is left to finish: cancelled mid-PUT, it could land unrecorded
+        # (``publish``), and the lock it holds would be let go while the PUT is in flight.
 
 
 class ReadRegistry:
@@ -90,7 +104,8 @@ class ReadRegistry:
         self.replica_id = replica_id
         self.announce_within = announce_within
         self._reading: Counter[str] = Counter()
-        self._published: frozenset[str] = frozenset()
+        #: What ``readers/<replica>`` lists, as far as this replica knows (None: unknown).
+        self._published: frozenset[str] | None = frozenset()
         self._lock = asyncio.Lock()
         #: sha256 -> wall-clock time of its last use by this replica, not yet flushed.
         self.used: dict[str, float] = {}
@@ -100,14 +115,29 @@ class ReadRegistry:
         self.used[sha256] = time.time()
 
     async def publish(self, *, force: bool = False) -> None:
+        """Write ``readers/<replica>`` if the set of blobs read changed (or ``force``).
+
+        The write runs to its end even if the caller is cancelled, holding the lock: a PUT
+        that landed must be what ``_published`` says, and no older body may land after a
+        newer one.
+        """
         async with self._lock:
             current = frozenset(sha for sha, n in self._reading.items() if n > 0)
             if current == self._published and not force:
                 return
             body = json.dumps({"replica": self.replica_id, "reading": sorted(current)})
-            await self.store.put(
-                READERS + self.replica_id, body.encode(), content_type="application/json"
+            # Unknown until the PUT answers: it may land even if it fails here.
+            self._published = None
+            write = asyncio.ensure_future(
+                self.store.put(
+                    READERS + self.replica_id, body.encode(), content_type="application/json"
+                )
             )
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.gather(write, return_exceptions=True)
+                raise
             self._published = current
 
     async def check_unmarked(self, sha256: str) -> None:
@@ -123,13 +153,14 @@ class ReadRegistry:
         self._reading[sha256] += 1
         read = Read(self, sha256, self.announce_within)
         try:
-            self.note_use(sha256)
             yield read
         finally:
-            await read.close()
-            self._reading[sha256] -= 1
-            if self._reading[sha256] <= 0:
-                del self._reading[sha256]
+            try:
+                await read.close()
+            finally:
+                self._reading[sha256] -= 1
+                if self._reading[sha256] <= 0:
+                    del self._reading[sha256]
             # The entry stays listed until the next write: a stale entry only spares a blob.
 
     async def run(self, interval: float = READERS_TTL / 3) -> None:
@@ -140,7 +171,7 @@ class ReadRegistry:
             await asyncio.sleep(interval)
             ticks += 1
             with contextlib.suppress(StoreError):
-                if self._reading or self._published:
+                if self._reading or self._published is None or self._published:
                     await self.publish(force=bool(self._reading))
                 if ticks % flush_every == 0:
                     await self.flush_usage()
