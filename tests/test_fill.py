@@ -138,3 +138,18 @@ async def test_the_first_write_holds_only_what_had_arrived(
     assert batches == [1, 2]
     assert os.pread(fd, 100, 0) == b"a" * 10 + b"b" * 10 + b"c" * 10
     assert digest.hexdigest() == hashlib.sha256(b"a" * 10 + b"b" * 10 + b"c" * 10).hexdigest()
+
+
+def test_a_resumed_batch_whose_write_finds_the_disk_full_is_still_hashed_whole() -> None:
+    """Resuming another process's download, a batch whose new bytes cannot be written (a full
+    disk: /dev/full) is hashed whole all the same, since its bytes go on through memory."""
+    fd = os.open("/dev/full", os.O_RDWR)
+    try:
+        digest = hashlib.sha256()
+        # /dev/full reads as zeros: the first 10 bytes match what is "already there".
+        batch = [b"\0" * 8, b"\0\0abc", b"def"]
+        with pytest.raises(OSError, match="No space"):
+            fill_module._check_batch(fd, batch, 0, digest, 10)
+    finally:
+        os.close(fd)
+    assert digest.hexdigest() == hashlib.sha256(b"".join(batch)).hexdigest()

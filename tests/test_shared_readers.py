@@ -77,6 +77,13 @@ async def _upload(tier: SharedTier, tmp_path: Path, name: str) -> tuple[str, byt
     return sha, data
 
 
+async def read_into(tier: SharedTier, sha: str, sizes: list[int]) -> None:
+    """Read the blob from the store through ``tier``, noting each chunk's size."""
+    async with tier.reading(sha) as download:
+        async for chunk in download.chunks():
+            sizes.append(len(chunk))
+
+
 async def test_a_late_announcement_is_still_seen_by_the_pruner(
     tiers: tuple[SharedTier, SharedTier], proxy: FaultyStoreProxy, tmp_path: Path
 ) -> None:
@@ -110,17 +117,10 @@ async def test_a_read_not_announced_in_time_stops_using_the_stores_bytes(
     sha, _ = await _upload(reader, tmp_path, "a")
     proxy.slow[("PUT", "/readers/")] = 30.0
     proxy.pace = WITHIN / 4  # 16 pieces of 64 KiB: the body outlasts the bound
-    received = 0
-
-    async def read() -> None:
-        nonlocal received
-        async with reader.reading(sha) as download:
-            async for chunk in download.chunks():
-                received += len(chunk)
-
+    received: list[int] = []
     with pytest.raises(StoreDownError, match="not announced in time"):
-        await read()
-    assert 0 < received < MIB
+        await read_into(reader, sha, received)
+    assert 0 < sum(received) < MIB
 
 
 async def test_an_announcement_landing_after_the_bound_does_not_make_the_read_usable_again(
@@ -134,17 +134,10 @@ async def test_an_announcement_landing_after_the_bound_does_not_make_the_read_us
     proxy.slow[("PUT", "/readers/")] = 2 * WITHIN
     # Two pieces at once, then nothing until well after the announcement landed.
     proxy.stall = (2, 4 * WITHIN)
-    received = 0
-
-    async def read() -> None:
-        nonlocal received
-        async with reader.reading(sha) as download:
-            async for chunk in download.chunks():
-                received += len(chunk)
-
+    received: list[int] = []
     with pytest.raises(StoreDownError, match="not announced in time"):
-        await read()
-    assert 0 < received < MIB
+        await read_into(reader, sha, received)
+    assert 0 < sum(received) < MIB
 
 
 async def test_a_marked_blob_is_not_read(

@@ -76,10 +76,12 @@ def _check_batch(
             if have < len(data):
                 rest.append(data[have:])
         position += len(data)
-    if rest:
-        _write_batch(fd, rest, max(offset, present))
+    # Hashed before the write: a write that fails for a full disk still leaves the whole batch
+    # hashed, as the bytes go on through memory (``Spooler._spill``).
     for data in batch:
         digest.update(data)
+    if rest:
+        _write_batch(fd, rest, max(offset, present))
 
 
 def _hash_and_write(fd: int, batch: list[bytes], offset: int, digest: hashlib._Hash) -> None:
