@@ -95,14 +95,19 @@ async def test_a_name_an_upload_died_holding_is_taken_over(
     feed: HostedFeed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bytes written under a name by an upload that died before its record block the name
-    only for a while: once older than STRAY_AGE, the next upload writes over them."""
+    only for a while: once older than STRAY_AGE, the next upload writes over them, keeping
+    them in the trash (should their record come after all, its reads find them there)."""
     monkeypatch.setattr(bucket, "WINNER_WAIT", 0.5)
     monkeypatch.setattr(bucket, "STRAY_AGE", -1.0)
-    await _store(feed).put(f"numpy/{NAME}", b"bytes of an upload that died")
+    stray = b"bytes of an upload that died"
+    stray_sha = hashlib.sha256(stray).hexdigest()
+    store = _store(feed)
+    await store.put(f"numpy/{NAME}", stray, metadata={"sha256": stray_sha})
     wheel = build_wheel(tmp_path / "w", "numpy", VERSION, payload_size=1000)
     assert await publish(feed, wheel) is Outcome.CREATED
     sha256, data = await served(feed)
     assert (sha256, data) == (hashlib.sha256(wheel.read_bytes()).hexdigest(), wheel.read_bytes())
+    assert (await store.get(f".nightproxy/trash/{stray_sha}"))[0] == stray
 
 
 async def test_a_listed_file_overwritten_without_a_record_is_served_from_the_trash(
@@ -136,3 +141,53 @@ async def test_a_restore_never_writes_over_an_upload_of_the_name_in_flight(
         await storage.restore(await storage.trashed(), datetime.now(UTC))
     assert (await store.get(f"numpy/{NAME}"))[0] == b"bytes of an upload in flight"
     assert await storage.live() == []
+
+
+async def test_a_file_deleted_and_uploaded_again_keeps_its_bytes_when_settled(
+    feed: HostedFeed, tmp_path: Path
+) -> None:
+    """A file deleted, then uploaded again with the same bytes (the same ETag), is not
+    removed by the clean-up of the deleted record's named object."""
+    wheel = build_wheel(tmp_path / "w", "numpy", VERSION, payload_size=1000)
+    assert await publish(feed, wheel) is Outcome.CREATED
+    storage = feed.storage
+    [listed] = await storage.live()
+    await storage.trash([listed], REASON_MANUAL, "by the test", datetime.now(UTC))
+    assert await publish(feed, wheel) is Outcome.CREATED
+    await storage.settle()
+    assert await served(feed) == (listed.sha256, wheel.read_bytes())
+
+
+async def test_a_restore_that_failed_after_its_copy_can_be_done_again(
+    feed: HostedFeed, tmp_path: Path
+) -> None:
+    """A restore that copied the bytes back but never wrote its record leaves them under the
+    name: restoring again takes them as the file's own, not as an upload in flight."""
+    wheel = build_wheel(tmp_path / "w", "numpy", VERSION, payload_size=1000)
+    assert await publish(feed, wheel) is Outcome.CREATED
+    storage = feed.storage
+    [listed] = await storage.live()
+    await storage.trash([listed], REASON_MANUAL, "by the test", datetime.now(UTC))
+    await storage.settle()  # the deleted record no longer names any object to unlink
+    await _store(feed).copy(f".nightproxy/trash/{listed.sha256}", f"numpy/{NAME}")
+    restored = await storage.restore(await storage.trashed(), datetime.now(UTC))
+    assert [r.sha256 for r in restored] == [listed.sha256]
+    assert await served(feed) == (listed.sha256, wheel.read_bytes())
+
+
+async def test_a_listed_file_whose_name_an_unrecorded_upload_overwrote_can_be_deleted(
+    feed: HostedFeed, tmp_path: Path
+) -> None:
+    """Deleting a listed file whose named object an upload that recorded nothing wrote over
+    (after putting the listed bytes in the trash) works, and leaves that object alone."""
+    wheel = build_wheel(tmp_path / "w", "numpy", VERSION, payload_size=1000)
+    assert await publish(feed, wheel) is Outcome.CREATED
+    storage = feed.storage
+    [listed] = await storage.live()
+    store = _store(feed)
+    await store.copy(f"numpy/{NAME}", f".nightproxy/trash/{listed.sha256}")
+    await store.put(f"numpy/{NAME}", b"bytes of a replacement that died")
+    done = await storage.trash([listed], REASON_MANUAL, "by the test", datetime.now(UTC))
+    assert [r.sha256 for r in done] == [listed.sha256]
+    assert await storage.live() == []
+    assert (await store.get(f"numpy/{NAME}"))[0] == b"bytes of a replacement that died"

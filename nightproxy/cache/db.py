@@ -165,8 +165,8 @@ def open_or_replace(
     database too new are raised instead.
 
     ``lock_path``: processes starting at once take turns, so that only the first moves a
-    broken file aside. Without it, a move aside is a rename, which a second process finds
-    done (its own connect then succeeds).
+    broken file aside (the next would move the new database the first one made). Without
+    it, only a lone process may open the file.
     """
     with exclusive(lock_path) if lock_path is not None else contextlib.nullcontext():
         try:

@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from packaging.utils import NormalizedName
 
 from nightproxy.hosted.bucket_manifests import (
     CAS_ATTEMPTS,
+    SHA_META,
     STATE,
     metadata_key,
     named_key,
@@ -64,8 +66,6 @@ ORPHAN_AGE = timedelta(hours=1)
 #: bytes of an upload that died before writing its record: an upload writes its record right
 #: after its bytes.
 STRAY_AGE = 10.0
-#: The user metadata naming the sha256 of a named object's bytes.
-SHA_META = "sha256"
 #: How long an upload that lost the race for a filename waits for the winner's record.
 WINNER_WAIT = 10.0
 READ_CHUNK = 1024 * 1024
@@ -145,7 +145,7 @@ class BucketStorage(BucketTrash, Storage):
             return await writer.commit(if_none_match=if_none_match, if_match=if_match)
 
     async def commit(self, staged: Staged, new: NewFile, *, overwrite: bool) -> CommitResult:
-        orphan: str | None = None
+        orphan: _Stray | None = None
         for _attempt in range(CAS_ATTEMPTS):
             try:
                 return await self._commit(staged, new, overwrite=overwrite, orphan=orphan)
@@ -156,13 +156,15 @@ class BucketStorage(BucketTrash, Storage):
         raise StaleError(f"{new.filename}: other uploads of this name kept winning; upload again")
 
     async def _commit(
-        self, staged: Staged, new: NewFile, *, overwrite: bool, orphan: str | None = None
+        self, staged: Staged, new: NewFile, *, overwrite: bool, orphan: _Stray | None = None
     ) -> CommitResult:
-        """``orphan``: the ETag of a named object no record lists (its upload died), which
-        this one writes over."""
+        """``orphan``: a named object no record lists (its upload died), which this one
+        writes over while the name's record is still the one it was found beside."""
         project, key = new.project, named_key(new.project, new.filename)
         etag, manifest = await self._read(project)
         existing = manifest.live_named(new.filename)
+        if orphan is not None and orphan.beside != (None if existing is None else existing.etag):
+            orphan = None  # the record changed since: go by it
         if existing is not None and existing.record.sha256 == new.sha256:
             return CommitResult(Outcome.UNCHANGED, existing.record)
         if existing is not None and not overwrite:
@@ -196,7 +198,7 @@ class BucketStorage(BucketTrash, Storage):
                 key,
                 new.sha256,
                 if_none_match=existing is None and orphan is None,
-                if_match=orphan or expected,
+                if_match=orphan.etag if orphan is not None else expected,
             )
         except (PreconditionFailedError, ObjectNotFoundError):
             # Lost to another write, unless the write that won was this one's (its answer was
@@ -228,6 +230,11 @@ class BucketStorage(BucketTrash, Storage):
                     new.upload_time,
                     trash_etag,
                 )
+            for entry in manifest.unlinking():
+                if entry.unlink == object_etag:
+                    # A deleted file's leftover that this upload adopted (the same bytes,
+                    # ``_holding``): they are the new record's now, not to be removed.
+                    entry.unlink = None
             record = manifest.add(new, object_etag)
             try:
                 await self._write(manifest, etag)
@@ -246,13 +253,15 @@ class BucketStorage(BucketTrash, Storage):
             return None
         return info.etag if info.metadata.get(SHA_META) == sha256 else None
 
-    async def _next_record(self, new: NewFile, expected: str | None) -> str | None:
+    async def _next_record(self, new: NewFile, expected: str | None) -> _Stray | None:
         """Wait until the name's record no longer names ``expected`` (None: no bytes), which
         the upload that won the name writes next; None once it does.
 
         When it does not within ``WINNER_WAIT`` and the named object was written over
         ``STRAY_AGE`` ago (by the store's clock), the upload that wrote it died before its
-        record: the object's ETag, to write over.
+        record, or is very slow: its bytes are copied to the trash (so that, should its
+        record come after all, the record's reads find them there) and the object is
+        returned, to write over.
         """
         key = named_key(new.project, new.filename)
         deadline = asyncio.get_running_loop().time() + WINNER_WAIT
@@ -262,20 +271,31 @@ class BucketStorage(BucketTrash, Storage):
             if (None if live is None else live.etag) != expected:
                 return None
             if asyncio.get_running_loop().time() > deadline:
-                with suppress(ObjectNotFoundError):
+                with suppress(ObjectNotFoundError, PreconditionFailedError):
                     info = await self.store.head(key)
-                    if info.etag != expected and (info.age or 0.0) > STRAY_AGE:
+                    sha = info.metadata.get(SHA_META, "")
+                    if info.etag != expected and (info.age or 0.0) > STRAY_AGE and sha:
+                        await self.store.copy(key, trash_key(sha), if_match=info.etag)
                         log.warning(
                             "hosted feed: %s was written by an upload that recorded nothing; "
-                            "writing over it",
+                            "writing over it (its bytes kept in the trash)",
                             key,
                         )
-                        return info.etag
+                        return _Stray(info.etag, beside=expected)
                 raise StaleError(
                     f"{new.filename}: another upload of this name is still in progress; "
                     "upload again"
                 )
             await asyncio.sleep(0.2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stray:
+    """A named object no record lists: its ETag, and the ETag the name's record had (None:
+    no record) when it was found."""
+
+    etag: str
+    beside: str | None
 
 
 class _OvertakenError(Exception):

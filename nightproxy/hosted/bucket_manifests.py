@@ -30,6 +30,10 @@ def named_key(project: str, filename: str) -> str:
     return f"{project}/{filename}"
 
 
+#: The user metadata naming the sha256 of a named object's bytes.
+SHA_META = "sha256"
+
+
 def trash_key(digest: str) -> str:
     return f"{STATE}trash/{digest}"
 

@@ -19,6 +19,7 @@ from packaging.utils import NormalizedName
 
 from nightproxy.hosted.bucket_manifests import (
     CAS_ATTEMPTS,
+    SHA_META,
     BucketManifests,
     metadata_key,
     named_key,
@@ -72,16 +73,14 @@ class BucketTrash(BucketManifests):
         else:
             etag, manifest = await self._read(project)
         entries = [e for r in chosen if (e := manifest.by_id(r.id)) and not e.record.trashed_at]
-        copies = {}
+        copies: dict[int, tuple[str, str | None]] = {}
         for entry in entries:
-            named = named_key(project, entry.record.filename)
-            copies[entry.record.id] = await self.store.copy(
-                named, trash_key(entry.record.sha256), if_match=entry.etag
-            )
+            copies[entry.record.id] = await self._to_trash(project, entry)
         for entry in entries:
             text = detail if isinstance(detail, str) else detail.get(entry.record.id, "")
+            trash_etag, unlink = copies[entry.record.id]
             # The named object goes after the record says so: until then it is listed.
-            manifest.trash(entry, reason, text, now, copies[entry.record.id], unlink=entry.etag)
+            manifest.trash(entry, reason, text, now, trash_etag, unlink=unlink)
         try:
             await self._write(manifest, etag)
         except PreconditionFailedError:
@@ -92,6 +91,23 @@ class BucketTrash(BucketManifests):
             )
         await self._unlink(project, entries)
         return [e.record for e in entries]
+
+    async def _to_trash(self, project: NormalizedName, entry: Entry) -> tuple[str, str | None]:
+        """Copy a listed file's bytes to the trash: the copy's ETag, and the named object to
+        unlink once the record says so (None: the name no longer holds these bytes)."""
+        named = named_key(project, entry.record.filename)
+        try:
+            copied = await self.store.copy(
+                named, trash_key(entry.record.sha256), if_match=entry.etag
+            )
+        except (PreconditionFailedError, ObjectNotFoundError):
+            # An upload that recorded nothing wrote over the name, after copying these bytes
+            # to the trash (``bucket``): they are there, and the named object is not ours.
+            try:
+                return (await self.store.head(trash_key(entry.record.sha256))).etag, None
+            except ObjectNotFoundError:
+                return "", None  # the bytes are gone: trashed, not restorable
+        return copied, entry.etag
 
     async def _unlink(self, project: NormalizedName, entries: list[Entry]) -> bool:
         """Remove trashed entries' named objects; one that cannot go now stays to do (in the
@@ -158,9 +174,13 @@ class BucketTrash(BucketManifests):
         """
         named = named_key(project, entry.record.filename)
         try:
-            present: str | None = (await self.store.head(named)).etag
+            info = await self.store.head(named)
         except ObjectNotFoundError:
             present = None
+        else:
+            present = info.etag
+            if info.metadata.get(SHA_META) == entry.record.sha256:
+                return present  # these very bytes (a restore that failed after its copy)
         if present is not None and present != entry.unlink:
             raise RestoreConflictError(
                 f"{project}/{entry.record.filename}: a file of that name is being uploaded"
@@ -205,7 +225,9 @@ class BucketTrash(BucketManifests):
             else:
                 continue
             for entry in gone:
-                if not manifest.needs(entry.record.sha256, trashed=True):
+                # Any record's: a listed file whose name an unrecorded upload wrote over is
+                # served from its trash copy.
+                if not manifest.needs(entry.record.sha256):
                     await self.store.delete(trash_key(entry.record.sha256))
                     removed += 1
                 meta = entry.record.metadata_sha256

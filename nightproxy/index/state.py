@@ -142,7 +142,13 @@ class IndexState:
         def migrate(db: sqlite3.Connection) -> None:
             run_migrations(db, [at_root(step) for step in MIGRATIONS])
 
-        self._db, note = open_or_replace(self.path, lambda path: connect_checked(path, migrate))
+        # Workers starting at once take turns: only the first moves a broken file aside (the
+        # next would move the first one's new database).
+        self._db, note = open_or_replace(
+            self.path,
+            lambda path: connect_checked(path, migrate),
+            self.root / f"{FILENAME}.lock",
+        )
         if note is not None:
             log.warning("%s; saved pages start afresh", note)
 

@@ -33,7 +33,8 @@ class ObjectReader:
         """The body in the pieces the connection received, never joined (copied) into
         larger ones: what a stream to disk and to clients wants."""
         async for chunk in self._guarded(self.response.content.iter_chunks()):
-            yield chunk[0]
+            if chunk[0]:  # a chunked body's chunk ends arrive as empty pieces
+                yield chunk[0]
 
     async def _sized(self, size: int) -> AsyncIterator[bytes]:
         while chunk := await self.response.content.read(size):

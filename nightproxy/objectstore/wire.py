@@ -23,7 +23,7 @@ class ObjectInfo:
     #: As the store wrote it (an HTTP date in headers, ISO 8601 in listings).
     last_modified: str | None = None
     #: User metadata (``x-amz-meta-<name>``, by lower-case name), from a HEAD or GET.
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: Seconds since the last write by the store's own clock, from a HEAD or GET (else None).
     age: float | None = None
 
