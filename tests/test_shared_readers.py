@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from nightproxy.cache.shared import readers
 from nightproxy.cache.shared.prune import prune_once
 from nightproxy.cache.shared.settings import SharedSettings
 from nightproxy.cache.shared.tier import SharedTier
@@ -182,3 +184,15 @@ async def test_a_fill_whose_store_read_goes_unannounced_still_gets_the_whole_fil
         body = b"".join([chunk async for chunk in download.chunks()])
     assert hashlib.sha256(body).hexdigest() == sha
     assert reader.stats["resumed"] >= 1
+
+
+async def test_a_replicas_usage_record_keeps_only_its_most_recent_uses(
+    tiers: tuple[SharedTier, SharedTier], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last-use times a replica shares are bounded: past the limit, the oldest go."""
+    monkeypatch.setattr(readers, "USAGE_ENTRIES", 3)
+    _, reader = tiers
+    reader.readers.used = {f"{n:064x}": 1000.0 + n for n in range(5)}
+    await reader.readers.flush_usage()
+    body, _ = await reader.store.get(f"usage/{reader.holder}")
+    assert sorted(json.loads(body)["used"]) == [f"{n:064x}" for n in (2, 3, 4)]

@@ -41,6 +41,9 @@ DOOMED = "doomed/"
 USAGE = "usage/"
 #: Seconds a readers object counts after its last write (the store's clock).
 READERS_TTL = 30.0
+#: Last-use times one replica keeps in ``usage/<replica>``, the most recent (about 80 bytes
+#: each).
+USAGE_ENTRIES = 100_000
 
 
 class Read:
@@ -180,6 +183,12 @@ class ReadRegistry:
         if not self.used:
             return
         merged = {**self._flushed_use, **self.used}
+        if len(merged) > USAGE_ENTRIES:
+            # Bounded, so that the object stays well within what the pruner reads (16 MiB):
+            # a blob whose entry goes counts as last used when it was uploaded, or when
+            # another replica last used it.
+            kept = sorted(merged, key=merged.__getitem__)[-USAGE_ENTRIES:]
+            merged = {sha: merged[sha] for sha in kept}
         body = json.dumps({"replica": self.replica_id, "used": merged})
         await self.store.put(
             USAGE + self.replica_id, body.encode(), content_type="application/json"
