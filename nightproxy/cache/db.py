@@ -157,18 +157,17 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def open_or_replace(
-    path: Path, connect: Callable[[Path], sqlite3.Connection], lock_path: Path | None = None
+    path: Path, connect: Callable[[Path], sqlite3.Connection], lock_path: Path
 ) -> tuple[sqlite3.Connection, str | None]:
     """Disk I/O. ``connect(path)``; if the file cannot be used as a database, move it aside
     (``move_aside``) and connect to a new one. Returns the connection and, after a move, a
     note saying so. A failure that says nothing about the file (``passing_failure``) and a
     database too new are raised instead.
 
-    ``lock_path``: processes starting at once take turns, so that only the first moves a
-    broken file aside (the next would move the new database the first one made). Without
-    it, only a lone process may open the file.
+    Processes starting at once take turns (``lock_path``), so that only the first moves a
+    broken file aside: the next would move the new database the first one made.
     """
-    with exclusive(lock_path) if lock_path is not None else contextlib.nullcontext():
+    with exclusive(lock_path):
         try:
             return _patiently(connect, path), None
         except DatabaseTooNewError:

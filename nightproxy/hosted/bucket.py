@@ -38,6 +38,7 @@ from nightproxy.hosted.bucket_manifests import (
     STATE,
     metadata_key,
     named_key,
+    sha_of,
     trash_key,
 )
 from nightproxy.hosted.bucket_trash import BucketTrash
@@ -251,7 +252,7 @@ class BucketStorage(BucketTrash, Storage):
             info = await self.store.head(key)
         except ObjectNotFoundError:
             return None
-        return info.etag if info.metadata.get(SHA_META) == sha256 else None
+        return info.etag if sha_of(info) == sha256 else None
 
     async def _next_record(self, new: NewFile, expected: str | None) -> _Stray | None:
         """Wait until the name's record no longer names ``expected`` (None: no bytes), which
@@ -273,7 +274,7 @@ class BucketStorage(BucketTrash, Storage):
             if asyncio.get_running_loop().time() > deadline:
                 with suppress(ObjectNotFoundError, PreconditionFailedError):
                     info = await self.store.head(key)
-                    sha = info.metadata.get(SHA_META, "")
+                    sha = sha_of(info)
                     if info.etag != expected and (info.age or 0.0) > STRAY_AGE and sha:
                         await self.store.copy(key, trash_key(sha), if_match=info.etag)
                         log.warning(

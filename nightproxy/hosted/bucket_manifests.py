@@ -16,7 +16,7 @@ from packaging.utils import NormalizedName
 
 from nightproxy.hosted.manifest import Manifest, ManifestError, dumps, loads
 from nightproxy.hosted.records import FileRecord
-from nightproxy.objectstore import ObjectNotFoundError, ObjectStore
+from nightproxy.objectstore import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ def named_key(project: str, filename: str) -> str:
 
 #: The user metadata naming the sha256 of a named object's bytes.
 SHA_META = "sha256"
+
+
+def sha_of(info: ObjectInfo) -> str | None:
+    """The sha256 a named object's metadata gives its bytes (None: written without one)."""
+    return info.metadata.get(SHA_META) or None
 
 
 def trash_key(digest: str) -> str:

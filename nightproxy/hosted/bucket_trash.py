@@ -19,10 +19,10 @@ from packaging.utils import NormalizedName
 
 from nightproxy.hosted.bucket_manifests import (
     CAS_ATTEMPTS,
-    SHA_META,
     BucketManifests,
     metadata_key,
     named_key,
+    sha_of,
     trash_key,
 )
 from nightproxy.hosted.manifest import Entry, dumps, loads
@@ -179,7 +179,7 @@ class BucketTrash(BucketManifests):
             present = None
         else:
             present = info.etag
-            if info.metadata.get(SHA_META) == entry.record.sha256:
+            if sha_of(info) == entry.record.sha256:
                 return present  # these very bytes (a restore that failed after its copy)
         if present is not None and present != entry.unlink:
             raise RestoreConflictError(
